@@ -1,0 +1,1 @@
+//! wasmraft's benchmarks (in `benches/`) and, as it grows, the load generator.

@@ -1,0 +1,189 @@
+//! The replicated command: what a client asks the cluster to do, as it travels
+//! through the Raft log, and what applying it answers.
+//!
+//! Everything here is plain data. The log store encodes it with [`codec`]; the
+//! API layer builds it from protobuf; the state machine applies it. A
+//! [`Request`] carries all the context a replica needs to apply it identically
+//! to every other replica: the leader's timestamp and the caller's identity
+//! are fixed when the command is proposed, never read locally at apply time.
+
+use serde::{Deserialize, Serialize};
+
+pub mod codec;
+
+/// A content hash (sha256) of a module's wasm bytes.
+pub type ModuleHash = [u8; 32];
+
+/// One command with the context fixed at proposal time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// Milliseconds since the Unix epoch on the leader's clock when it proposed
+    /// the command: the only clock a module ever sees.
+    pub timestamp_ms: i64,
+    /// The authenticated subject that submitted the command; empty for the system.
+    pub caller: String,
+    pub command: Command,
+}
+
+/// The kinds of state change. Every state change of the cluster is one of these
+/// (membership changes are openraft's own entries).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Deploy a module under a name, or upgrade the module of that name.
+    Deploy(Deploy),
+    /// Remove a module and all its state.
+    Remove { name: String },
+    /// Run a module's `apply` export.
+    Invoke(Invoke),
+    /// Change the access policy.
+    Access(AccessChange),
+}
+
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deploy {
+    pub name: String,
+    /// The module's wasm bytes, validated at the edge before proposal.
+    #[serde(with = "serde_bytes")]
+    pub wasm: Vec<u8>,
+    /// sha256 of `wasm`, checked by the API before proposing and again at apply.
+    pub hash: ModuleHash,
+    /// The argument of the module's `init` (first deploy) or `migrate` (upgrade).
+    #[serde(with = "serde_bytes")]
+    pub init_argument: Vec<u8>,
+    /// Per-module limits; `None` takes the cluster default.
+    pub limits: ModuleLimits,
+}
+
+impl std::fmt::Debug for Deploy {
+    // The wasm bytes are summarised: a log line must not carry megabytes.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deploy")
+            .field("name", &self.name)
+            .field("wasm_bytes", &self.wasm.len())
+            .field("hash", &hex::encode(self.hash))
+            .field("init_argument_bytes", &self.init_argument.len())
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+/// Limits a deployer may ask for; the cluster maxima clamp them at apply.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleLimits {
+    pub fuel_per_call: Option<u64>,
+    pub memory_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invoke {
+    pub module: String,
+    #[serde(with = "serde_bytes")]
+    pub input: Vec<u8>,
+    /// The client session this command belongs to, for exactly-once apply.
+    pub session: Option<SessionId>,
+}
+
+/// Identifies one command of one client: a retry carries the same pair, so the
+/// state machine answers it with the first result instead of applying it twice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionId {
+    pub client_id: String,
+    pub sequence: u64,
+}
+
+/// A change to the replicated access policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AccessChange {
+    Grant(AccessRule),
+    Revoke(AccessRule),
+}
+
+/// `subject` holds `role`, optionally only for modules matching `module_pattern`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct AccessRule {
+    pub subject: String,
+    pub role: String,
+    pub module_pattern: Option<String>,
+}
+
+/// What applying one log entry answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// Entries without a client: blank entries of a new leader, membership changes.
+    Empty,
+    Deployed(Deployed),
+    Removed {
+        name: String,
+    },
+    Invoked(CallResult),
+    AccessChanged {
+        changed: bool,
+    },
+    /// The command was valid when proposed but could not be applied to the
+    /// state it met (every replica refuses it the same way; nothing changed).
+    Refused(Refusal),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deployed {
+    pub name: String,
+    /// 1 for a first deploy, incremented by each upgrade.
+    pub version: u64,
+    pub hash: ModuleHash,
+    /// The outcome of `init` or `migrate`, when the module exports it.
+    pub setup: Option<CallResult>,
+}
+
+/// A deterministic refusal at apply time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Refusal {
+    #[error("module `{0}` is not deployed")]
+    ModuleNotFound(String),
+    #[error("module rejected: {0}")]
+    InvalidModule(String),
+    #[error("the wasm bytes do not match the announced sha256")]
+    HashMismatch,
+    #[error("module setup failed: {0}")]
+    SetupFailed(String),
+    #[error(
+        "sequence {sequence} of client `{client_id}` is older than its last applied command; its result is no longer kept"
+    )]
+    SessionExpired { client_id: String, sequence: u64 },
+}
+
+/// The result of one guest call, as replicated: identical on every replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallResult {
+    pub outcome: CallOutcome,
+    pub fuel_used: u64,
+}
+
+/// How a guest call ended. Only `Ok` commits the call's writes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CallOutcome {
+    Ok(#[serde(with = "serde_bytes")] Vec<u8>),
+    GuestError(String),
+    OutOfFuel {
+        limit: u64,
+    },
+    MemoryLimit {
+        limit_bytes: u64,
+    },
+    Trap {
+        kind: String,
+        message: String,
+    },
+    OutputTooLarge {
+        limit_bytes: u64,
+    },
+    MissingExport(String),
+    /// A query ran past its wall-clock limit. Never the outcome of `apply`,
+    /// which only fuel limits.
+    TimedOut,
+}
+
+impl CallOutcome {
+    pub fn is_ok(&self) -> bool {
+        matches!(self, CallOutcome::Ok(_))
+    }
+}

@@ -1,0 +1,495 @@
+//! Applying one replicated command to the state: each command kind has its
+//! handler here. Handlers see the batch's open write transaction, so later
+//! commands of a batch see the writes of earlier ones, and everything commits
+//! together with `last_applied`.
+//!
+//! A handler returns the command's [`Response`] — refusals and guest failures
+//! included, identical on every replica — or a [`redb::Error`], which is a
+//! broken storage and stops the node.
+
+use redb::{ReadableTable, WriteTransaction};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::state::{
+    ACCESS, BLOBS, KV, MODULES, ModuleRecord, SESSIONS, module_key, module_key_range,
+};
+use crate::command::{
+    AccessChange, CallOutcome, CallResult, Command, Deploy, Deployed, Invoke, ModuleHash,
+    ModuleLimits, Refusal, Request, Response, SessionId, codec,
+};
+use crate::raft::LogId;
+use crate::wasm::{
+    Call, CallReport, EntryPoint, KvError, KvSource, LoadedModule, Outcome, Runtime,
+};
+
+/// How many times apply retries a call the node could not start (no free
+/// instance slot), a millisecond apart, before giving up as a node failure.
+const UNAVAILABLE_RETRIES: u32 = 5_000;
+
+/// What a handler needs besides the transaction.
+pub(crate) struct ApplyContext<'a> {
+    pub runtime: &'a Runtime,
+    pub limits: &'a CallLimits,
+}
+
+/// The cluster-wide ceilings of guest calls. Part of what makes apply
+/// deterministic: every replica must use the same values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallLimits {
+    pub fuel_per_call_max: u64,
+    pub memory_bytes_max: u64,
+}
+
+impl CallLimits {
+    /// A module's own limits, clamped by the cluster's.
+    pub fn for_module(&self, requested: &ModuleLimits) -> (u64, u64) {
+        (
+            requested
+                .fuel_per_call
+                .map_or(self.fuel_per_call_max, |fuel| {
+                    fuel.min(self.fuel_per_call_max)
+                }),
+            requested
+                .memory_bytes
+                .map_or(self.memory_bytes_max, |bytes| {
+                    bytes.min(self.memory_bytes_max)
+                }),
+        )
+    }
+}
+
+/// The last command applied for one client, kept to answer its retries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SessionRecord {
+    pub sequence: u64,
+    pub response: Response,
+}
+
+/// The seed a module sees for the entry at `log_id`: the same on every
+/// replica, different for every entry.
+pub fn entry_seed(log_id: &LogId) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(b"wasmraft entry seed v1");
+    hasher.update(log_id.leader_id.term.to_le_bytes());
+    hasher.update(log_id.leader_id.node_id.to_le_bytes());
+    hasher.update(log_id.index.to_le_bytes());
+    hasher.finalize().into()
+}
+
+pub(crate) fn apply_request(
+    txn: &WriteTransaction,
+    context: &ApplyContext<'_>,
+    log_id: &LogId,
+    request: &Request,
+) -> Result<Response, redb::Error> {
+    let span = tracing::debug_span!("apply", index = log_id.index, kind = request.command.kind());
+    let _entered = span.enter();
+    match &request.command {
+        Command::Deploy(deploy) => apply_deploy(txn, context, log_id, request, deploy),
+        Command::Remove { name } => apply_remove(txn, name),
+        Command::Invoke(invoke) => apply_invoke_once(txn, context, log_id, request, invoke),
+        Command::Access(change) => apply_access(txn, change),
+    }
+}
+
+impl Command {
+    /// A short name of the command kind, for traces and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::Deploy(_) => "deploy",
+            Command::Remove { .. } => "remove",
+            Command::Invoke(_) => "invoke",
+            Command::Access(_) => "access",
+        }
+    }
+}
+
+fn read_module(txn: &WriteTransaction, name: &str) -> Result<Option<ModuleRecord>, redb::Error> {
+    let table = txn.open_table(MODULES)?;
+    let record = table.get(name.as_bytes())?;
+    record.map(|bytes| decode(bytes.value())).transpose()
+}
+
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, redb::Error> {
+    codec::decode(bytes)
+        .map_err(|e| redb::Error::Corrupted(format!("undecodable state record: {e}")))
+}
+
+fn apply_deploy(
+    txn: &WriteTransaction,
+    context: &ApplyContext<'_>,
+    log_id: &LogId,
+    request: &Request,
+    deploy: &Deploy,
+) -> Result<Response, redb::Error> {
+    let hash: ModuleHash = Sha256::digest(&deploy.wasm).into();
+    if hash != deploy.hash {
+        return Ok(Response::Refused(Refusal::HashMismatch));
+    }
+    let info = match context.runtime.validate(&deploy.wasm) {
+        Ok(info) => info,
+        Err(error) => return Ok(Response::Refused(Refusal::InvalidModule(error.to_string()))),
+    };
+    let module = match context.runtime.load(&hash, &deploy.wasm) {
+        Ok(module) => module,
+        Err(error) => return Ok(Response::Refused(Refusal::InvalidModule(error.to_string()))),
+    };
+    let previous = read_module(txn, &deploy.name)?;
+    let (fuel, memory_bytes) = context.limits.for_module(&deploy.limits);
+
+    let setup_entry = match previous {
+        None if info.has_init => Some(EntryPoint::Init),
+        Some(_) if info.has_migrate => Some(EntryPoint::Migrate),
+        _ => None,
+    };
+    let setup = match setup_entry {
+        None => None,
+        Some(entry) => {
+            let call = Call {
+                entry,
+                input: &deploy.init_argument,
+                caller: &request.caller,
+                timestamp_ms: request.timestamp_ms,
+                seed: entry_seed(log_id),
+                fuel,
+                memory_bytes,
+            };
+            let (result, report) = run(txn, context.runtime, &module, &deploy.name, &call)?;
+            if !result.outcome.is_ok() {
+                return Ok(Response::Refused(Refusal::SetupFailed(describe(
+                    &result.outcome,
+                ))));
+            }
+            commit_writes(txn, &deploy.name, report)?;
+            Some(result)
+        }
+    };
+
+    let version = previous.as_ref().map_or(1, |record| record.version + 1);
+    let record = ModuleRecord {
+        name: deploy.name.clone(),
+        version,
+        hash,
+        size_bytes: deploy.wasm.len() as u64,
+        deployed_index: log_id.index,
+        deployed_timestamp_ms: request.timestamp_ms,
+        limits: deploy.limits,
+        has_query: info.has_query,
+    };
+    {
+        let mut blobs = txn.open_table(BLOBS)?;
+        if blobs.get(hash.as_slice())?.is_none() {
+            blobs.insert(hash.as_slice(), deploy.wasm.as_slice())?;
+        }
+    }
+    txn.open_table(MODULES)?
+        .insert(deploy.name.as_bytes(), codec::encode(&record).as_slice())?;
+    if let Some(previous) = previous {
+        release_blob(txn, &previous.hash)?;
+    }
+    Ok(Response::Deployed(Deployed {
+        name: deploy.name.clone(),
+        version,
+        hash,
+        setup,
+    }))
+}
+
+/// Deletes the blob `hash` unless a module record still refers to it.
+fn release_blob(txn: &WriteTransaction, hash: &ModuleHash) -> Result<(), redb::Error> {
+    let modules = txn.open_table(MODULES)?;
+    for item in modules.iter()? {
+        let (_, bytes) = item?;
+        let record: ModuleRecord = decode(bytes.value())?;
+        if &record.hash == hash {
+            return Ok(());
+        }
+    }
+    txn.open_table(BLOBS)?.remove(hash.as_slice())?;
+    Ok(())
+}
+
+fn apply_remove(txn: &WriteTransaction, name: &str) -> Result<Response, redb::Error> {
+    let Some(record) = read_module(txn, name)? else {
+        return Ok(Response::Refused(Refusal::ModuleNotFound(name.to_owned())));
+    };
+    txn.open_table(MODULES)?.remove(name.as_bytes())?;
+    let range = module_key_range(name, b"", None);
+    txn.open_table(KV)?
+        .retain_in(range.start.as_slice()..range.end.as_slice(), |_, _| false)?;
+    release_blob(txn, &record.hash)?;
+    Ok(Response::Removed {
+        name: name.to_owned(),
+    })
+}
+
+/// Exactly-once: a command of a known session is answered from the session
+/// table when it was applied already.
+fn apply_invoke_once(
+    txn: &WriteTransaction,
+    context: &ApplyContext<'_>,
+    log_id: &LogId,
+    request: &Request,
+    invoke: &Invoke,
+) -> Result<Response, redb::Error> {
+    let Some(SessionId {
+        client_id,
+        sequence,
+    }) = &invoke.session
+    else {
+        return apply_invoke(txn, context, log_id, request, invoke);
+    };
+    let previous: Option<SessionRecord> = {
+        let sessions = txn.open_table(SESSIONS)?;
+        let record = sessions.get(client_id.as_bytes())?;
+        record.map(|bytes| decode(bytes.value())).transpose()?
+    };
+    if let Some(previous) = previous {
+        if previous.sequence == *sequence {
+            return Ok(previous.response);
+        }
+        if previous.sequence > *sequence {
+            return Ok(Response::Refused(Refusal::SessionExpired {
+                client_id: client_id.clone(),
+                sequence: *sequence,
+            }));
+        }
+    }
+    let response = apply_invoke(txn, context, log_id, request, invoke)?;
+    let record = SessionRecord {
+        sequence: *sequence,
+        response: response.clone(),
+    };
+    txn.open_table(SESSIONS)?
+        .insert(client_id.as_bytes(), codec::encode(&record).as_slice())?;
+    Ok(response)
+}
+
+fn apply_invoke(
+    txn: &WriteTransaction,
+    context: &ApplyContext<'_>,
+    log_id: &LogId,
+    request: &Request,
+    invoke: &Invoke,
+) -> Result<Response, redb::Error> {
+    let Some(record) = read_module(txn, &invoke.module)? else {
+        return Ok(Response::Refused(Refusal::ModuleNotFound(
+            invoke.module.clone(),
+        )));
+    };
+    let module = load(txn, context.runtime, &record)?;
+    let (fuel, memory_bytes) = context.limits.for_module(&record.limits);
+    let call = Call {
+        entry: EntryPoint::Apply,
+        input: &invoke.input,
+        caller: &request.caller,
+        timestamp_ms: request.timestamp_ms,
+        seed: entry_seed(log_id),
+        fuel,
+        memory_bytes,
+    };
+    let (result, report) = run(txn, context.runtime, &module, &invoke.module, &call)?;
+    commit_writes(txn, &invoke.module, report)?;
+    Ok(Response::Invoked(result))
+}
+
+/// The compiled module of `record`, from the runtime's caches or compiled from
+/// its stored blob.
+pub(crate) fn load(
+    txn: &WriteTransaction,
+    runtime: &Runtime,
+    record: &ModuleRecord,
+) -> Result<LoadedModule, redb::Error> {
+    if let Some(module) = runtime.cached(&record.hash) {
+        return Ok(module);
+    }
+    let blobs = txn.open_table(BLOBS)?;
+    let blob = blobs.get(record.hash.as_slice())?.ok_or_else(|| {
+        redb::Error::Corrupted(format!("module `{}` has no stored wasm", record.name))
+    })?;
+    // The module was validated and compiled when it was deployed, by this same
+    // engine configuration: failing now means the node itself is broken.
+    runtime.load(&record.hash, blob.value()).map_err(|e| {
+        redb::Error::Corrupted(format!(
+            "deployed module `{}` failed to load: {e}",
+            record.name
+        ))
+    })
+}
+
+/// Runs one guest call against the module's KV as of this transaction.
+fn run(
+    txn: &WriteTransaction,
+    runtime: &Runtime,
+    module: &LoadedModule,
+    name: &str,
+    call: &Call<'_>,
+) -> Result<(CallResult, CallReport), redb::Error> {
+    let table = txn.open_table(KV)?;
+    let source = TableKv {
+        table: &table,
+        module: name,
+    };
+    let mut report = runtime.call(module, call, &source);
+    // `Unavailable` is this node lacking an instance slot (queries hold
+    // them too), never a property of the command: wait for a slot rather
+    // than record a result other replicas would not.
+    let mut attempts = 0;
+    while let Outcome::Unavailable(reason) = &report.outcome {
+        attempts += 1;
+        if attempts > UNAVAILABLE_RETRIES {
+            return Err(redb::Error::Corrupted(format!(
+                "cannot run guest calls: {reason}"
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        report = runtime.call(module, call, &source);
+    }
+    let result = call_result(&report, call)?;
+    tracing::debug!(
+        module = name,
+        fuel_used = result.fuel_used,
+        outcome = result.outcome.label(),
+        "guest call"
+    );
+    Ok((result, report))
+}
+
+/// The replicated form of a call's outcome. A failed KV read is not a guest
+/// outcome: it is the node's storage failing.
+pub(crate) fn call_result(report: &CallReport, call: &Call<'_>) -> Result<CallResult, redb::Error> {
+    let outcome = match &report.outcome {
+        Outcome::Ok(output) => CallOutcome::Ok(output.clone()),
+        Outcome::GuestError(message) => CallOutcome::GuestError(message.clone()),
+        Outcome::OutOfFuel => CallOutcome::OutOfFuel { limit: call.fuel },
+        Outcome::MemoryLimit => CallOutcome::MemoryLimit {
+            limit_bytes: call.memory_bytes,
+        },
+        Outcome::Trap { kind, message } => CallOutcome::Trap {
+            kind: kind.to_string(),
+            message: message.clone(),
+        },
+        Outcome::OutputTooLarge { limit } => CallOutcome::OutputTooLarge {
+            limit_bytes: *limit as u64,
+        },
+        Outcome::TimedOut => CallOutcome::TimedOut,
+        Outcome::MissingExport(export) => CallOutcome::MissingExport((*export).to_owned()),
+        Outcome::Host(error) => {
+            return Err(redb::Error::Corrupted(format!(
+                "module KV read failed: {error}"
+            )));
+        }
+        Outcome::Unavailable(reason) => {
+            return Err(redb::Error::Corrupted(format!(
+                "cannot run guest calls: {reason}"
+            )));
+        }
+    };
+    Ok(CallResult {
+        outcome,
+        fuel_used: report.fuel_used,
+    })
+}
+
+fn commit_writes(
+    txn: &WriteTransaction,
+    name: &str,
+    report: CallReport,
+) -> Result<(), redb::Error> {
+    if !matches!(report.outcome, Outcome::Ok(_)) {
+        return Ok(());
+    }
+    let mut table = txn.open_table(KV)?;
+    for (key, value) in report.writes.iter() {
+        let key = module_key(name, key);
+        match value {
+            Some(value) => table.insert(key.as_slice(), value)?,
+            None => table.remove(key.as_slice())?,
+        };
+    }
+    Ok(())
+}
+
+fn apply_access(txn: &WriteTransaction, change: &AccessChange) -> Result<Response, redb::Error> {
+    let mut table = txn.open_table(ACCESS)?;
+    let changed = match change {
+        AccessChange::Grant(rule) => table
+            .insert(codec::encode(rule).as_slice(), [].as_slice())?
+            .is_none(),
+        AccessChange::Revoke(rule) => table.remove(codec::encode(rule).as_slice())?.is_some(),
+    };
+    Ok(Response::AccessChanged { changed })
+}
+
+/// A one-line description of a failed call, for refusals.
+pub(crate) fn describe(outcome: &CallOutcome) -> String {
+    match outcome {
+        CallOutcome::Ok(_) => "ok".to_owned(),
+        CallOutcome::GuestError(message) => format!("guest error: {message}"),
+        CallOutcome::OutOfFuel { limit } => format!("out of fuel (limit {limit})"),
+        CallOutcome::MemoryLimit { limit_bytes } => {
+            format!("memory limit of {limit_bytes} bytes reached")
+        }
+        CallOutcome::Trap { kind, message } => format!("trap ({kind}): {message}"),
+        CallOutcome::OutputTooLarge { limit_bytes } => {
+            format!("output larger than {limit_bytes} bytes")
+        }
+        CallOutcome::MissingExport(export) => format!("the module has no `{export}` export"),
+        CallOutcome::TimedOut => "timed out".to_owned(),
+    }
+}
+
+impl CallOutcome {
+    /// A stable short label, for traces and metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            CallOutcome::Ok(_) => "ok",
+            CallOutcome::GuestError(_) => "guest_error",
+            CallOutcome::OutOfFuel { .. } => "out_of_fuel",
+            CallOutcome::MemoryLimit { .. } => "memory_limit",
+            CallOutcome::Trap { .. } => "trap",
+            CallOutcome::OutputTooLarge { .. } => "output_too_large",
+            CallOutcome::MissingExport(_) => "missing_export",
+            CallOutcome::TimedOut => "timed_out",
+        }
+    }
+}
+
+/// A module's KV as the runtime sees it: one module's key range of a table.
+pub(crate) struct TableKv<'t, T: ReadableTable<&'static [u8], &'static [u8]>> {
+    pub table: &'t T,
+    pub module: &'t str,
+}
+
+impl<T: ReadableTable<&'static [u8], &'static [u8]>> KvSource for TableKv<'_, T> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
+        let key = module_key(self.module, key);
+        let value = self
+            .table
+            .get(key.as_slice())
+            .map_err(|e| KvError::new(e.to_string()))?;
+        Ok(value.map(|value| value.value().to_vec()))
+    }
+
+    fn scan(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, KvError> {
+        let range = module_key_range(self.module, start, end);
+        let prefix = self.module.len() + 1;
+        let mut items = Vec::new();
+        for item in self
+            .table
+            .range(range.start.as_slice()..range.end.as_slice())
+            .map_err(|e| KvError::new(e.to_string()))?
+            .take(limit)
+        {
+            let (key, value) = item.map_err(|e| KvError::new(e.to_string()))?;
+            items.push((key.value()[prefix..].to_vec(), value.value().to_vec()));
+        }
+        Ok(items)
+    }
+}

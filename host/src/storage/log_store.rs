@@ -1,0 +1,258 @@
+//! The Raft log on redb: entries, vote, committed log id and last purged log id
+//! in one database file, written with durable commits, one per batch.
+
+// openraft's `StorageError` is the error type of the storage traits; its
+// size is openraft's choice, and these helpers return it as the traits do.
+#![allow(clippy::result_large_err)]
+
+use std::fmt::Debug;
+use std::ops::RangeBounds;
+use std::path::Path;
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{ErrorSubject, ErrorVerb, RaftLogReader};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::{storage_error, store_error};
+use crate::command::codec;
+use crate::raft::{Entry, LogId, LogState, StorageError, TypeConfig, Vote};
+
+/// Log index → encoded entry.
+const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entries");
+/// Small named records: the vote, the committed and last purged log ids.
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+const VOTE: &str = "vote";
+const COMMITTED: &str = "committed";
+const LAST_PURGED: &str = "last_purged";
+
+/// The Raft log. Cloning is cheap and shares the database: the clone serves as
+/// openraft's log reader for replication.
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<Database>,
+}
+
+impl Debug for LogStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogStore").finish_non_exhaustive()
+    }
+}
+
+impl LogStore {
+    /// Opens the log at `path`, creating the file and its tables if needed.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, redb::Error> {
+        let db = Database::create(path.as_ref())?;
+        let txn = db.begin_write()?;
+        txn.open_table(ENTRIES)?;
+        txn.open_table(META)?;
+        txn.commit()?;
+        Ok(Self { db: Arc::new(db) })
+    }
+
+    fn read_meta<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, StorageError> {
+        let read = |verb| move |e: redb::Error| store_error(verb, e);
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| read(ErrorVerb::Read)(e.into()))?;
+        let table = txn
+            .open_table(META)
+            .map_err(|e| read(ErrorVerb::Read)(e.into()))?;
+        let Some(bytes) = table
+            .get(key)
+            .map_err(|e| read(ErrorVerb::Read)(e.into()))?
+        else {
+            return Ok(None);
+        };
+        codec::decode(bytes.value())
+            .map(Some)
+            .map_err(|e| store_error(ErrorVerb::Read, e))
+    }
+
+    fn write_meta<T: serde::Serialize>(
+        &self,
+        key: &str,
+        value: &T,
+        durability: Durability,
+        subject: ErrorSubject<u64>,
+    ) -> Result<(), StorageError> {
+        let result = (|| -> Result<(), redb::Error> {
+            let mut txn = self.db.begin_write()?;
+            txn.set_durability(durability)
+                .expect("no persistent savepoint is ever taken on the log");
+            txn.open_table(META)?
+                .insert(key, codec::encode(value).as_slice())?;
+            txn.commit()?;
+            Ok(())
+        })();
+        result.map_err(|e| storage_error(subject, ErrorVerb::Write, e))
+    }
+
+    fn last_entry_log_id(&self) -> Result<Option<LogId>, redb::Error> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(ENTRIES)?;
+        let Some((_, bytes)) = table.last()? else {
+            return Ok(None);
+        };
+        let entry: Entry = decode_entry(bytes.value())?;
+        Ok(Some(entry.log_id))
+    }
+}
+
+fn decode_entry(bytes: &[u8]) -> Result<Entry, redb::Error> {
+    codec::decode(bytes).map_err(|e| redb::Error::Corrupted(format!("undecodable log entry: {e}")))
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let result = (|| -> Result<Vec<Entry>, redb::Error> {
+            let txn = self.db.begin_read()?;
+            let table = txn.open_table(ENTRIES)?;
+            let mut entries = Vec::new();
+            for item in table.range(range.clone())? {
+                let (index, bytes) = item?;
+                let entry = decode_entry(bytes.value())?;
+                // The key and the entry must agree, and a read is contiguous:
+                // a gap means the log file is not what we wrote.
+                assert_eq!(
+                    entry.log_id.index,
+                    index.value(),
+                    "log key disagrees with its entry"
+                );
+                if let Some(previous) = entries.last() {
+                    let previous: &Entry = previous;
+                    assert_eq!(
+                        previous.log_id.index + 1,
+                        entry.log_id.index,
+                        "gap in the log"
+                    );
+                }
+                entries.push(entry);
+            }
+            Ok(entries)
+        })();
+        result.map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Read, e))
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState, StorageError> {
+        let last_purged_log_id: Option<LogId> = self.read_meta(LAST_PURGED)?;
+        let last_entry = self
+            .last_entry_log_id()
+            .map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id: last_entry.or(last_purged_log_id),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        self.write_meta(VOTE, vote, Durability::Immediate, ErrorSubject::Vote)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        self.read_meta(VOTE)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        // openraft allows the committed id to be lost: it is a hint that lets a
+        // restarted node apply sooner. The next durable commit persists it.
+        self.write_meta(COMMITTED, &committed, Durability::None, ErrorSubject::Store)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.read_meta::<Option<LogId>>(COMMITTED)?.flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let result = (|| -> Result<(), redb::Error> {
+            // Durability::Immediate is redb's default: commit returns after fsync.
+            let txn = self.db.begin_write()?;
+            {
+                let mut table = txn.open_table(ENTRIES)?;
+                let mut previous = table.last()?.map(|(index, _)| index.value());
+                for entry in entries {
+                    let index = entry.log_id.index;
+                    if let Some(previous) = previous {
+                        // openraft truncates before it overwrites, so appends
+                        // always extend the log by exactly one index.
+                        assert_eq!(
+                            previous + 1,
+                            index,
+                            "append leaves a gap or overlaps the log"
+                        );
+                    }
+                    table.insert(index, codec::encode(&entry).as_slice())?;
+                    previous = Some(index);
+                }
+            }
+            txn.commit()?;
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                let error = storage_error(ErrorSubject::Logs, ErrorVerb::Write, e);
+                callback.log_io_completed(Err(std::io::Error::other(error.to_string())));
+                Err(error)
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // Removes `log_id` and everything after it. Durable: a truncation that
+        // a crash undid would resurrect entries that conflict with the leader.
+        let result = (|| -> Result<(), redb::Error> {
+            let txn = self.db.begin_write()?;
+            txn.open_table(ENTRIES)?
+                .retain_in(log_id.index.., |_, _| false)?;
+            txn.commit()?;
+            Ok(())
+        })();
+        result.map_err(|e| storage_error(ErrorSubject::Log(log_id), ErrorVerb::Delete, e))
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // Removes `log_id` and everything before it, recording it as the last
+        // purged id in the same transaction. Losing a purge in a crash only
+        // leaves extra entries behind, so it need not wait for fsync.
+        let result = (|| -> Result<(), redb::Error> {
+            let mut txn = self.db.begin_write()?;
+            txn.set_durability(Durability::None)
+                .expect("no persistent savepoint is ever taken on the log");
+            txn.open_table(META)?
+                .insert(LAST_PURGED, codec::encode(&log_id).as_slice())?;
+            txn.open_table(ENTRIES)?
+                .retain_in(..=log_id.index, |_, _| false)?;
+            txn.commit()?;
+            Ok(())
+        })();
+        result.map_err(|e| storage_error(ErrorSubject::Log(log_id), ErrorVerb::Delete, e))
+    }
+}

@@ -1,0 +1,155 @@
+//! The layout of the state database: its tables, their keys and records, and
+//! the state digest.
+//!
+//! Every table maps bytes to bytes, so snapshots and digests treat them all
+//! alike. Module KV keys are `module name, 0x00, key`: module names never
+//! contain a zero byte, so each module owns one contiguous, ordered range.
+
+use std::ops::Range;
+
+use redb::{ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::command::{ModuleHash, ModuleLimits};
+
+pub(crate) type Table = TableDefinition<'static, &'static [u8], &'static [u8]>;
+
+/// `last_applied`, the membership and the format version.
+pub(crate) const META: Table = TableDefinition::new("meta");
+/// Module name → [`ModuleRecord`].
+pub(crate) const MODULES: Table = TableDefinition::new("modules");
+/// sha256 → wasm bytes, shared by every module record with that hash.
+pub(crate) const BLOBS: Table = TableDefinition::new("blobs");
+/// `module name, 0x00, key` → value: every module's own key-value state.
+pub(crate) const KV: Table = TableDefinition::new("kv");
+/// Client id → [`SessionRecord`](super::state_machine::SessionRecord).
+pub(crate) const SESSIONS: Table = TableDefinition::new("sessions");
+/// Encoded access rule → empty value.
+pub(crate) const ACCESS: Table = TableDefinition::new("access");
+
+/// Every table with its id in snapshot files. The ids are part of the
+/// snapshot format: never renumber, only append.
+pub(crate) const TABLES: [(u8, Table); 6] = [
+    (0, META),
+    (1, MODULES),
+    (2, BLOBS),
+    (3, KV),
+    (4, SESSIONS),
+    (5, ACCESS),
+];
+
+/// Tables whose content is the replicated state proper, as digested.
+/// `meta` is left out: it records how far the node got, not what the state is.
+pub(crate) const DIGESTED_TABLES: [(u8, Table); 5] = [
+    (1, MODULES),
+    (2, BLOBS),
+    (3, KV),
+    (4, SESSIONS),
+    (5, ACCESS),
+];
+
+pub(crate) const LAST_APPLIED: &[u8] = b"last_applied";
+pub(crate) const MEMBERSHIP: &[u8] = b"membership";
+/// The leader timestamp of the last applied command: the clock queries see.
+pub(crate) const LAST_TIMESTAMP: &[u8] = b"last_timestamp_ms";
+pub(crate) const FORMAT: &[u8] = b"format";
+/// Bumped when the table layout changes incompatibly.
+pub(crate) const FORMAT_VERSION: u32 = 1;
+
+/// A deployed module, as replicated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleRecord {
+    pub name: String,
+    /// 1 at first deploy, +1 at each upgrade.
+    pub version: u64,
+    pub hash: ModuleHash,
+    pub size_bytes: u64,
+    /// The log index and leader timestamp of the deploy that made this version.
+    pub deployed_index: u64,
+    pub deployed_timestamp_ms: i64,
+    pub limits: ModuleLimits,
+    pub has_query: bool,
+}
+
+/// The key range holding module `name`'s KV state, optionally narrowed to keys
+/// in `[start, end)` of the module's own key space.
+pub fn module_key_range(name: &str, start: &[u8], end: Option<&[u8]>) -> Range<Vec<u8>> {
+    debug_assert!(
+        !name.as_bytes().contains(&0),
+        "module names never contain a zero byte"
+    );
+    let mut low = Vec::with_capacity(name.len() + 1 + start.len());
+    low.extend_from_slice(name.as_bytes());
+    low.push(0);
+    low.extend_from_slice(start);
+    let mut high = Vec::with_capacity(name.len() + 1 + end.map_or(0, <[u8]>::len));
+    high.extend_from_slice(name.as_bytes());
+    match end {
+        Some(end) => {
+            high.push(0);
+            high.extend_from_slice(end);
+        }
+        // Just past every `name, 0x00, …` key.
+        None => high.push(1),
+    }
+    low..high
+}
+
+/// The KV table key of `key` in module `name`.
+pub(crate) fn module_key(name: &str, key: &[u8]) -> Vec<u8> {
+    module_key_range(name, key, None).start
+}
+
+/// A fingerprint of the replicated state at some applied index, comparable
+/// across nodes (as `etcdctl endpoint hashkv`): equal states, equal digests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StateDigest(pub [u8; 32]);
+
+impl std::fmt::Display for StateDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+/// Feeds one table record into a digest, framed so that record boundaries
+/// cannot be shifted to forge a collision.
+pub(crate) fn digest_record(hasher: &mut Sha256, table: u8, key: &[u8], value: &[u8]) {
+    hasher.update([table]);
+    hasher.update((key.len() as u64).to_le_bytes());
+    hasher.update(key);
+    hasher.update((value.len() as u64).to_le_bytes());
+    hasher.update(value);
+}
+
+/// Digests the replicated tables as seen by one read transaction.
+pub(crate) fn digest(txn: &redb::ReadTransaction) -> Result<StateDigest, redb::Error> {
+    let mut hasher = Sha256::new();
+    hasher.update(b"wasmraft state digest v1");
+    for (id, table) in DIGESTED_TABLES {
+        let table = txn.open_table(table)?;
+        for item in table.iter()? {
+            let (key, value) = item?;
+            digest_record(&mut hasher, id, key.value(), value.value());
+        }
+    }
+    Ok(StateDigest(hasher.finalize().into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn module_ranges_do_not_overlap() {
+        let a = module_key_range("a", b"", None);
+        let ab = module_key_range("ab", b"", None);
+        // Every key of module "a" sorts before every key of module "ab".
+        assert!(a.end <= ab.start);
+        assert!(module_key("a", b"\xff\xff").as_slice() < a.end.as_slice());
+        assert!(module_key("a", b"").as_slice() >= a.start.as_slice());
+        let narrowed = module_key_range("a", b"k1", Some(b"k3"));
+        assert!(module_key("a", b"k2") >= narrowed.start && module_key("a", b"k2") < narrowed.end);
+        assert!(module_key("a", b"k3") >= narrowed.end);
+    }
+}

@@ -1,0 +1,5 @@
+//! The host's integration tests, in one binary so that wasmtime is linked once.
+//! Each module is one concern; shared helpers live beside them.
+
+mod storage;
+mod wasm;

@@ -1,0 +1,21 @@
+;; Outputs what the host tells the guest about the call: the timestamp (i64 LE), the
+;; 32 seed bytes and the caller's identity, in that order.
+(module
+  (import "wasmraft" "caller" (func $caller (result i32)))
+  (import "wasmraft" "timestamp_ms" (func $timestamp_ms (result i64)))
+  (import "wasmraft" "seed" (func $seed (param i32)))
+  (import "wasmraft" "result_read" (func $result_read (param i32)))
+  (import "wasmraft" "output" (func $output (param i32 i32)))
+  (memory (export "memory") 1)
+  (func (export "wasmraft_abi_version_1"))
+  (func (export "wasmraft_alloc") (param i32) (result i32) (i32.const 4096))
+  (func $environment (param i32 i32) (result i32)
+    (local $caller_len i32)
+    (i64.store (i32.const 0) (call $timestamp_ms))
+    (call $seed (i32.const 8))
+    (local.set $caller_len (call $caller))
+    (call $result_read (i32.const 40))
+    (call $output (i32.const 0) (i32.add (i32.const 40) (local.get $caller_len)))
+    (i32.const 0))
+  (export "apply" (func $environment))
+  (export "query" (func $environment)))
