@@ -1,5 +1,6 @@
 //! The host's integration tests, in one binary so that wasmtime is linked once.
 //! Each module is one concern; shared helpers live beside them.
 
+mod state_machine;
 mod storage;
 mod wasm;

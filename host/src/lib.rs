@@ -6,6 +6,7 @@
 //! runtime ([`wasm`]). See ARCHITECTURE.md for the map.
 
 pub mod command;
+pub mod node;
 pub mod raft;
 pub mod storage;
 pub mod wasm;

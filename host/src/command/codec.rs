@@ -30,6 +30,16 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
         .expect("encoding wasmraft data into memory cannot fail")
 }
 
+/// Encodes `value` into `buffer`, replacing its content: lets a writer of
+/// many records reuse one allocation.
+pub fn encode_into<T: Serialize + ?Sized>(value: &T, buffer: &mut Vec<u8>) {
+    buffer.clear();
+    buffer.push(ENCODING_VERSION);
+    let taken = std::mem::take(buffer);
+    *buffer =
+        postcard::to_extend(value, taken).expect("encoding wasmraft data into memory cannot fail");
+}
+
 /// Decodes a record written by [`encode`].
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     match bytes.split_first() {
@@ -68,6 +78,9 @@ mod tests {
         // than its strings.
         assert!(bytes.len() < 50, "encoded size {}", bytes.len());
         assert_eq!(decode::<Request>(&bytes).unwrap(), request);
+        let mut buffer = vec![1, 2, 3];
+        encode_into(&request, &mut buffer);
+        assert_eq!(buffer, bytes);
     }
 
     #[test]

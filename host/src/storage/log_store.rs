@@ -194,6 +194,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             {
                 let mut table = txn.open_table(ENTRIES)?;
                 let mut previous = table.last()?.map(|(index, _)| index.value());
+                let mut buffer = Vec::with_capacity(1024);
                 for entry in entries {
                     let index = entry.log_id.index;
                     if let Some(previous) = previous {
@@ -205,7 +206,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                             "append leaves a gap or overlaps the log"
                         );
                     }
-                    table.insert(index, codec::encode(&entry).as_slice())?;
+                    codec::encode_into(&entry, &mut buffer);
+                    table.insert(index, buffer.as_slice())?;
                     previous = Some(index);
                 }
             }

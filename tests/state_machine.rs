@@ -1,0 +1,338 @@
+//! The state machine applying real commands through the real runtime: replicas
+//! reach identical digests, sessions make commands exactly-once, a module's
+//! life (deploy, upgrade, remove) and every refusal leave the state consistent.
+
+use openraft::CommittedLeaderId;
+use openraft::storage::RaftStateMachine;
+use sha2::{Digest, Sha256};
+use tempfile::TempDir;
+use wasmraft::command::{
+    AccessChange, AccessRule, CallOutcome, Command, Deploy, Invoke, ModuleLimits, Refusal, Request,
+    Response, SessionId,
+};
+use wasmraft::raft::{Entry, EntryPayload, LogId};
+use wasmraft::storage::{CallLimits, StateMachineConfig, StateMachineStore};
+use wasmraft::wasm::{Runtime, RuntimeConfig};
+
+fn counter_wasm() -> Vec<u8> {
+    wat::parse_file(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/wasm/counter.wat"
+    ))
+    .unwrap()
+}
+
+/// A module that writes, then traps: its writes must never land.
+const WRITE_THEN_TRAP: &str = r#"
+(module
+  (import "wasmraft" "kv_set" (func $kv_set (param i32 i32 i32 i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "n")
+  (func (export "wasmraft_abi_version_1"))
+  (func (export "wasmraft_alloc") (param i32) (result i32) (i32.const 1024))
+  (func (export "apply") (param i32 i32) (result i32)
+    (call $kv_set (i32.const 0) (i32.const 1) (i32.const 0) (i32.const 1))
+    unreachable))
+"#;
+
+struct Replica {
+    _directory: TempDir,
+    store: StateMachineStore,
+}
+
+fn replica() -> Replica {
+    let directory = TempDir::new().unwrap();
+    let config = RuntimeConfig {
+        fuel_per_call_max: 1_000_000,
+        ..RuntimeConfig::default()
+    };
+    let limits = CallLimits {
+        fuel_per_call_max: config.fuel_per_call_max,
+        memory_bytes_max: config.memory_bytes_max,
+    };
+    let runtime = Runtime::new(config).unwrap();
+    let store =
+        StateMachineStore::open(directory.path(), runtime, StateMachineConfig { limits }).unwrap();
+    Replica {
+        _directory: directory,
+        store,
+    }
+}
+
+struct Log {
+    next: u64,
+}
+
+impl Log {
+    fn entry(&mut self, command: Command) -> Entry {
+        let index = self.next;
+        self.next += 1;
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Request {
+                timestamp_ms: 1_700_000_000_000 + index as i64,
+                caller: "alice".into(),
+                command,
+            }),
+        }
+    }
+}
+
+fn deploy(name: &str, wasm: Vec<u8>) -> Command {
+    Command::Deploy(Deploy {
+        name: name.into(),
+        hash: Sha256::digest(&wasm).into(),
+        wasm,
+        init_argument: Vec::new(),
+        limits: ModuleLimits::default(),
+    })
+}
+
+fn invoke(module: &str, input: &[u8], session: Option<(&str, u64)>) -> Command {
+    Command::Invoke(Invoke {
+        module: module.into(),
+        input: input.to_vec(),
+        session: session.map(|(client_id, sequence)| SessionId {
+            client_id: client_id.into(),
+            sequence,
+        }),
+    })
+}
+
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(future)
+}
+
+fn output(response: &Response) -> u64 {
+    match response {
+        Response::Invoked(result) => match &result.outcome {
+            CallOutcome::Ok(bytes) => u64::from_le_bytes(bytes.as_slice().try_into().unwrap()),
+            other => panic!("call failed: {other:?}"),
+        },
+        other => panic!("not an invoke result: {other:?}"),
+    }
+}
+
+/// One scripted history with every kind of command and failure; each row is
+/// the command and a check of its response.
+#[allow(clippy::type_complexity)]
+fn history() -> Vec<(Command, Box<dyn Fn(&Response)>)> {
+    let bad_hash = Command::Deploy(Deploy {
+        name: "broken".into(),
+        wasm: counter_wasm(),
+        hash: [7; 32],
+        init_argument: Vec::new(),
+        limits: ModuleLimits::default(),
+    });
+    vec![
+        (
+            deploy("counter", counter_wasm()),
+            Box::new(|r| assert!(matches!(r, Response::Deployed(d) if d.version == 1))),
+        ),
+        (
+            invoke("counter", &5u64.to_le_bytes(), None),
+            Box::new(|r| assert_eq!(output(r), 5)),
+        ),
+        // A session: the retry of sequence 1 answers the first result and does not add again.
+        (
+            invoke("counter", &10u64.to_le_bytes(), Some(("c1", 1))),
+            Box::new(|r| assert_eq!(output(r), 15)),
+        ),
+        (
+            invoke("counter", &10u64.to_le_bytes(), Some(("c1", 1))),
+            Box::new(|r| assert_eq!(output(r), 15)),
+        ),
+        (
+            invoke("counter", &1u64.to_le_bytes(), Some(("c1", 2))),
+            Box::new(|r| assert_eq!(output(r), 16)),
+        ),
+        (
+            invoke("counter", &1u64.to_le_bytes(), Some(("c1", 1))),
+            Box::new(|r| {
+                assert!(
+                    matches!(
+                        r,
+                        Response::Refused(Refusal::SessionExpired { sequence: 1, .. })
+                    ),
+                    "{r:?}"
+                )
+            }),
+        ),
+        (
+            invoke("nowhere", b"", None),
+            Box::new(|r| {
+                assert!(
+                    matches!(r, Response::Refused(Refusal::ModuleNotFound(name)) if name == "nowhere")
+                )
+            }),
+        ),
+        (
+            bad_hash,
+            Box::new(|r| assert_eq!(r, &Response::Refused(Refusal::HashMismatch))),
+        ),
+        (
+            deploy("junk", b"\0asm\x01\0\0\0garbage".to_vec()),
+            Box::new(|r| {
+                assert!(
+                    matches!(r, Response::Refused(Refusal::InvalidModule(_))),
+                    "{r:?}"
+                )
+            }),
+        ),
+        (
+            deploy("trapper", wat::parse_str(WRITE_THEN_TRAP).unwrap()),
+            Box::new(|r| assert!(matches!(r, Response::Deployed(_)))),
+        ),
+        (
+            invoke("trapper", b"", None),
+            Box::new(|r| {
+                assert!(
+                    matches!(r, Response::Invoked(result) if matches!(&result.outcome, CallOutcome::Trap { kind, .. } if kind == "unreachable")),
+                    "{r:?}"
+                )
+            }),
+        ),
+        // Upgrading keeps the state and bumps the version.
+        (
+            deploy("counter", counter_wasm()),
+            Box::new(|r| assert!(matches!(r, Response::Deployed(d) if d.version == 2))),
+        ),
+        (
+            invoke("counter", &4u64.to_le_bytes(), None),
+            Box::new(|r| assert_eq!(output(r), 20)),
+        ),
+        (
+            Command::Access(AccessChange::Grant(AccessRule {
+                subject: "bob".into(),
+                role: "cluster_viewer".into(),
+                module_pattern: None,
+            })),
+            Box::new(|r| assert_eq!(r, &Response::AccessChanged { changed: true })),
+        ),
+        (
+            Command::Remove {
+                name: "trapper".into(),
+            },
+            Box::new(|r| assert!(matches!(r, Response::Removed { .. }))),
+        ),
+        (
+            Command::Remove {
+                name: "trapper".into(),
+            },
+            Box::new(|r| assert!(matches!(r, Response::Refused(Refusal::ModuleNotFound(_))))),
+        ),
+    ]
+}
+
+/// Two replicas, each with its own runtime and files, applying the same log
+/// in different batchings, end byte-identical.
+#[test]
+fn replicas_applying_the_same_log_have_equal_digests() {
+    let history = history();
+    let mut one = replica();
+    let mut two = replica();
+    block_on(async {
+        let mut log = Log { next: 1 };
+        let entries: Vec<Entry> = history
+            .iter()
+            .map(|(command, _)| log.entry(command.clone()))
+            .collect();
+        // Replica one applies entry by entry, checking every response.
+        for (entry, (_, check)) in entries.iter().zip(&history) {
+            let responses = one.store.apply([entry.clone()]).await.unwrap();
+            check(&responses[0]);
+        }
+        // Replica two applies everything as one batch: same responses.
+        let batch = two.store.apply(entries.clone()).await.unwrap();
+        for (response, (_, check)) in batch.iter().zip(&history) {
+            check(response);
+        }
+    });
+    let (applied_one, digest_one) = one.store.reader().digest().unwrap();
+    let (applied_two, digest_two) = two.store.reader().digest().unwrap();
+    assert_eq!(applied_one, applied_two);
+    assert_eq!(digest_one, digest_two);
+
+    // The trap's write never landed; the removed module's state is gone; the
+    // counter's state survived its upgrade.
+    let reader = one.store.reader();
+    assert_eq!(reader.module_value("trapper", b"n").unwrap(), None);
+    assert_eq!(
+        reader.module_value("counter", b"n").unwrap(),
+        Some(20u64.to_le_bytes().to_vec())
+    );
+    let names: Vec<String> = reader
+        .modules()
+        .unwrap()
+        .into_iter()
+        .map(|m| m.name)
+        .collect();
+    assert_eq!(names, ["counter"]);
+    let query = reader.query("counter", b"", "bob").unwrap().unwrap();
+    assert_eq!(query.outcome, CallOutcome::Ok(20u64.to_le_bytes().to_vec()));
+    assert!(reader.query("trapper", b"", "bob").unwrap().is_none());
+
+    // A third replica that diverges by one command has another digest.
+    let mut three = replica();
+    block_on(async {
+        let mut log = Log { next: 1 };
+        let mut entries: Vec<Entry> = history
+            .iter()
+            .map(|(command, _)| log.entry(command.clone()))
+            .collect();
+        entries.pop();
+        log.next -= 1;
+        entries.push(log.entry(invoke("counter", &1u64.to_le_bytes(), None)));
+        three.store.apply(entries).await.unwrap();
+    });
+    assert_ne!(three.store.reader().digest().unwrap().1, digest_one);
+}
+
+/// State and `last_applied` survive closing and reopening the database.
+#[test]
+fn applied_state_survives_reopen() {
+    let directory = TempDir::new().unwrap();
+    let open = || {
+        let config = RuntimeConfig {
+            cache_dir: Some(directory.path().join("cache")),
+            ..RuntimeConfig::default()
+        };
+        let limits = CallLimits {
+            fuel_per_call_max: config.fuel_per_call_max,
+            memory_bytes_max: config.memory_bytes_max,
+        };
+        let runtime = Runtime::new(config).unwrap();
+        (
+            StateMachineStore::open(
+                directory.path().join("state"),
+                runtime.clone(),
+                StateMachineConfig { limits },
+            )
+            .unwrap(),
+            runtime,
+        )
+    };
+    let mut log = Log { next: 1 };
+    let (mut store, _) = open();
+    block_on(store.apply([
+        log.entry(deploy("counter", counter_wasm())),
+        log.entry(invoke("counter", &3u64.to_le_bytes(), None)),
+    ]))
+    .unwrap();
+    let before = store.reader().digest().unwrap();
+    drop(store);
+
+    let (mut store, runtime) = open();
+    assert_eq!(store.reader().digest().unwrap(), before);
+    let (applied, _) = block_on(store.applied_state()).unwrap();
+    assert_eq!(applied.unwrap().index, 2);
+    // The module is not compiled again after the restart: it comes from the disk cache.
+    let responses =
+        block_on(store.apply([log.entry(invoke("counter", &1u64.to_le_bytes(), None))])).unwrap();
+    assert_eq!(output(&responses[0]), 4);
+    assert_eq!(runtime.stats().compilations, 0, "{:?}", runtime.stats());
+}
