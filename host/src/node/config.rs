@@ -245,7 +245,7 @@ impl LimitSettings {
             64 * 1024 * 1024,
         )?;
         within("limits.query_timeout_ms", self.query_timeout_ms, 1, 600_000)?;
-        if self.memory_bytes_max % 65_536 != 0 {
+        if !self.memory_bytes_max.is_multiple_of(65_536) {
             return Err(invalid(
                 "limits.memory_bytes_max",
                 "must be a whole number of 64 KiB wasm pages",
