@@ -5,6 +5,7 @@
 //! ([`storage::StateMachineStore`]), running user modules in the wasm
 //! runtime ([`wasm`]). See ARCHITECTURE.md for the map.
 
+pub mod cli;
 pub mod command;
 pub mod node;
 pub mod raft;

@@ -1,0 +1,41 @@
+//! The `wasmraft` command line: one subcommand per file.
+//!
+//! Each subcommand module owns its clap arguments and its `run` function;
+//! this file only lists them.
+
+mod inspect;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Raft-replicated WebAssembly state machines.
+#[derive(Debug, Parser)]
+#[command(name = "wasmraft", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Debug, Subcommand)]
+enum Commands {
+    /// Print what a node's data directory holds: the log, the applied state
+    /// and its digest, and the deployed modules. Read-only; the node must be stopped.
+    Inspect(inspect::InspectArgs),
+}
+
+impl Cli {
+    /// Runs the chosen subcommand; errors are printed to stderr.
+    pub fn run(self) -> ExitCode {
+        let result = match self.command {
+            Commands::Inspect(args) => inspect::run(args),
+        };
+        match result {
+            Ok(code) => code,
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
