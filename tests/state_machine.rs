@@ -41,6 +41,10 @@ struct Replica {
 }
 
 fn replica() -> Replica {
+    replica_with_sessions(CallLimits::SESSIONS_MAX_DEFAULT)
+}
+
+fn replica_with_sessions(sessions_max: u64) -> Replica {
     let directory = TempDir::new().unwrap();
     let config = RuntimeConfig {
         fuel_per_call_max: 1_000_000,
@@ -49,6 +53,7 @@ fn replica() -> Replica {
     let limits = CallLimits {
         fuel_per_call_max: config.fuel_per_call_max,
         memory_bytes_max: config.memory_bytes_max,
+        sessions_max,
     };
     let runtime = Runtime::new(config).unwrap();
     let store =
@@ -304,6 +309,7 @@ fn applied_state_survives_reopen() {
         let limits = CallLimits {
             fuel_per_call_max: config.fuel_per_call_max,
             memory_bytes_max: config.memory_bytes_max,
+            sessions_max: CallLimits::SESSIONS_MAX_DEFAULT,
         };
         let runtime = Runtime::new(config).unwrap();
         (
@@ -335,4 +341,80 @@ fn applied_state_survives_reopen() {
         block_on(store.apply([log.entry(invoke("counter", &1u64.to_le_bytes(), None))])).unwrap();
     assert_eq!(output(&responses[0]), 4);
     assert_eq!(runtime.stats().compilations, 0, "{:?}", runtime.stats());
+}
+
+/// The session table is bounded: the least recently used session is
+/// forgotten, and a forgotten session's later commands are refused rather
+/// than risk applying one twice.
+#[test]
+fn sessions_are_bounded_and_forgotten_ones_are_refused() {
+    let mut replica = replica_with_sessions(2);
+    let mut log = Log { next: 1 };
+    let one = 1u64.to_le_bytes();
+    let rows: Vec<(Command, Box<dyn Fn(&Response)>)> = vec![
+        (
+            deploy("counter", counter_wasm()),
+            Box::new(|r| assert!(matches!(r, Response::Deployed(_)))),
+        ),
+        (
+            invoke("counter", &one, Some(("a", 1))),
+            Box::new(|r| assert_eq!(output(r), 1)),
+        ),
+        (
+            invoke("counter", &one, Some(("b", 1))),
+            Box::new(|r| assert_eq!(output(r), 2)),
+        ),
+        // "a" is used again, so "b" becomes the least recently used.
+        (
+            invoke("counter", &one, Some(("a", 2))),
+            Box::new(|r| assert_eq!(output(r), 3)),
+        ),
+        (
+            invoke("counter", &one, Some(("c", 1))),
+            Box::new(|r| assert_eq!(output(r), 4)),
+        ),
+        // "b" was evicted: its next command is refused, not applied.
+        (
+            invoke("counter", &one, Some(("b", 2))),
+            Box::new(|r| {
+                assert!(
+                    matches!(r, Response::Refused(Refusal::SessionExpired { .. })),
+                    "{r:?}"
+                )
+            }),
+        ),
+        // "a" and "c" are remembered: their retries answer the first result.
+        (
+            invoke("counter", &one, Some(("a", 2))),
+            Box::new(|r| assert_eq!(output(r), 3)),
+        ),
+        (
+            invoke("counter", &one, Some(("c", 1))),
+            Box::new(|r| assert_eq!(output(r), 4)),
+        ),
+        // A new session starts at 1; one that claims to be further along is unknown.
+        (
+            invoke("counter", &one, Some(("d", 5))),
+            Box::new(|r| {
+                assert!(
+                    matches!(r, Response::Refused(Refusal::SessionExpired { .. })),
+                    "{r:?}"
+                )
+            }),
+        ),
+    ];
+    block_on(async {
+        for (command, check) in rows {
+            let responses = replica.store.apply([log.entry(command)]).await.unwrap();
+            check(&responses[0]);
+        }
+    });
+    assert_eq!(
+        replica
+            .store
+            .reader()
+            .module_value("counter", b"n")
+            .unwrap(),
+        Some(4u64.to_le_bytes().to_vec())
+    );
 }

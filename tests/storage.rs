@@ -27,6 +27,7 @@ fn state_config() -> StateMachineConfig {
         limits: CallLimits {
             fuel_per_call_max: defaults.fuel_per_call_max,
             memory_bytes_max: defaults.memory_bytes_max,
+            sessions_max: CallLimits::SESSIONS_MAX_DEFAULT,
         },
     }
 }

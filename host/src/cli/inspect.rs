@@ -33,6 +33,7 @@ fn inspect(data: DataDirectory) -> anyhow::Result<()> {
     let limits = CallLimits {
         fuel_per_call_max: runtime_config.fuel_per_call_max,
         memory_bytes_max: runtime_config.memory_bytes_max,
+        sessions_max: CallLimits::SESSIONS_MAX_DEFAULT,
     };
     let runtime = Runtime::new(runtime_config)?;
     let tokio = tokio::runtime::Builder::new_current_thread()

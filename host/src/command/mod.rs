@@ -146,7 +146,7 @@ pub enum Refusal {
     #[error("module setup failed: {0}")]
     SetupFailed(String),
     #[error(
-        "sequence {sequence} of client `{client_id}` is older than its last applied command; its result is no longer kept"
+        "sequence {sequence} of client `{client_id}` is not the session's next command: it is older than the last applied one, or the session was forgotten; start a new session"
     )]
     SessionExpired { client_id: String, sequence: u64 },
 }

@@ -85,6 +85,8 @@ pub struct LimitSettings {
     pub payload_bytes_max: u64,
     /// Wall-clock limit of one query (apply is limited by fuel alone).
     pub query_timeout_ms: u64,
+    /// Client sessions remembered for exactly-once commands.
+    pub sessions_max: u64,
 }
 
 impl Default for LimitSettings {
@@ -96,6 +98,7 @@ impl Default for LimitSettings {
             output_bytes_max: 1024 * 1024,
             payload_bytes_max: 1024 * 1024,
             query_timeout_ms: 5_000,
+            sessions_max: crate::storage::CallLimits::SESSIONS_MAX_DEFAULT,
         }
     }
 }
@@ -245,6 +248,7 @@ impl LimitSettings {
             64 * 1024 * 1024,
         )?;
         within("limits.query_timeout_ms", self.query_timeout_ms, 1, 600_000)?;
+        within("limits.sessions_max", self.sessions_max, 1, 100_000_000)?;
         if !self.memory_bytes_max.is_multiple_of(65_536) {
             return Err(invalid(
                 "limits.memory_bytes_max",

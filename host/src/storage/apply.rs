@@ -7,12 +7,13 @@
 //! included, identical on every replica — or a [`redb::Error`], which is a
 //! broken storage and stops the node.
 
-use redb::{ReadableTable, WriteTransaction};
+use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::state::{
-    ACCESS, BLOBS, KV, MODULES, ModuleRecord, SESSIONS, module_key, module_key_range,
+    ACCESS, BLOBS, KV, MODULES, ModuleRecord, SESSIONS, SESSIONS_BY_USE, module_key,
+    module_key_range,
 };
 use crate::command::{
     AccessChange, CallOutcome, CallResult, Command, Deploy, Deployed, Invoke, ModuleHash,
@@ -39,6 +40,14 @@ pub(crate) struct ApplyContext<'a> {
 pub struct CallLimits {
     pub fuel_per_call_max: u64,
     pub memory_bytes_max: u64,
+    /// Client sessions remembered for exactly-once; the least recently used
+    /// is forgotten past it.
+    pub sessions_max: u64,
+}
+
+impl CallLimits {
+    /// The default number of remembered client sessions.
+    pub const SESSIONS_MAX_DEFAULT: u64 = 100_000;
 }
 
 impl CallLimits {
@@ -63,6 +72,8 @@ impl CallLimits {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct SessionRecord {
     pub sequence: u64,
+    /// The log index that last used the session, for least-recently-used eviction.
+    pub last_used_index: u64,
     pub response: Response,
 }
 
@@ -240,14 +251,26 @@ fn apply_invoke_once(
     else {
         return apply_invoke(txn, context, log_id, request, invoke);
     };
+    // A session belongs to the subject that opened it: another caller using
+    // the same client id gets a session of its own.
+    let key = session_key(&request.caller, client_id);
     let previous: Option<SessionRecord> = {
         let sessions = txn.open_table(SESSIONS)?;
-        let record = sessions.get(client_id.as_bytes())?;
+        let record = sessions.get(key.as_slice())?;
         record.map(|bytes| decode(bytes.value())).transpose()?
     };
-    if let Some(previous) = previous {
+    // Sessions start at sequence 1. An unknown session further along was
+    // forgotten (evicted): its command may have been applied already, so it
+    // is refused rather than risk a second apply.
+    if previous.is_none() && *sequence > 1 {
+        return Ok(Response::Refused(Refusal::SessionExpired {
+            client_id: client_id.clone(),
+            sequence: *sequence,
+        }));
+    }
+    if let Some(previous) = &previous {
         if previous.sequence == *sequence {
-            return Ok(previous.response);
+            return Ok(previous.response.clone());
         }
         if previous.sequence > *sequence {
             return Ok(Response::Refused(Refusal::SessionExpired {
@@ -259,11 +282,42 @@ fn apply_invoke_once(
     let response = apply_invoke(txn, context, log_id, request, invoke)?;
     let record = SessionRecord {
         sequence: *sequence,
+        last_used_index: log_id.index,
         response: response.clone(),
     };
-    txn.open_table(SESSIONS)?
-        .insert(client_id.as_bytes(), codec::encode(&record).as_slice())?;
+    let mut by_use = txn.open_table(SESSIONS_BY_USE)?;
+    if let Some(previous) = previous {
+        by_use.remove(use_key(previous.last_used_index, &key).as_slice())?;
+    }
+    by_use.insert(use_key(log_id.index, &key).as_slice(), [].as_slice())?;
+    let mut sessions = txn.open_table(SESSIONS)?;
+    sessions.insert(key.as_slice(), codec::encode(&record).as_slice())?;
+    // The table is bounded: past the cap, the least recently used session
+    // goes. Its client then gets `SessionExpired` for a retry of an old
+    // command, never a second apply.
+    while sessions.len()? > context.limits.sessions_max {
+        let Some((oldest, _)) = by_use.pop_first()? else {
+            break;
+        };
+        let oldest = oldest.value();
+        sessions.remove(&oldest[8..])?;
+    }
     Ok(response)
+}
+
+fn session_key(caller: &str, client_id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(caller.len() + 1 + client_id.len());
+    key.extend_from_slice(caller.as_bytes());
+    key.push(0);
+    key.extend_from_slice(client_id.as_bytes());
+    key
+}
+
+fn use_key(index: u64, session: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(8 + session.len());
+    key.extend_from_slice(&index.to_be_bytes());
+    key.extend_from_slice(session);
+    key
 }
 
 fn apply_invoke(

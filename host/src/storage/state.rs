@@ -23,20 +23,24 @@ pub(crate) const MODULES: Table = TableDefinition::new("modules");
 pub(crate) const BLOBS: Table = TableDefinition::new("blobs");
 /// `module name, 0x00, key` → value: every module's own key-value state.
 pub(crate) const KV: Table = TableDefinition::new("kv");
-/// Client id → [`SessionRecord`](super::state_machine::SessionRecord).
+/// `caller, 0x00, client id` → the session's last command and its response.
 pub(crate) const SESSIONS: Table = TableDefinition::new("sessions");
+/// `last used index (u64 big-endian), session key` → empty: the sessions in
+/// the order they were last used, so the oldest is evicted first.
+pub(crate) const SESSIONS_BY_USE: Table = TableDefinition::new("sessions_by_use");
 /// Encoded access rule → empty value.
 pub(crate) const ACCESS: Table = TableDefinition::new("access");
 
 /// Every table with its id in snapshot files. The ids are part of the
 /// snapshot format: never renumber, only append.
-pub(crate) const TABLES: [(u8, Table); 6] = [
+pub(crate) const TABLES: [(u8, Table); 7] = [
     (0, META),
     (1, MODULES),
     (2, BLOBS),
     (3, KV),
     (4, SESSIONS),
     (5, ACCESS),
+    (6, SESSIONS_BY_USE),
 ];
 
 /// Tables whose content is the replicated state proper, as digested.
