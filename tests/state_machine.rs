@@ -122,10 +122,11 @@ fn output(response: &Response) -> u64 {
     }
 }
 
-/// One scripted history with every kind of command and failure; each row is
-/// the command and a check of its response.
-#[allow(clippy::type_complexity)]
-fn history() -> Vec<(Command, Box<dyn Fn(&Response)>)> {
+/// A command and the check of its response.
+type Row = (Command, Box<dyn Fn(&Response)>);
+
+/// One scripted history with every kind of command and failure.
+fn history() -> Vec<Row> {
     let bad_hash = Command::Deploy(Deploy {
         name: "broken".into(),
         wasm: counter_wasm(),
@@ -351,7 +352,7 @@ fn sessions_are_bounded_and_forgotten_ones_are_refused() {
     let mut replica = replica_with_sessions(2);
     let mut log = Log { next: 1 };
     let one = 1u64.to_le_bytes();
-    let rows: Vec<(Command, Box<dyn Fn(&Response)>)> = vec![
+    let rows: Vec<Row> = vec![
         (
             deploy("counter", counter_wasm()),
             Box::new(|r| assert!(matches!(r, Response::Deployed(_)))),
