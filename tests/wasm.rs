@@ -1,60 +1,21 @@
 //! The wasm runtime (`wasmraft::wasm`) against hand-written ABI v1 modules: outcomes, deploy checks, KV semantics, determinism, caches.
 
-use std::collections::BTreeMap;
-use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use wasmraft::wasm::{
-    Call, CallReport, EntryPoint, KvError, KvSource, Outcome, Runtime, RuntimeConfig, TrapKind,
-    ValidationError, WriteSet,
+    Call, CallReport, EntryPoint, KvError, KvSource, MemoryKv, Outcome, Runtime, RuntimeConfig,
+    TrapKind, ValidationError,
 };
 
-/// The committed state of one module, as the Raft state machine would keep it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct MemoryKv {
-    entries: BTreeMap<Vec<u8>, Vec<u8>>,
-}
-
-impl MemoryKv {
-    fn with(entries: &[(&str, &str)]) -> MemoryKv {
-        MemoryKv {
-            entries: entries
-                .iter()
-                .map(|(key, value)| (key.as_bytes().to_vec(), value.as_bytes().to_vec()))
-                .collect(),
-        }
-    }
-
-    fn commit(&mut self, writes: WriteSet) {
-        for (key, value) in writes {
-            match value {
-                Some(value) => self.entries.insert(key, value),
-                None => self.entries.remove(&key),
-            };
-        }
-    }
-}
-
-impl KvSource for MemoryKv {
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
-        Ok(self.entries.get(key).cloned())
-    }
-
-    fn scan(
-        &self,
-        start: &[u8],
-        end: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, KvError> {
-        let upper = end.map_or(Bound::Unbounded, Bound::Excluded);
-        Ok(self
-            .entries
-            .range::<[u8], _>((Bound::Included(start), upper))
-            .take(limit)
-            .map(|(key, value)| (key.clone(), value.clone()))
-            .collect())
-    }
+/// A module's committed state, prefilled with string keys and values.
+fn memory_kv(entries: &[(&str, &str)]) -> MemoryKv {
+    MemoryKv(
+        entries
+            .iter()
+            .map(|(key, value)| (key.as_bytes().to_vec(), value.as_bytes().to_vec()))
+            .collect(),
+    )
 }
 
 /// A source whose storage has failed.
@@ -923,7 +884,7 @@ fn value(value: Option<&str>) -> Read {
 #[test]
 fn reads_see_the_calls_own_writes() {
     use Op::{Delete, Get, Log, Scan, Set};
-    let base = MemoryKv::with(&[("a", "1"), ("b", "2"), ("c", "3"), ("d", "4"), ("e", "5")]);
+    let base = memory_kv(&[("a", "1"), ("b", "2"), ("c", "3"), ("d", "4"), ("e", "5")]);
     let rows: Vec<(&str, Vec<Op<'_>>, Vec<Read>)> = vec![
         (
             "get sees a set, a delete and the base",
@@ -1250,7 +1211,7 @@ fn calls_run_concurrently_from_many_threads() {
     let wasm = wat_file("counter.wat");
     let info = runtime.validate(&wasm).unwrap();
     let module = runtime.load(&info.hash, &wasm).unwrap();
-    let kv = MemoryKv::with(&[("n", "\u{1}\0\0\0\0\0\0\0")]);
+    let kv = memory_kv(&[("n", "\u{1}\0\0\0\0\0\0\0")]);
     std::thread::scope(|scope| {
         for _ in 0..8 {
             scope.spawn(|| {

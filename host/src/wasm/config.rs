@@ -112,9 +112,20 @@ pub(crate) fn engine_config(config: &RuntimeConfig, fuel: bool) -> Config {
     pool.max_tables_per_module(TABLES_MAX);
     pool.table_elements(TABLE_ELEMENTS_MAX as usize);
     pool.max_memory_size(usize::try_from(config.memory_bytes_max).unwrap_or(usize::MAX));
+    // Reset the first MiB of a slot's memory by zeroing it in place rather than
+    // returning the pages to the kernel: a typical module touches a page or two,
+    // and re-faulting them costs far more than a memset (about 28 µs against
+    // 8 µs for one small call). The guest sees zeroed memory either way.
+    pool.linear_memory_keep_resident(MEMORY_KEEP_RESIDENT_BYTES);
+    pool.table_keep_resident(TABLE_KEEP_RESIDENT_BYTES);
     engine.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     engine
 }
+
+/// Bytes of each memory slot kept resident (zeroed in place) between instances.
+const MEMORY_KEEP_RESIDENT_BYTES: usize = 1 << 20;
+/// Bytes of each table slot kept resident between instances.
+const TABLE_KEEP_RESIDENT_BYTES: usize = 64 << 10;
 
 /// Identifies everything that decides how a guest runs: the engine's compatibility
 /// hash (wasmtime version, compiler flags, features, tunables) plus the host ABI's

@@ -277,32 +277,48 @@ impl<'a> BaseStream<'a> {
     }
 }
 
+/// A KV source in memory: for tests, benchmarks and tools that run a module
+/// without a node. [`MemoryKv::commit`] applies a successful call's writes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemoryKv(pub BTreeMap<Vec<u8>, Vec<u8>>);
+
+impl MemoryKv {
+    pub fn new() -> MemoryKv {
+        MemoryKv::default()
+    }
+
+    /// Applies a write set: sets and deletes, in key order.
+    pub fn commit(&mut self, writes: WriteSet) {
+        for (key, value) in writes {
+            match value {
+                Some(value) => self.0.insert(key, value),
+                None => self.0.remove(&key),
+            };
+        }
+    }
+}
+
+impl KvSource for MemoryKv {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
+        Ok(self.0.get(key).cloned())
+    }
+
+    fn scan(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<KvEntries, KvError> {
+        let upper = end.map_or(Bound::Unbounded, Bound::Excluded);
+        Ok(self
+            .0
+            .range::<[u8], _>((Bound::Included(start), upper))
+            .take(limit)
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    struct Base(BTreeMap<Vec<u8>, Vec<u8>>);
-
-    impl KvSource for Base {
-        fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
-            Ok(self.0.get(key).cloned())
-        }
-
-        fn scan(
-            &self,
-            start: &[u8],
-            end: Option<&[u8]>,
-            limit: usize,
-        ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, KvError> {
-            let upper = end.map_or(Bound::Unbounded, Bound::Excluded);
-            Ok(self
-                .0
-                .range::<[u8], _>((Bound::Included(start), upper))
-                .take(limit)
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect())
-        }
-    }
+    use MemoryKv as Base;
 
     fn base(keys: &[&str]) -> Base {
         Base(

@@ -28,7 +28,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::{Engine, InstancePre, Linker, Module, ModuleExport, Store, Trap};
 
 pub use self::config::RuntimeConfig;
-pub use self::kv::{KvEntries, KvError, KvSource, WriteSet};
+pub use self::kv::{KvEntries, KvError, KvSource, MemoryKv, WriteSet};
 pub use self::outcome::{Call, CallReport, EntryPoint, Outcome, TrapKind};
 pub use self::validate::{ModuleInfo, ValidationError};
 
