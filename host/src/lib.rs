@@ -5,8 +5,10 @@
 //! ([`storage::StateMachineStore`]), running user modules in the wasm
 //! runtime ([`wasm`]). See ARCHITECTURE.md for the map.
 
+pub mod api;
 pub mod cli;
 pub mod command;
+pub mod network;
 pub mod node;
 pub mod raft;
 pub mod storage;

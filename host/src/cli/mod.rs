@@ -4,6 +4,7 @@
 //! this file only lists them.
 
 mod inspect;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -22,6 +23,10 @@ enum Commands {
     /// Print what a node's data directory holds: the log, the applied state
     /// and its digest, and the deployed modules. Read-only; the node must be stopped.
     Inspect(inspect::InspectArgs),
+    /// Run a node: `--dev` for a single self-initialising node with the
+    /// example modules, or `--node-id N --listen HOST:PORT --data-dir DIR`
+    /// (or `--config FILE.toml`) for a cluster member.
+    Serve(serve::ServeArgs),
 }
 
 impl Cli {
@@ -29,6 +34,7 @@ impl Cli {
     pub fn run(self) -> ExitCode {
         let result = match self.command {
             Commands::Inspect(args) => inspect::run(args),
+            Commands::Serve(args) => serve::run(args),
         };
         match result {
             Ok(code) => code,

@@ -1,0 +1,196 @@
+//! The `Cluster` service: status (this node's view from Raft's metrics, and
+//! each member's own indexes and state digest, asked of it with a timeout),
+//! health and snapshot. Membership changes arrive with the cluster issue.
+
+use std::time::Duration;
+
+use tonic::transport::Endpoint;
+use tonic::{Request, Response, Status};
+use wasmraft_proto::v1 as proto;
+use wasmraft_proto::v1::cluster_client::ClusterClient;
+use wasmraft_proto::v1::cluster_server::Cluster;
+
+use super::blocking;
+use super::status::ApiError;
+use crate::node::address::parse_peer_address;
+use crate::node::handle::{ClusterView, Member, NodeHandle, Role};
+
+/// How long a member may take to report its own status.
+const MEMBER_STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Serves `wasmraft.v1.Cluster`.
+#[derive(Debug, Clone)]
+pub struct ClusterService {
+    node: NodeHandle,
+}
+
+impl ClusterService {
+    pub fn new(node: NodeHandle) -> Self {
+        Self { node }
+    }
+
+    /// This node's own entry: indexes from Raft, digest from the state.
+    async fn local_status(&self, view: &ClusterView) -> Result<proto::NodeStatus, ApiError> {
+        let reader = self.node.reader().clone();
+        let (applied, digest) = blocking(move || reader.digest()).await??;
+        Ok(proto::NodeStatus {
+            id: view.this,
+            address: self.node.advertised_address().to_owned(),
+            role: role(view.role) as i32,
+            last_log_index: view.last_log_index,
+            // The digest's own index: the two always describe one state.
+            applied_index: applied.map(|log_id| log_id.index),
+            state_digest_hex: digest.to_string(),
+            error: String::new(),
+        })
+    }
+
+    async fn status(&self, local_only: bool) -> Result<proto::StatusResponse, ApiError> {
+        let view = self.node.cluster_view();
+        let local = self.local_status(&view).await?;
+        let mut members: Vec<&Member> = view.voters.iter().chain(&view.learners).collect();
+        members.sort_by_key(|member| member.id);
+        members.dedup_by_key(|member| member.id);
+        let nodes = if local_only || members.iter().all(|member| member.id == view.this) {
+            vec![local]
+        } else {
+            let others = members
+                .iter()
+                .filter(|member| member.id != view.this)
+                .map(|member| member_status(member));
+            let mut nodes = futures::future::join_all(others).await;
+            nodes.push(local);
+            nodes.sort_by_key(|node| node.id);
+            nodes
+        };
+        let to_node = |member: &Member| proto::Node {
+            id: member.id,
+            address: member.address.clone(),
+        };
+        Ok(proto::StatusResponse {
+            leader_id: view.leader_id,
+            term: view.term,
+            membership: Some(proto::Membership {
+                voters: view.voters.iter().map(to_node).collect(),
+                learners: view.learners.iter().map(to_node).collect(),
+            }),
+            nodes,
+        })
+    }
+}
+
+fn role(role: Role) -> proto::NodeRole {
+    match role {
+        Role::Leader => proto::NodeRole::Leader,
+        Role::Follower => proto::NodeRole::Follower,
+        Role::Candidate => proto::NodeRole::Candidate,
+        Role::Learner => proto::NodeRole::Learner,
+        Role::ShuttingDown => proto::NodeRole::Unspecified,
+    }
+}
+
+/// Asks one member for its own status; a member that does not answer in
+/// time is listed with `error` set.
+async fn member_status(member: &Member) -> proto::NodeStatus {
+    let failed = |error: String| proto::NodeStatus {
+        id: member.id,
+        address: member.address.clone(),
+        error,
+        ..proto::NodeStatus::default()
+    };
+    let endpoint = match parse_peer_address(&member.address)
+        .and_then(|url| Endpoint::from_shared(url).map_err(|error| error.to_string()))
+    {
+        Ok(endpoint) => endpoint.connect_timeout(MEMBER_STATUS_TIMEOUT),
+        Err(reason) => return failed(format!("bad address: {reason}")),
+    };
+    let mut client = ClusterClient::new(endpoint.connect_lazy());
+    let mut request = Request::new(proto::StatusRequest { local_only: true });
+    request.set_timeout(MEMBER_STATUS_TIMEOUT);
+    match tokio::time::timeout(MEMBER_STATUS_TIMEOUT, client.status(request)).await {
+        Err(_) => failed(format!(
+            "no answer within {} ms",
+            MEMBER_STATUS_TIMEOUT.as_millis()
+        )),
+        Ok(Err(status)) => failed(format!("{}: {}", status.code(), status.message())),
+        Ok(Ok(response)) => response
+            .into_inner()
+            .nodes
+            .into_iter()
+            .find(|node| node.id == member.id)
+            .unwrap_or_else(|| failed("the node at this address reports another id".to_owned())),
+    }
+}
+
+#[tonic::async_trait]
+impl Cluster for ClusterService {
+    async fn status(
+        &self,
+        request: Request<proto::StatusRequest>,
+    ) -> Result<Response<proto::StatusResponse>, Status> {
+        let local_only = request.into_inner().local_only;
+        Ok(Response::new(
+            ClusterService::status(self, local_only).await?,
+        ))
+    }
+
+    async fn add_node(
+        &self,
+        _request: Request<proto::AddNodeRequest>,
+    ) -> Result<Response<proto::AddNodeResponse>, Status> {
+        Err(
+            ApiError::Unimplemented("adding nodes comes with cluster membership (a later release)")
+                .into(),
+        )
+    }
+
+    async fn remove_node(
+        &self,
+        _request: Request<proto::RemoveNodeRequest>,
+    ) -> Result<Response<proto::RemoveNodeResponse>, Status> {
+        Err(ApiError::Unimplemented(
+            "removing nodes comes with cluster membership (a later release)",
+        )
+        .into())
+    }
+
+    async fn transfer_leader(
+        &self,
+        _request: Request<proto::TransferLeaderRequest>,
+    ) -> Result<Response<proto::TransferLeaderResponse>, Status> {
+        Err(ApiError::Unimplemented(
+            "leadership transfer comes with cluster membership (a later release)",
+        )
+        .into())
+    }
+
+    async fn snapshot(
+        &self,
+        _request: Request<proto::SnapshotRequest>,
+    ) -> Result<Response<proto::SnapshotResponse>, Status> {
+        self.node
+            .raft()
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|fatal| ApiError::Internal(format!("cannot start a snapshot: {fatal}")))?;
+        Ok(Response::new(proto::SnapshotResponse {}))
+    }
+
+    async fn health(
+        &self,
+        _request: Request<proto::HealthRequest>,
+    ) -> Result<Response<proto::HealthResponse>, Status> {
+        let response = match self.node.cluster_view().health {
+            Ok(()) => proto::HealthResponse {
+                status: proto::HealthStatus::Serving as i32,
+                detail: String::new(),
+            },
+            Err(detail) => proto::HealthResponse {
+                status: proto::HealthStatus::NotServing as i32,
+                detail,
+            },
+        };
+        Ok(Response::new(response))
+    }
+}

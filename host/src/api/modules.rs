@@ -1,0 +1,231 @@
+//! The `Modules` service: deploy (a client stream, validated at the edge
+//! before it is proposed), list, get and remove.
+
+use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
+use wasmraft_proto::v1 as proto;
+use wasmraft_proto::v1::modules_server::Modules;
+
+use super::status::ApiError;
+use super::validate::{self, DeployAssembler, DeployUpload, InputError};
+use super::{blocking, caller};
+use crate::command::{Command, Deploy, Response as Applied};
+use crate::node::handle::NodeHandle;
+use crate::storage::ModuleRecord;
+use crate::wasm::EntryPoint;
+
+/// Serves `wasmraft.v1.Modules`.
+#[derive(Debug, Clone)]
+pub struct ModulesService {
+    node: NodeHandle,
+}
+
+impl ModulesService {
+    pub fn new(node: NodeHandle) -> Self {
+        Self { node }
+    }
+}
+
+/// Validates a received module and deploys it through the log: the path of
+/// `Modules.Deploy` after the stream, and of `serve --dev`'s examples.
+pub async fn deploy_module(
+    node: &NodeHandle,
+    caller: &str,
+    upload: DeployUpload,
+) -> Result<proto::Module, ApiError> {
+    let span = tracing::info_span!(
+        "deploy",
+        module = %upload.name,
+        size_bytes = upload.wasm.len(),
+        version = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+    );
+    let result = deploy_in_span(node, caller, upload)
+        .instrument(span.clone())
+        .await;
+    match &result {
+        Ok(module) => {
+            span.record("version", module.version);
+            span.record("outcome", "ok");
+        }
+        Err(error) => {
+            span.record("outcome", tracing::field::display(error));
+        }
+    }
+    result
+}
+
+async fn deploy_in_span(
+    node: &NodeHandle,
+    caller: &str,
+    upload: DeployUpload,
+) -> Result<proto::Module, ApiError> {
+    let DeployUpload {
+        name,
+        wasm,
+        hash,
+        init_argument,
+        limits,
+    } = upload;
+    validate::module_name(&name)?;
+    // Compiling is CPU work: off the async threads. The compiled module
+    // stays in the runtime's cache, so apply does not compile it again.
+    let runtime = node.runtime().clone();
+    let (validated, wasm) = blocking(move || {
+        let validated = runtime.validate(&wasm);
+        (validated, wasm)
+    })
+    .await?;
+    let info = validated.map_err(ApiError::InvalidModule)?;
+    if init_argument.is_some() && !info.has_init && !info.has_migrate {
+        return Err(InputError::UnusedInitArgument.into());
+    }
+    let size_bytes = wasm.len() as u64;
+    let proposed = node
+        .propose(
+            caller,
+            Command::Deploy(Deploy {
+                name: name.clone(),
+                wasm,
+                hash,
+                init_argument: init_argument.unwrap_or_default(),
+                limits,
+            }),
+        )
+        .await?;
+    match proposed.response {
+        Applied::Deployed(deployed) => {
+            let (fuel_per_call_max, memory_bytes_max) = node.call_limits().for_module(&limits);
+            Ok(proto::Module {
+                name: deployed.name,
+                version: deployed.version,
+                sha256_hex: hex::encode(deployed.hash),
+                size_bytes,
+                deployed_at_index: proposed.index,
+                deployed_at_unix_ms: u64::try_from(proposed.timestamp_ms).unwrap_or(0),
+                has_query: info.has_query,
+                has_init: info.has_init,
+                has_migrate: info.has_migrate,
+                fuel_per_call_max,
+                memory_bytes_max,
+            })
+        }
+        Applied::Refused(refusal) => Err(refusal.into()),
+        other => Err(unexpected("deploy", &other)),
+    }
+}
+
+pub(super) fn unexpected(what: &str, response: &Applied) -> ApiError {
+    let kind = match response {
+        Applied::Empty => "empty",
+        Applied::Deployed(_) => "deployed",
+        Applied::Removed { .. } => "removed",
+        Applied::Invoked(_) => "invoked",
+        Applied::AccessChanged { .. } => "access changed",
+        Applied::Refused(_) => "refused",
+    };
+    ApiError::Internal(format!("a {what} was answered with a `{kind}` response"))
+}
+
+/// The API's view of a deployed module.
+fn module_message(node: &NodeHandle, record: ModuleRecord) -> proto::Module {
+    let (fuel_per_call_max, memory_bytes_max) = node.call_limits().for_module(&record.limits);
+    // Which setup exports a module has is not replicated; the compiled
+    // module (memory or disk cache) knows.
+    let loaded = node.runtime().cached(&record.hash);
+    let has = |entry| {
+        loaded
+            .as_ref()
+            .is_some_and(|module| module.has_entry(entry))
+    };
+    proto::Module {
+        version: record.version,
+        sha256_hex: hex::encode(record.hash),
+        size_bytes: record.size_bytes,
+        deployed_at_index: record.deployed_index,
+        deployed_at_unix_ms: u64::try_from(record.deployed_timestamp_ms).unwrap_or(0),
+        has_query: record.has_query,
+        has_init: has(EntryPoint::Init),
+        has_migrate: has(EntryPoint::Migrate),
+        fuel_per_call_max,
+        memory_bytes_max,
+        name: record.name,
+    }
+}
+
+#[tonic::async_trait]
+impl Modules for ModulesService {
+    async fn deploy(
+        &self,
+        request: Request<Streaming<proto::DeployChunk>>,
+    ) -> Result<Response<proto::DeployResponse>, Status> {
+        let caller = caller(&request);
+        let mut stream = request.into_inner();
+        let mut assembler = DeployAssembler::new(self.node.limits());
+        while let Some(chunk) = stream.message().await? {
+            assembler.push(chunk.content).map_err(ApiError::from)?;
+        }
+        let upload = assembler.finish().map_err(ApiError::from)?;
+        let module = deploy_module(&self.node, &caller, upload).await?;
+        Ok(Response::new(proto::DeployResponse {
+            module: Some(module),
+        }))
+    }
+
+    async fn list(
+        &self,
+        _request: Request<proto::ListModulesRequest>,
+    ) -> Result<Response<proto::ListModulesResponse>, Status> {
+        let node = self.node.clone();
+        let modules = blocking(move || -> Result<_, ApiError> {
+            // The table is ordered by name, as the API promises.
+            let records = node.reader().modules()?;
+            Ok(records
+                .into_iter()
+                .map(|record| module_message(&node, record))
+                .collect())
+        })
+        .await??;
+        Ok(Response::new(proto::ListModulesResponse { modules }))
+    }
+
+    async fn get(
+        &self,
+        request: Request<proto::GetModuleRequest>,
+    ) -> Result<Response<proto::GetModuleResponse>, Status> {
+        let name = request.into_inner().name;
+        validate::module_name(&name).map_err(ApiError::from)?;
+        let node = self.node.clone();
+        let module = blocking(move || -> Result<_, ApiError> {
+            match node.reader().module(&name)? {
+                Some(record) => Ok(module_message(&node, record)),
+                None => Err(crate::command::Refusal::ModuleNotFound(name).into()),
+            }
+        })
+        .await??;
+        Ok(Response::new(proto::GetModuleResponse {
+            module: Some(module),
+        }))
+    }
+
+    async fn remove(
+        &self,
+        request: Request<proto::RemoveModuleRequest>,
+    ) -> Result<Response<proto::RemoveModuleResponse>, Status> {
+        let caller = caller(&request);
+        let name = request.into_inner().name;
+        validate::module_name(&name).map_err(ApiError::from)?;
+        let span = tracing::info_span!("remove", module = %name);
+        let proposed = self
+            .node
+            .propose(caller, Command::Remove { name })
+            .instrument(span)
+            .await
+            .map_err(ApiError::from)?;
+        match proposed.response {
+            Applied::Removed { .. } => Ok(Response::new(proto::RemoveModuleResponse {})),
+            Applied::Refused(refusal) => Err(ApiError::from(refusal).into()),
+            other => Err(unexpected("remove", &other).into()),
+        }
+    }
+}

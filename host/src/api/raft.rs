@@ -1,0 +1,72 @@
+//! The server side of the internal `Raft` service: decodes openraft's
+//! requests, hands them to this node's Raft, and encodes its answer (a Raft
+//! error included) into the reply. The client side is `network::client`.
+
+use tonic::{Request, Response, Status};
+use wasmraft_proto::v1 as proto;
+use wasmraft_proto::v1::raft_server::Raft as RaftRpc;
+
+use super::status::ApiError;
+use crate::network::wire;
+use crate::node::handle::NodeHandle;
+
+/// Serves `wasmraft.v1.Raft`.
+#[derive(Debug, Clone)]
+pub struct RaftService {
+    node: NodeHandle,
+}
+
+impl RaftService {
+    pub fn new(node: NodeHandle) -> Self {
+        Self { node }
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(request: &proto::RaftRequest) -> Result<T, Status> {
+    wire::decode_request(request).map_err(|error| ApiError::from(error).into())
+}
+
+#[tonic::async_trait]
+impl RaftRpc for RaftService {
+    async fn append_entries(
+        &self,
+        request: Request<proto::RaftRequest>,
+    ) -> Result<Response<proto::RaftReply>, Status> {
+        let rpc = decode(request.get_ref())?;
+        let result = self.node.raft().append_entries(rpc).await;
+        Ok(Response::new(wire::encode_reply(&result)))
+    }
+
+    async fn vote(
+        &self,
+        request: Request<proto::RaftRequest>,
+    ) -> Result<Response<proto::RaftReply>, Status> {
+        let rpc = decode(request.get_ref())?;
+        let result = self.node.raft().vote(rpc).await;
+        Ok(Response::new(wire::encode_reply(&result)))
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<proto::RaftRequest>,
+    ) -> Result<Response<proto::RaftReply>, Status> {
+        let rpc = decode(request.get_ref())?;
+        let result = self.node.raft().install_snapshot(rpc).await;
+        Ok(Response::new(wire::encode_reply(&result)))
+    }
+
+    async fn handshake(
+        &self,
+        _request: Request<proto::HandshakeRequest>,
+    ) -> Result<Response<proto::HandshakeResponse>, Status> {
+        // Cluster ids arrive with membership; the engine fingerprint is what
+        // keeps a node that would execute modules differently out.
+        let fingerprint = self.node.runtime().engine_fingerprint();
+        Ok(Response::new(proto::HandshakeResponse {
+            node_id: self.node.id(),
+            cluster_id: String::new(),
+            engine_compatibility_hash: hex::decode(&fingerprint)
+                .unwrap_or_else(|_| fingerprint.into_bytes()),
+        }))
+    }
+}

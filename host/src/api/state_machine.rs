@@ -1,0 +1,148 @@
+//! The `StateMachine` service: invoke (a command through the log) and query
+//! (a read of the local state, behind a read barrier unless stale).
+
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+use wasmraft_proto::v1 as proto;
+use wasmraft_proto::v1::Consistency;
+use wasmraft_proto::v1::state_machine_server::StateMachine;
+
+use super::modules::unexpected;
+use super::status::{ApiError, call_output};
+use super::validate::{self, InputError};
+use super::{blocking, caller};
+use crate::command::{Command, Invoke, Refusal, Response as Applied};
+use crate::node::handle::NodeHandle;
+
+/// Serves `wasmraft.v1.StateMachine`.
+#[derive(Debug, Clone)]
+pub struct StateMachineService {
+    node: NodeHandle,
+}
+
+impl StateMachineService {
+    pub fn new(node: NodeHandle) -> Self {
+        Self { node }
+    }
+
+    async fn invoke(
+        &self,
+        caller: String,
+        request: proto::InvokeRequest,
+    ) -> Result<proto::InvokeResponse, ApiError> {
+        let limits = self.node.limits();
+        validate::module_name(&request.module)?;
+        validate::payload("the input", request.input.len(), limits)?;
+        let session = validate::session(&request.client_id, request.sequence)?;
+        let span = tracing::info_span!(
+            "invoke",
+            module = %request.module,
+            client_id = %request.client_id,
+            sequence = request.sequence,
+            index = tracing::field::Empty,
+            fuel_used = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        );
+        let module = request.module.clone();
+        let proposed = self
+            .node
+            .propose(
+                caller,
+                Command::Invoke(Invoke {
+                    module: request.module,
+                    input: request.input,
+                    session,
+                }),
+            )
+            .instrument(span.clone())
+            .await?;
+        span.record("index", proposed.index);
+        match proposed.response {
+            Applied::Invoked(result) => {
+                span.record("fuel_used", result.fuel_used);
+                span.record("outcome", result.outcome.label());
+                let (output, fuel_used) = call_output(&module, result, limits.query_timeout_ms)?;
+                Ok(proto::InvokeResponse {
+                    output,
+                    fuel_used,
+                    applied_index: proposed.index,
+                })
+            }
+            Applied::Refused(refusal) => {
+                span.record("outcome", "refused");
+                Err(refusal.into())
+            }
+            other => Err(unexpected("invoke", &other)),
+        }
+    }
+
+    async fn query(
+        &self,
+        caller: String,
+        request: proto::QueryRequest,
+    ) -> Result<proto::QueryResponse, ApiError> {
+        let limits = self.node.limits();
+        validate::module_name(&request.module)?;
+        validate::payload("the input", request.input.len(), limits)?;
+        let consistency = Consistency::try_from(request.consistency)
+            .map_err(|_| InputError::Consistency(request.consistency))?;
+        let span = tracing::info_span!(
+            "query",
+            module = %request.module,
+            consistency = consistency.as_str_name(),
+            fuel_used = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        );
+        async {
+            if consistency != Consistency::Stale {
+                self.node.read_barrier().await?;
+            }
+            // Read before the query: the state it reads is at least this
+            // fresh, so a client comparing indexes is never misled.
+            let applied_index = self.node.applied_index().unwrap_or(0);
+            let reader = self.node.reader().clone();
+            let module = request.module;
+            let input = request.input;
+            let (module, result) = blocking(move || {
+                let result = reader.query(&module, &input, &caller);
+                (module, result)
+            })
+            .await?;
+            let Some(result) = result? else {
+                return Err(Refusal::ModuleNotFound(module).into());
+            };
+            let span = tracing::Span::current();
+            span.record("fuel_used", result.fuel_used);
+            span.record("outcome", result.outcome.label());
+            let (output, fuel_used) = call_output(&module, result, limits.query_timeout_ms)?;
+            Ok(proto::QueryResponse {
+                output,
+                fuel_used,
+                applied_index,
+            })
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+#[tonic::async_trait]
+impl StateMachine for StateMachineService {
+    async fn invoke(
+        &self,
+        request: Request<proto::InvokeRequest>,
+    ) -> Result<Response<proto::InvokeResponse>, Status> {
+        let caller = caller(&request);
+        let response = StateMachineService::invoke(self, caller, request.into_inner()).await?;
+        Ok(Response::new(response))
+    }
+
+    async fn query(
+        &self,
+        request: Request<proto::QueryRequest>,
+    ) -> Result<Response<proto::QueryResponse>, Status> {
+        let caller = caller(&request);
+        let response = StateMachineService::query(self, caller, request.into_inner()).await?;
+        Ok(Response::new(response))
+    }
+}

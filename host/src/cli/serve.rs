@@ -1,0 +1,212 @@
+//! `wasmraft serve`: run a node. `--dev` is a single node that sets itself
+//! up (bootstrap, bundled example modules); otherwise the node is configured
+//! from flags or a TOML file, as one member of a cluster.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use sha2::{Digest, Sha256};
+
+use crate::api::{self, DeployUpload};
+use crate::command::ModuleLimits;
+use crate::node::config::{LimitSettings, NodeConfig, RaftSettings};
+use crate::node::handle::NodeHandle;
+use crate::node::{Node, NodeOptions, RunningNode};
+
+const DEV_DATA_DIR: &str = "./wasmraft-data";
+const DEV_LISTEN: &str = "127.0.0.1:7070";
+/// The endpoint the client CLI dials when told nothing else.
+const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:7070";
+const DEV_NODE_ID: u64 = 1;
+/// How long dev mode waits for its single node to elect itself.
+const DEV_LEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("mode").args(["dev", "node_id", "config"]).required(true)))]
+pub struct ServeArgs {
+    /// Run a single development node: initialises itself the first time and
+    /// deploys the bundled example modules (counter, kv, bank).
+    #[arg(long)]
+    dev: bool,
+    /// Where the node keeps its log, state and compiled modules
+    /// [dev default: ./wasmraft-data].
+    #[arg(long, required_unless_present_any = ["dev", "config"], conflicts_with = "config")]
+    data_dir: Option<PathBuf>,
+    /// The HOST:PORT the gRPC server binds [dev default: 127.0.0.1:7070].
+    #[arg(long, value_parser = parse_listen, required_unless_present_any = ["dev", "config"], conflicts_with = "config")]
+    listen: Option<SocketAddr>,
+    /// With --dev: do not deploy the bundled example modules.
+    #[arg(long)]
+    no_examples: bool,
+    /// This node's id in the cluster (non-zero, never reused).
+    #[arg(long, conflicts_with_all = ["dev", "config"])]
+    node_id: Option<u64>,
+    /// Initialise a one-member cluster if the data directory holds no log.
+    #[arg(long, conflicts_with_all = ["dev", "config"])]
+    bootstrap: bool,
+    /// The address peers and clients dial for this node, when it differs
+    /// from --listen (for example when listening on 0.0.0.0).
+    #[arg(long, conflicts_with_all = ["dev", "config"])]
+    advertise: Option<String>,
+    /// Read every node setting from a TOML file (see `NodeConfig`).
+    #[arg(long, conflicts_with_all = ["dev", "node_id"])]
+    config: Option<PathBuf>,
+}
+
+fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(address) = text.parse() {
+        return Ok(address);
+    }
+    text.to_socket_addrs()
+        .map_err(|error| format!("`{text}` is not a HOST:PORT to listen on: {error}"))?
+        .next()
+        .ok_or_else(|| format!("`{text}` resolves to no address"))
+}
+
+/// The node configuration the arguments describe.
+fn node_config(args: &ServeArgs) -> anyhow::Result<NodeConfig> {
+    anyhow::ensure!(
+        args.dev || !args.no_examples,
+        "--no-examples only applies to --dev"
+    );
+    if let Some(path) = &args.config {
+        return Ok(NodeConfig::from_file(path)?);
+    }
+    let listen = match args.listen {
+        Some(listen) => listen,
+        None if args.dev => parse_listen(DEV_LISTEN).map_err(anyhow::Error::msg)?,
+        None => anyhow::bail!("--listen is required"),
+    };
+    let data_dir = match &args.data_dir {
+        Some(dir) => dir.clone(),
+        None if args.dev => PathBuf::from(DEV_DATA_DIR),
+        None => anyhow::bail!("--data-dir is required"),
+    };
+    let config = NodeConfig {
+        node_id: if args.dev {
+            DEV_NODE_ID
+        } else {
+            args.node_id.context("--node-id is required")?
+        },
+        listen,
+        advertise: args.advertise.clone(),
+        data_dir,
+        bootstrap: args.dev || args.bootstrap,
+        raft: RaftSettings::default(),
+        limits: LimitSettings::default(),
+    };
+    // Port 0 picks a free port in dev mode (the endpoint is printed).
+    if !(args.dev && config.listen.port() == 0) {
+        config.validate()?;
+    }
+    Ok(config)
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let config = node_config(&args)?;
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    tokio.block_on(serve(args, config))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(args: ServeArgs, config: NodeConfig) -> anyhow::Result<()> {
+    let data_dir = config.data_dir.clone();
+    let node = Node::start(config, NodeOptions::default())
+        .await
+        .context("cannot start the node")?;
+    let outcome = if args.dev {
+        set_up_dev(&node, !args.no_examples).await
+    } else {
+        println!("wasmraft node {} serving on {}", node.id(), node.endpoint());
+        Ok(())
+    };
+    if outcome.is_ok() {
+        if args.dev {
+            print_dev_banner(&node, &data_dir);
+        }
+        wait_for_signal().await?;
+        eprintln!("shutting down");
+    }
+    node.shutdown().await.context("unclean shutdown")?;
+    outcome
+}
+
+async fn set_up_dev(node: &RunningNode, examples: bool) -> anyhow::Result<()> {
+    let handle = node.handle();
+    handle
+        .wait_for_leader(DEV_LEADER_TIMEOUT)
+        .await
+        .context("the dev node did not become leader in time")?;
+    if examples {
+        deploy_examples(handle).await?;
+    }
+    Ok(())
+}
+
+/// Deploys each bundled example not deployed yet, through the log like any
+/// other deploy.
+async fn deploy_examples(handle: &NodeHandle) -> anyhow::Result<()> {
+    for (name, wasm) in wasmraft_examples::ALL {
+        if handle.reader().module(name)?.is_some() {
+            continue;
+        }
+        let upload = DeployUpload {
+            name: (*name).to_owned(),
+            wasm: wasm.to_vec(),
+            hash: Sha256::digest(wasm).into(),
+            init_argument: None,
+            limits: ModuleLimits::default(),
+        };
+        let module = api::deploy_module(handle, api::ANONYMOUS_CALLER, upload)
+            .await
+            .with_context(|| format!("cannot deploy the example module `{name}`"))?;
+        println!(
+            "deployed example `{}` v{} sha256:{} ({} bytes)",
+            module.name, module.version, module.sha256_hex, module.size_bytes
+        );
+    }
+    Ok(())
+}
+
+fn print_dev_banner(node: &RunningNode, data_dir: &std::path::Path) {
+    let endpoint = node.endpoint();
+    // The client CLI dials DEFAULT_ENDPOINT unless told otherwise.
+    let prefix = if endpoint == DEFAULT_ENDPOINT {
+        String::new()
+    } else {
+        format!("WASMRAFT_ENDPOINT={endpoint} ")
+    };
+    println!();
+    println!(
+        "wasmraft dev node serving on {endpoint} (data in {})",
+        data_dir.display()
+    );
+    println!("Try:");
+    println!("  {prefix}wasmraft invoke counter '{{\"op\":\"add\",\"by\":1}}'");
+    println!("  {prefix}wasmraft query counter '{{\"op\":\"get\"}}'");
+    println!("Stop with Ctrl-C.");
+}
+
+/// Returns on SIGINT or SIGTERM.
+async fn wait_for_signal() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+        tokio::select! {
+            interrupted = tokio::signal::ctrl_c() => interrupted.context("cannot listen for SIGINT")?,
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c()
+        .await
+        .context("cannot listen for Ctrl-C")?;
+    Ok(())
+}
