@@ -13,6 +13,7 @@ use super::validate::{self, InputError};
 use super::{blocking, caller};
 use crate::command::{Command, Invoke, Refusal, Response as Applied};
 use crate::node::handle::NodeHandle;
+use crate::storage::QueryAnswer;
 
 /// Serves `wasmraft.v1.StateMachine`.
 #[derive(Debug, Clone)]
@@ -97,9 +98,6 @@ impl StateMachineService {
             if consistency != Consistency::Stale {
                 self.node.read_barrier().await?;
             }
-            // Read before the query: the state it reads is at least this
-            // fresh, so a client comparing indexes is never misled.
-            let applied_index = self.node.applied_index().unwrap_or(0);
             let reader = self.node.reader().clone();
             let module = request.module;
             let input = request.input;
@@ -108,9 +106,14 @@ impl StateMachineService {
                 (module, result)
             })
             .await?;
-            let Some(result) = result? else {
+            let Some(QueryAnswer {
+                applied_index,
+                result,
+            }) = result?
+            else {
                 return Err(Refusal::ModuleNotFound(module).into());
             };
+            let applied_index = applied_index.unwrap_or(0);
             let span = tracing::Span::current();
             span.record("fuel_used", result.fuel_used);
             span.record("outcome", result.outcome.label());

@@ -38,6 +38,7 @@ use super::validate::InputError;
 use crate::command::{CallOutcome, CallResult, Refusal};
 use crate::network::wire::WireError;
 use crate::node::handle::{ConsensusError, LeaderHint};
+use crate::storage::QueryError;
 use crate::wasm::ValidationError;
 
 /// Everything an API call can fail with.
@@ -63,6 +64,9 @@ pub enum ApiError {
     Wire(#[from] WireError),
     #[error("storage failure: {0}")]
     Storage(String),
+    /// The node has no capacity for the request right now; a retry may succeed.
+    #[error("the node is busy, retry: {0}")]
+    Busy(String),
     #[error("internal error: {0}")]
     Internal(String),
     #[error("{0}")]
@@ -72,6 +76,15 @@ pub enum ApiError {
 impl From<redb::Error> for ApiError {
     fn from(error: redb::Error) -> Self {
         ApiError::Storage(error.to_string())
+    }
+}
+
+impl From<QueryError> for ApiError {
+    fn from(error: QueryError) -> Self {
+        match error {
+            QueryError::Storage(error) => error.into(),
+            QueryError::Busy(reason) => ApiError::Busy(reason),
+        }
     }
 }
 
@@ -115,6 +128,7 @@ pub fn code(error: &ApiError) -> Code {
         ApiError::Wire(WireError::UnknownEncoding { .. }) => Code::FailedPrecondition,
         ApiError::Wire(WireError::Malformed(_)) => Code::InvalidArgument,
         ApiError::Storage(_) | ApiError::Internal(_) => Code::Internal,
+        ApiError::Busy(_) => Code::Unavailable,
         ApiError::Unimplemented(_) => Code::Unimplemented,
     }
 }

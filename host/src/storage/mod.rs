@@ -21,7 +21,9 @@ pub use apply::{CallLimits, entry_seed};
 pub use log_store::LogStore;
 pub use snapshot::{SnapshotError, SnapshotFileReader, SnapshotFileWriter};
 pub use state::{ModuleRecord, StateDigest, module_key_range};
-pub use state_machine::{OpenStateError, StateMachineConfig, StateMachineStore, StateReader};
+pub use state_machine::{
+    OpenStateError, QueryAnswer, QueryError, StateMachineConfig, StateMachineStore, StateReader,
+};
 
 use openraft::{AnyError, ErrorSubject, ErrorVerb, StorageIOError};
 

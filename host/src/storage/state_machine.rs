@@ -33,7 +33,7 @@ use crate::command::{CallResult, Response, codec};
 use crate::raft::{
     Entry, EntryPayload, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
-use crate::wasm::{Call, EntryPoint, Runtime};
+use crate::wasm::{Call, EntryPoint, Outcome, Runtime};
 
 const STATE_FILE: &str = "state.redb";
 const SNAPSHOT_FILE: &str = "snapshot.bin";
@@ -309,6 +309,64 @@ impl StateMachineStore {
         Ok(())
     }
 
+    fn apply_blocking(&self, entries: Vec<Entry>) -> Result<Vec<Response>, StorageError> {
+        let db = self.db();
+        let context = ApplyContext {
+            runtime: &self.shared.runtime,
+            limits: &self.shared.config.limits,
+        };
+        let mut responses = Vec::new();
+        let mut last_log_id = None;
+        let result = (|| -> Result<(), redb::Error> {
+            let txn = db.begin_write()?;
+            let mut membership = None;
+            let mut last_timestamp_ms = None;
+            for entry in entries {
+                if let Some(previous) = &last_log_id {
+                    let previous: &LogId = previous;
+                    assert_eq!(
+                        previous.index + 1,
+                        entry.log_id.index,
+                        "apply batch is not contiguous"
+                    );
+                }
+                let response = match &entry.payload {
+                    EntryPayload::Blank => Response::Empty,
+                    EntryPayload::Normal(request) => {
+                        last_timestamp_ms = Some(request.timestamp_ms);
+                        apply::apply_request(&txn, &context, &entry.log_id, request)?
+                    }
+                    EntryPayload::Membership(change) => {
+                        membership =
+                            Some(StoredMembership::new(Some(entry.log_id), change.clone()));
+                        Response::Empty
+                    }
+                };
+                responses.push(response);
+                last_log_id = Some(entry.log_id);
+            }
+            if last_log_id.is_some() {
+                let mut meta = txn.open_table(META)?;
+                meta.insert(LAST_APPLIED, codec::encode(&last_log_id).as_slice())?;
+                if let Some(membership) = membership {
+                    meta.insert(MEMBERSHIP, codec::encode(&membership).as_slice())?;
+                }
+                if let Some(timestamp_ms) = last_timestamp_ms {
+                    meta.insert(LAST_TIMESTAMP, codec::encode(&timestamp_ms).as_slice())?;
+                }
+            }
+            txn.commit()?;
+            Ok(())
+        })();
+        match result {
+            Ok(()) => Ok(responses),
+            Err(error) => Err(match last_log_id {
+                Some(log_id) => storage_error(ErrorSubject::Apply(log_id), ErrorVerb::Write, error),
+                None => storage_error(ErrorSubject::StateMachine, ErrorVerb::Write, error),
+            }),
+        }
+    }
+
     fn current_snapshot_meta(&self) -> Result<Option<SnapshotMeta>, StorageError> {
         let read_error = |e: &dyn std::fmt::Display| {
             store_error(
@@ -399,61 +457,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let db = self.db();
-        let context = ApplyContext {
-            runtime: &self.shared.runtime,
-            limits: &self.shared.config.limits,
-        };
-        let mut responses = Vec::new();
-        let mut last_log_id = None;
-        let result = (|| -> Result<(), redb::Error> {
-            let txn = db.begin_write()?;
-            let mut membership = None;
-            let mut last_timestamp_ms = None;
-            for entry in entries {
-                if let Some(previous) = &last_log_id {
-                    let previous: &LogId = previous;
-                    assert_eq!(
-                        previous.index + 1,
-                        entry.log_id.index,
-                        "apply batch is not contiguous"
-                    );
-                }
-                let response = match &entry.payload {
-                    EntryPayload::Blank => Response::Empty,
-                    EntryPayload::Normal(request) => {
-                        last_timestamp_ms = Some(request.timestamp_ms);
-                        apply::apply_request(&txn, &context, &entry.log_id, request)?
-                    }
-                    EntryPayload::Membership(change) => {
-                        membership =
-                            Some(StoredMembership::new(Some(entry.log_id), change.clone()));
-                        Response::Empty
-                    }
-                };
-                responses.push(response);
-                last_log_id = Some(entry.log_id);
-            }
-            if last_log_id.is_some() {
-                let mut meta = txn.open_table(META)?;
-                meta.insert(LAST_APPLIED, codec::encode(&last_log_id).as_slice())?;
-                if let Some(membership) = membership {
-                    meta.insert(MEMBERSHIP, codec::encode(&membership).as_slice())?;
-                }
-                if let Some(timestamp_ms) = last_timestamp_ms {
-                    meta.insert(LAST_TIMESTAMP, codec::encode(&timestamp_ms).as_slice())?;
-                }
-            }
-            txn.commit()?;
-            Ok(())
-        })();
-        match result {
-            Ok(()) => Ok(responses),
-            Err(error) => Err(match last_log_id {
-                Some(log_id) => storage_error(ErrorSubject::Apply(log_id), ErrorVerb::Write, error),
-                None => storage_error(ErrorSubject::StateMachine, ErrorVerb::Write, error),
-            }),
-        }
+        // Guest calls and the fsync of the commit are blocking work: they run
+        // on tokio's blocking pool, so heartbeats and RPCs on the async
+        // threads never wait behind a module being compiled or a slow disk.
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.apply_blocking(entries))
+            .await
+            .expect("applying entries panicked")
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -523,6 +534,35 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     }
 }
 
+/// A query's result and the applied index of the state it read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueryAnswer {
+    pub applied_index: Option<u64>,
+    pub result: CallResult,
+}
+
+/// Why a query could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error(transparent)]
+    Storage(#[from] redb::Error),
+    /// No instance was free to run it: retryable, nothing is wrong.
+    #[error("the node is too busy to run the query now: {0}")]
+    Busy(String),
+}
+
+// redb reports each step with its own error type; all are storage failures.
+macro_rules! query_storage_error {
+    ($($error:ty),*) => {$(
+        impl From<$error> for QueryError {
+            fn from(error: $error) -> Self {
+                QueryError::Storage(error.into())
+            }
+        }
+    )*};
+}
+query_storage_error!(redb::TransactionError, redb::TableError, redb::StorageError);
+
 /// Read-only access to the state for queries and status. Each call sees one
 /// consistent version of the state.
 #[derive(Clone, Debug)]
@@ -575,7 +615,7 @@ impl StateReader {
         module: &str,
         input: &[u8],
         caller: &str,
-    ) -> Result<Option<CallResult>, redb::Error> {
+    ) -> Result<Option<QueryAnswer>, QueryError> {
         let db = self.store.db();
         let txn = db.begin_read()?;
         let Some(record) = ({
@@ -587,6 +627,7 @@ impl StateReader {
         }) else {
             return Ok(None);
         };
+        let (applied, _) = read_applied(&txn)?;
         let timestamp_ms = match txn.open_table(META)?.get(LAST_TIMESTAMP)? {
             Some(bytes) => apply::decode(bytes.value())?,
             None => 0,
@@ -625,6 +666,12 @@ impl StateReader {
                 module,
             },
         );
-        Ok(Some(apply::call_result(&report, &call)?))
+        if let Outcome::Unavailable(reason) = &report.outcome {
+            return Err(QueryError::Busy(reason.clone()));
+        }
+        Ok(Some(QueryAnswer {
+            applied_index: applied.map(|log_id| log_id.index),
+            result: apply::call_result(&report, &call)?,
+        }))
     }
 }
