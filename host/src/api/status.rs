@@ -5,7 +5,7 @@
 //! | error or outcome | gRPC code | message |
 //! |---|---|---|
 //! | bad module name, session, consistency, deploy header or stream; size or sha256 mismatch | `INVALID_ARGUMENT` | the reason |
-//! | input, init argument or module over its cap (`limits.payload_bytes_max`, `limits.module_bytes_max`) | `RESOURCE_EXHAUSTED` | size, limit and setting name |
+//! | input, init argument or module over its cap (`limits.payload_bytes_max`, `limits.module_bytes_max`) | `INVALID_ARGUMENT` | size, limit and setting name |
 //! | module fails validation (not wasm, forbidden import, bad exports, …) | `INVALID_ARGUMENT` | `module rejected: ` + the validator's reason |
 //! | unknown module (`Refusal::ModuleNotFound`, query of an undeployed module) | `NOT_FOUND` | `module `x` is not deployed` |
 //! | `Refusal::InvalidModule`, `Refusal::HashMismatch` (at apply) | `INVALID_ARGUMENT` | the reason |
@@ -29,7 +29,7 @@
 //!
 //! Messages above tonic's decoding limit never reach a handler: tonic
 //! answers `OUT_OF_RANGE` itself. The limit sits above every cap here, so a
-//! request over a cap but under the limit gets the `RESOURCE_EXHAUSTED` above.
+//! request over a cap but under the limit gets the `INVALID_ARGUMENT` above.
 
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
@@ -97,9 +97,9 @@ impl From<ApiError> for Status {
 /// The gRPC code of an error: the mapping table above.
 pub fn code(error: &ApiError) -> Code {
     match error {
-        ApiError::Input(InputError::TooLarge { .. }) => Code::ResourceExhausted,
+        // An oversized input or module is a bad request, not a spent budget:
+        // INVALID_ARGUMENT, with the size and the limit in the message.
         ApiError::Input(_) => Code::InvalidArgument,
-        ApiError::InvalidModule(ValidationError::TooLarge { .. }) => Code::ResourceExhausted,
         ApiError::InvalidModule(_) => Code::InvalidArgument,
         ApiError::Refused(refusal) => match refusal {
             Refusal::ModuleNotFound(_) => Code::NotFound,
@@ -235,7 +235,7 @@ mod tests {
                     setting: "limits.payload_bytes_max",
                 }
                 .into(),
-                Code::ResourceExhausted,
+                Code::InvalidArgument,
                 "the input is 2000000 bytes, above the limit of 1048576 bytes (limits.payload_bytes_max)",
             ),
             (
@@ -271,7 +271,7 @@ mod tests {
                     size_bytes: 10,
                     limit_bytes: 5,
                 }),
-                Code::ResourceExhausted,
+                Code::InvalidArgument,
                 "module size cap",
             ),
             (

@@ -162,7 +162,7 @@ async fn deploy_invoke_query_restart_over_grpc() {
         ),
         (
             invoke(&"x".repeat(1024 * 1024 + 1), "", 0),
-            Code::ResourceExhausted,
+            Code::InvalidArgument,
             "limits.payload_bytes_max",
         ),
     ];
