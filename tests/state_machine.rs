@@ -279,7 +279,10 @@ fn replicas_applying_the_same_log_have_equal_digests() {
         .collect();
     assert_eq!(names, ["counter"]);
     let query = reader.query("counter", b"", "bob").unwrap().unwrap();
-    assert_eq!(query.result.outcome, CallOutcome::Ok(20u64.to_le_bytes().to_vec()));
+    assert_eq!(
+        query.result.outcome,
+        CallOutcome::Ok(20u64.to_le_bytes().to_vec())
+    );
     assert_eq!(query.applied_index, applied_one.map(|log_id| log_id.index));
     assert!(reader.query("trapper", b"", "bob").unwrap().is_none());
 

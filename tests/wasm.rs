@@ -82,7 +82,7 @@ fn trap(kind: TrapKind, message: &str) -> Outcome {
 }
 
 /// A module with the ABI skeleton (imports, memory, marker, allocator) around `items`.
-fn guest(items: &str) -> Vec<u8> {
+pub(crate) fn guest(items: &str) -> Vec<u8> {
     let memory = if items.contains("(memory (export") {
         ""
     } else {
@@ -111,19 +111,19 @@ fn guest(items: &str) -> Vec<u8> {
     wat::parse_str(text).expect("test WAT parses")
 }
 
-struct CallRow {
-    name: &'static str,
-    items: &'static str,
-    entry: EntryPoint,
-    fuel: u64,
-    memory_bytes: u64,
-    expected: Outcome,
+pub(crate) struct CallRow {
+    pub(crate) name: &'static str,
+    pub(crate) items: &'static str,
+    pub(crate) entry: EntryPoint,
+    pub(crate) fuel: u64,
+    pub(crate) memory_bytes: u64,
+    pub(crate) expected: Outcome,
 }
 
 const FUEL: u64 = 1_000_000;
 const MEMORY: u64 = 1 << 20;
 
-fn call_rows() -> Vec<CallRow> {
+pub(crate) fn call_rows() -> Vec<CallRow> {
     use EntryPoint::{Apply, Init, Query};
     let row = |name, items, expected| CallRow {
         name,
@@ -437,7 +437,7 @@ fn the_guest_sees_caller_timestamp_and_seed_from_the_call() {
 }
 
 /// What a deploy-time check is expected to say.
-enum Rejection {
+pub(crate) enum Rejection {
     Exactly(ValidationError),
     /// Not a valid module; the validator's message contains this.
     InvalidWith(&'static str),
@@ -452,7 +452,7 @@ fn module_text(parts: &[&str]) -> Vec<u8> {
     wat::parse_str(format!("(module {})", parts.join("\n"))).expect("test WAT parses")
 }
 
-fn validation_rows() -> Vec<(&'static str, Vec<u8>, Rejection)> {
+pub(crate) fn validation_rows() -> Vec<(&'static str, Vec<u8>, Rejection)> {
     use Rejection::{Exactly, InvalidWith};
     use ValidationError as E;
     // Imports come first in the text format.
