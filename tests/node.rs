@@ -137,6 +137,13 @@ impl Api {
     }
 }
 
+/// A module, its input and the answer: output, or code and message fragment.
+type Row = (
+    &'static str,
+    &'static str,
+    Result<&'static str, (Code, &'static str)>,
+);
+
 fn linearizable() -> proto::Consistency {
     proto::Consistency::Linearizable
 }
@@ -154,7 +161,7 @@ async fn examples_over_grpc_survive_a_restart() {
         assert_eq!(module.sha256_hex, hex::encode(Sha256::digest(wasm)));
     }
 
-    let invokes: &[(&str, &str, Result<&str, (Code, &str)>)] = &[
+    let invokes: &[Row] = &[
         ("counter", r#"{"op":"add","by":5}"#, Ok(r#"{"value":5}"#)),
         ("counter", r#"{"op":"add","by":-2}"#, Ok(r#"{"value":3}"#)),
         (
