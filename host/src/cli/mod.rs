@@ -3,7 +3,13 @@
 //! Each subcommand module owns its clap arguments and its `run` function;
 //! this file only lists them.
 
+mod cluster;
+mod connection;
+mod examples;
 mod inspect;
+mod invoke;
+mod module;
+mod query;
 mod serve;
 
 use std::process::ExitCode;
@@ -27,6 +33,16 @@ enum Commands {
     /// example modules, or `--node-id N --listen HOST:PORT --data-dir DIR`
     /// (or `--config FILE.toml`) for a cluster member.
     Serve(serve::ServeArgs),
+    /// Deploy, list, show and remove modules.
+    Module(module::ModuleArgs),
+    /// Send a command to a module (applied exactly once) and print its output.
+    Invoke(invoke::InvokeArgs),
+    /// Run a module's read-only query and print its output.
+    Query(query::QueryArgs),
+    /// Inspect the cluster: leader, members, indexes, state digests.
+    Cluster(cluster::ClusterArgs),
+    /// The example modules bundled in this binary.
+    Examples(examples::ExamplesArgs),
 }
 
 impl Cli {
@@ -35,6 +51,11 @@ impl Cli {
         let result = match self.command {
             Commands::Inspect(args) => inspect::run(args),
             Commands::Serve(args) => serve::run(args),
+            Commands::Module(args) => module::run(args),
+            Commands::Invoke(args) => invoke::run(args),
+            Commands::Query(args) => query::run(args),
+            Commands::Cluster(args) => cluster::run(args),
+            Commands::Examples(args) => examples::run(args),
         };
         match result {
             Ok(code) => code,

@@ -1,0 +1,176 @@
+//! What every client subcommand shares: where to connect (`--endpoint`,
+//! `--token`, `--timeout-ms`), running a call to completion, and turning its
+//! failure into a message on stderr and an exit code:
+//!
+//! | exit code | meaning |
+//! |---|---|
+//! | 0 | success |
+//! | 1 | the server refused or failed the call (printed with the gRPC code name), or the outcome is unknown |
+//! | 2 | usage or local input error (bad arguments, bad JSON, unreadable file, bad endpoint); clap's own usage errors also exit 2 |
+//! | 3 | the endpoint cannot be reached |
+
+use std::fmt;
+use std::future::Future;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use crate::client::{Client, ClientConfig, ClientError, DEFAULT_ENDPOINT};
+
+/// The exit code of a successful command.
+pub const EXIT_OK: u8 = 0;
+/// The server refused or failed the call.
+pub const EXIT_SERVER_ERROR: u8 = 1;
+/// Bad usage or local input: nothing was sent.
+pub const EXIT_USAGE: u8 = 2;
+/// The endpoint could not be reached.
+pub const EXIT_UNREACHABLE: u8 = 3;
+
+/// How to reach the cluster; flattened into every client subcommand.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConnectionArgs {
+    /// The node to talk to, as http://HOST:PORT.
+    #[arg(long, env = "WASMRAFT_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
+    endpoint: String,
+    /// Bearer token sent with every call.
+    #[arg(long, env = "WASMRAFT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Timeout of one attempt of a call, in milliseconds (a deploy gets
+    /// twelve times as long, for validation and compilation).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    timeout_ms: u64,
+}
+
+impl ConnectionArgs {
+    /// The client for these arguments. It fails fast on an unreachable
+    /// endpoint (a person is waiting) but retries elections and lost
+    /// replies like any client.
+    pub async fn client(&self) -> Result<Client, ClientError> {
+        let request_timeout = Duration::from_millis(self.timeout_ms);
+        let config = ClientConfig {
+            request_timeout,
+            deploy_timeout: request_timeout.saturating_mul(12),
+            retry_unreachable: false,
+            bearer_token: self.token.clone(),
+            ..ClientConfig::default()
+        };
+        Client::connect_with(&self.endpoint, config).await
+    }
+}
+
+/// A local problem with what the user gave (arguments, input, files):
+/// nothing was sent; exit code 2.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// Runs `work` on a single-threaded runtime and reports its failure on
+/// stderr, returning the exit code.
+pub fn run<F>(work: F) -> anyhow::Result<ExitCode>
+where
+    F: Future<Output = anyhow::Result<()>>,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    Ok(report(runtime.block_on(work)))
+}
+
+/// Prints an error (with a hint for client errors) and gives its exit code.
+pub fn report(result: anyhow::Result<()>) -> ExitCode {
+    let Err(error) = result else {
+        return ExitCode::from(EXIT_OK);
+    };
+    eprintln!("error: {error:#}");
+    if let Some(client_error) = client_error(&error) {
+        eprintln!("hint: {}", client_error.explanation());
+    }
+    ExitCode::from(exit_code(&error))
+}
+
+fn client_error(error: &anyhow::Error) -> Option<&ClientError> {
+    error
+        .chain()
+        .find_map(|cause| cause.downcast_ref::<ClientError>())
+}
+
+/// The exit code for a failed command (see the module documentation).
+pub fn exit_code(error: &anyhow::Error) -> u8 {
+    if error
+        .chain()
+        .any(|cause| cause.downcast_ref::<UsageError>().is_some())
+    {
+        return EXIT_USAGE;
+    }
+    match client_error(error) {
+        Some(ClientError::InvalidEndpoint { .. } | ClientError::InvalidConfig(_)) => EXIT_USAGE,
+        Some(error) if error.is_unreachable() => EXIT_UNREACHABLE,
+        _ => EXIT_SERVER_ERROR,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anyhow::Context;
+    use tonic::Code;
+
+    #[test]
+    fn exit_codes() {
+        let status = |code| ClientError::Status {
+            operation: "invoke",
+            code,
+            message: "m".to_owned(),
+            leader_address: None,
+        };
+        let unreachable = || ClientError::Unreachable {
+            endpoint: "http://127.0.0.1:1".to_owned(),
+            reason: "connection refused".to_owned(),
+        };
+        let rows: Vec<(anyhow::Error, u8)> = vec![
+            (status(Code::NotFound).into(), EXIT_SERVER_ERROR),
+            (status(Code::FailedPrecondition).into(), EXIT_SERVER_ERROR),
+            (status(Code::InvalidArgument).into(), EXIT_SERVER_ERROR),
+            (unreachable().into(), EXIT_UNREACHABLE),
+            (
+                anyhow::Error::from(unreachable()).context("deploying counter"),
+                EXIT_UNREACHABLE,
+            ),
+            (
+                ClientError::OutcomeUnknown {
+                    client_id: "c".to_owned(),
+                    sequence: 1,
+                    attempts: 3,
+                    last: Box::new(status(Code::Unavailable)),
+                }
+                .into(),
+                EXIT_SERVER_ERROR,
+            ),
+            (
+                ClientError::InvalidEndpoint {
+                    endpoint: "ftp://x".to_owned(),
+                    reason: "scheme".to_owned(),
+                }
+                .into(),
+                EXIT_USAGE,
+            ),
+            (UsageError("bad JSON".to_owned()).into(), EXIT_USAGE),
+            (
+                Err::<(), _>(UsageError("no such file".to_owned()))
+                    .context("reading module")
+                    .expect_err("an error"),
+                EXIT_USAGE,
+            ),
+            (anyhow::anyhow!("stdout closed"), EXIT_SERVER_ERROR),
+        ];
+        for (error, expected) in rows {
+            assert_eq!(exit_code(&error), expected, "{error:#}");
+        }
+    }
+}
