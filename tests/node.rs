@@ -466,3 +466,59 @@ async fn hostile_modules_get_their_codes_and_the_node_serves_on() {
     );
     node.shutdown().await.unwrap();
 }
+
+/// Many clients at once through the Rust client: every invoke is applied
+/// exactly once, and concurrent invokes share log entries (the leader
+/// batches what queues up while an entry is being written).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_clients_are_batched_and_applied_once() {
+    let directory = TempDir::new().unwrap();
+    let node = start(directory.path()).await;
+    let client = wasmraft::client::Client::connect(&node.endpoint())
+        .await
+        .unwrap();
+    client
+        .deploy(
+            "counter",
+            wasmraft_examples::COUNTER_WASM,
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let before = node.handle().applied_index().unwrap();
+    let (tasks, invokes_per_task) = (32u64, 10u64);
+    let mut running = Vec::new();
+    for _ in 0..tasks {
+        let client = client.clone();
+        running.push(tokio::spawn(async move {
+            for _ in 0..invokes_per_task {
+                client
+                    .invoke("counter", br#"{"op":"add","by":1}"#)
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for task in running {
+        task.await.unwrap();
+    }
+    let total = tasks * invokes_per_task;
+    let answer = client
+        .query(
+            "counter",
+            br#"{"op":"get"}"#,
+            wasmraft::client::Consistency::Linearizable,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(answer.output).unwrap(),
+        format!(r#"{{"value":{total}}}"#)
+    );
+    let entries = node.handle().applied_index().unwrap() - before;
+    assert!(
+        entries < total,
+        "{total} invokes took {entries} entries: nothing was batched"
+    );
+    node.shutdown().await.unwrap();
+}

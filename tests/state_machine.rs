@@ -423,3 +423,92 @@ fn sessions_are_bounded_and_forgotten_ones_are_refused() {
         Some(4u64.to_le_bytes().to_vec())
     );
 }
+
+/// One entry carrying several commands: each is applied in order with its
+/// own caller and timestamp and a seed of its own; a nested batch is refused
+/// and changes nothing; replicas agree.
+#[test]
+fn a_batch_applies_each_command_with_its_own_context() {
+    let environment = wat::parse_file(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/wasm/environment.wat"
+    ))
+    .unwrap();
+    let request = |caller: &str, timestamp_ms: i64, command: Command| Request {
+        timestamp_ms,
+        caller: caller.into(),
+        command,
+    };
+    let batch = Command::Batch(vec![
+        request("alice", 10, invoke("env", b"", None)),
+        request("bob", 20, invoke("env", b"", None)),
+        request(
+            "carol",
+            30,
+            invoke("counter", &5u64.to_le_bytes(), Some(("c", 1))),
+        ),
+        request(
+            "dave",
+            40,
+            Command::Batch(vec![request(
+                "eve",
+                50,
+                invoke("counter", &1u64.to_le_bytes(), None),
+            )]),
+        ),
+        request(
+            "carol",
+            60,
+            invoke("counter", &5u64.to_le_bytes(), Some(("c", 1))),
+        ),
+    ]);
+    let run = || {
+        let mut replica = replica();
+        let mut log = Log { next: 1 };
+        let responses = block_on(replica.store.apply([
+            log.entry(deploy("env", environment.clone())),
+            log.entry(deploy("counter", counter_wasm())),
+            log.entry(batch.clone()),
+        ]))
+        .unwrap();
+        let digest = replica.store.reader().digest().unwrap().1;
+        (responses.into_iter().nth(2).unwrap(), digest, replica)
+    };
+    let (response, digest, replica) = run();
+    let Response::Batch(responses) = response else {
+        panic!("a batch answers a batch: {response:?}");
+    };
+    assert_eq!(responses.len(), 5);
+    let environment_of = |response: &Response| match response {
+        Response::Invoked(result) => match &result.outcome {
+            CallOutcome::Ok(bytes) => {
+                let timestamp = i64::from_le_bytes(bytes[..8].try_into().unwrap());
+                (
+                    timestamp,
+                    bytes[8..40].to_vec(),
+                    String::from_utf8(bytes[40..].to_vec()).unwrap(),
+                )
+            }
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{other:?}"),
+    };
+    let (alice_time, alice_seed, alice) = environment_of(&responses[0]);
+    let (bob_time, bob_seed, bob) = environment_of(&responses[1]);
+    assert_eq!((alice_time, alice.as_str()), (10, "alice"));
+    assert_eq!((bob_time, bob.as_str()), (20, "bob"));
+    assert_ne!(alice_seed, bob_seed, "commands of one entry share a seed");
+    assert_eq!(output(&responses[2]), 5);
+    assert_eq!(responses[3], Response::Refused(Refusal::NestedBatch));
+    // The session retry inside the same batch answers the first result.
+    assert_eq!(responses[4], responses[2]);
+    assert_eq!(
+        replica
+            .store
+            .reader()
+            .module_value("counter", b"n")
+            .unwrap(),
+        Some(5u64.to_le_bytes().to_vec())
+    );
+    assert_eq!(run().1, digest, "two replicas disagree on a batch");
+}

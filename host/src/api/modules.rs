@@ -122,6 +122,7 @@ pub(super) fn unexpected(what: &str, response: &Applied) -> ApiError {
         Applied::Removed { .. } => "removed",
         Applied::Invoked(_) => "invoked",
         Applied::AccessChanged { .. } => "access changed",
+        Applied::Batch(_) => "batch",
         Applied::Refused(_) => "refused",
     };
     ApiError::Internal(format!("a {what} was answered with a `{kind}` response"))

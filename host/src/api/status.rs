@@ -103,7 +103,9 @@ pub fn code(error: &ApiError) -> Code {
         ApiError::InvalidModule(_) => Code::InvalidArgument,
         ApiError::Refused(refusal) => match refusal {
             Refusal::ModuleNotFound(_) => Code::NotFound,
-            Refusal::InvalidModule(_) | Refusal::HashMismatch => Code::InvalidArgument,
+            Refusal::InvalidModule(_) | Refusal::HashMismatch | Refusal::NestedBatch => {
+                Code::InvalidArgument
+            }
             Refusal::SetupFailed(_) | Refusal::SessionExpired { .. } => Code::FailedPrecondition,
         },
         ApiError::CallFailed { result, .. } => match &result.outcome {

@@ -37,6 +37,11 @@ pub enum Command {
     Invoke(Invoke),
     /// Change the access policy.
     Access(AccessChange),
+    /// Several client commands carried by one log entry, applied in order,
+    /// each with its own caller and timestamp. The leader batches commands
+    /// that arrive while the previous entry is being written, so a burst of
+    /// clients costs one fsync, not one each. Batches never nest.
+    Batch(Vec<Request>),
 }
 
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,6 +124,8 @@ pub enum Response {
     AccessChanged {
         changed: bool,
     },
+    /// One response per command of a [`Command::Batch`], in order.
+    Batch(Vec<Response>),
     /// The command was valid when proposed but could not be applied to the
     /// state it met (every replica refuses it the same way; nothing changed).
     Refused(Refusal),
@@ -145,6 +152,8 @@ pub enum Refusal {
     HashMismatch,
     #[error("module setup failed: {0}")]
     SetupFailed(String),
+    #[error("a batch of commands cannot contain another batch")]
+    NestedBatch,
     #[error(
         "sequence {sequence} of client `{client_id}` is not the session's next command: it is older than the last applied one, or the session was forgotten; start a new session"
     )]

@@ -9,12 +9,13 @@
 //! the leader stamps the timestamp, so a forwarded command must be stamped
 //! there, which `propose` already does.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use openraft::ServerState;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, Fatal, ForwardToLeader, RaftError};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::Instrument;
 
 use crate::command::{Command, Request, Response};
@@ -43,7 +44,26 @@ struct Inner {
     consensus_timeout: Duration,
     /// Set when shutdown starts, so new requests are turned away cleanly.
     shutting_down: AtomicBool,
+    /// Invokes waiting to be proposed. openraft writes one entry at a time
+    /// and waits for its fsync, so the batcher proposes whatever queued up
+    /// meanwhile as one entry: a burst of clients shares one fsync.
+    proposals: mpsc::Sender<Pending>,
 }
+
+/// An invoke waiting for the batcher, and where its answer goes.
+struct Pending {
+    request: Request,
+    answer: oneshot::Sender<Result<Proposed, ConsensusError>>,
+}
+
+/// Invokes queued for the batcher before callers wait.
+const PROPOSALS_QUEUED_MAX: usize = 4096;
+/// Entries of batched invokes written at once.
+const WRITES_IN_FLIGHT_MAX: usize = 2;
+/// The most commands one entry carries.
+const BATCH_COMMANDS_MAX: usize = 512;
+/// The most input bytes one entry carries, well under the Raft message cap.
+const BATCH_INPUT_BYTES_MAX: usize = 4 * 1024 * 1024;
 
 /// A command committed and applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,18 +172,22 @@ impl NodeHandle {
         limits: LimitSettings,
         consensus_timeout: Duration,
     ) -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                id,
-                advertised_address,
-                raft,
-                reader,
-                runtime,
-                limits,
-                consensus_timeout,
-                shutting_down: AtomicBool::new(false),
-            }),
-        }
+        let (proposals, queue) = mpsc::channel(PROPOSALS_QUEUED_MAX);
+        let inner = Arc::new(Inner {
+            id,
+            advertised_address,
+            raft,
+            reader,
+            runtime,
+            limits,
+            consensus_timeout,
+            shutting_down: AtomicBool::new(false),
+            proposals,
+        });
+        // The batcher holds the node weakly: when the last handle goes, the
+        // queue closes and the batcher ends.
+        tokio::spawn(batch_proposals(Arc::downgrade(&inner), queue));
+        Self { inner }
     }
 
     pub fn id(&self) -> NodeId {
@@ -218,17 +242,33 @@ impl NodeHandle {
         if self.is_shutting_down() {
             return Err(ConsensusError::ShuttingDown);
         }
-        let timestamp_ms = now_ms();
-        let span = tracing::info_span!(
-            "raft_write",
-            kind = command.kind(),
-            index = tracing::field::Empty
-        );
         let request = Request {
-            timestamp_ms,
+            timestamp_ms: now_ms(),
             caller: caller.into(),
             command,
         };
+        if !matches!(request.command, Command::Invoke(_)) {
+            // Deploys are large and rare, membership and access changes rare:
+            // each gets its own entry.
+            return self.write(request).await;
+        }
+        let (answer, answered) = oneshot::channel();
+        self.inner
+            .proposals
+            .send(Pending { request, answer })
+            .await
+            .map_err(|_| ConsensusError::ShuttingDown)?;
+        answered.await.map_err(|_| ConsensusError::ShuttingDown)?
+    }
+
+    /// Proposes one entry and waits until it is applied.
+    async fn write(&self, request: Request) -> Result<Proposed, ConsensusError> {
+        let timestamp_ms = request.timestamp_ms;
+        let span = tracing::info_span!(
+            "raft_write",
+            kind = request.command.kind(),
+            index = tracing::field::Empty
+        );
         let written = tokio::time::timeout(
             self.inner.consensus_timeout,
             self.inner.raft.client_write(request),
@@ -400,6 +440,101 @@ fn now_ms() -> i64 {
 
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Proposes queued invokes. Each entry carries every invoke that queued while
+/// earlier entries were being written (up to the batch limits); at most
+/// [`WRITES_IN_FLIGHT_MAX`] entries are in flight, so the next entry's fsync
+/// overlaps the previous entry's apply.
+async fn batch_proposals(node: Weak<Inner>, mut queue: mpsc::Receiver<Pending>) {
+    let in_flight = Arc::new(Semaphore::new(WRITES_IN_FLIGHT_MAX));
+    while let Some(first) = queue.recv().await {
+        // Wait for a write slot before gathering: whatever queues meanwhile
+        // joins this entry.
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            break;
+        };
+        let mut batch = vec![first];
+        let mut input_bytes = input_len(&batch[0].request);
+        while batch.len() < BATCH_COMMANDS_MAX && input_bytes < BATCH_INPUT_BYTES_MAX {
+            match queue.try_recv() {
+                Ok(pending) => {
+                    input_bytes += input_len(&pending.request);
+                    batch.push(pending);
+                }
+                Err(_) => break,
+            }
+        }
+        let Some(inner) = node.upgrade() else {
+            break;
+        };
+        let handle = NodeHandle { inner };
+        tokio::spawn(async move {
+            propose_batch(&handle, batch).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Writes one entry for `batch` and answers each of its callers.
+async fn propose_batch(handle: &NodeHandle, mut batch: Vec<Pending>) {
+    if batch.len() == 1 {
+        let Pending { request, answer } = batch.remove(0);
+        let _ = answer.send(handle.write(request).await);
+        return;
+    }
+    let (requests, answers): (Vec<Request>, Vec<_>) = batch
+        .into_iter()
+        .map(|pending| (pending.request, pending.answer))
+        .unzip();
+    let timestamps: Vec<i64> = requests
+        .iter()
+        .map(|request| request.timestamp_ms)
+        .collect();
+    let request = Request {
+        timestamp_ms: timestamps.iter().copied().max().unwrap_or_default(),
+        caller: String::new(),
+        command: Command::Batch(requests),
+    };
+    match handle.write(request).await {
+        Ok(Proposed {
+            index,
+            response: Response::Batch(responses),
+            ..
+        }) if responses.len() == answers.len() => {
+            for ((answer, response), timestamp_ms) in
+                answers.into_iter().zip(responses).zip(timestamps)
+            {
+                let _ = answer.send(Ok(Proposed {
+                    index,
+                    timestamp_ms,
+                    response,
+                }));
+            }
+        }
+        Ok(other) => {
+            let error = ConsensusError::Fatal(format!(
+                "a batch of {} commands was answered with {:?}",
+                answers.len(),
+                other.response
+            ));
+            for answer in answers {
+                let _ = answer.send(Err(error.clone()));
+            }
+        }
+        Err(error) => {
+            for answer in answers {
+                let _ = answer.send(Err(error.clone()));
+            }
+        }
+    }
+}
+
+fn input_len(request: &Request) -> usize {
+    match &request.command {
+        Command::Invoke(invoke) => invoke.input.len(),
+        _ => 0,
+    }
 }
 
 #[cfg(test)]

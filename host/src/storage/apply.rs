@@ -77,15 +77,30 @@ pub(crate) struct SessionRecord {
     pub response: Response,
 }
 
-/// The seed a module sees for the entry at `log_id`: the same on every
-/// replica, different for every entry.
-pub fn entry_seed(log_id: &LogId) -> [u8; 32] {
+/// The seed a module sees for command `position` of the entry at `log_id`
+/// (0 unless the entry is a batch): the same on every replica, different for
+/// every command.
+pub fn entry_seed(log_id: &LogId, position: u32) -> [u8; 32] {
     let mut hasher = Sha256::new();
     hasher.update(b"wasmraft entry seed v1");
     hasher.update(log_id.leader_id.term.to_le_bytes());
     hasher.update(log_id.leader_id.node_id.to_le_bytes());
     hasher.update(log_id.index.to_le_bytes());
+    hasher.update(position.to_le_bytes());
     hasher.finalize().into()
+}
+
+/// Where a command sits: its entry and its place in the entry's batch.
+#[derive(Debug, Clone, Copy)]
+struct Place<'a> {
+    log_id: &'a LogId,
+    position: u32,
+}
+
+impl Place<'_> {
+    fn seed(&self) -> [u8; 32] {
+        entry_seed(self.log_id, self.position)
+    }
 }
 
 pub(crate) fn apply_request(
@@ -96,11 +111,42 @@ pub(crate) fn apply_request(
 ) -> Result<Response, redb::Error> {
     let span = tracing::debug_span!("apply", index = log_id.index, kind = request.command.kind());
     let _entered = span.enter();
+    let Command::Batch(requests) = &request.command else {
+        return apply_one(
+            txn,
+            context,
+            Place {
+                log_id,
+                position: 0,
+            },
+            request,
+        );
+    };
+    let mut responses = Vec::with_capacity(requests.len());
+    for (position, request) in requests.iter().enumerate() {
+        let position = u32::try_from(position).expect("a batch is far smaller than 2^32 commands");
+        responses.push(apply_one(
+            txn,
+            context,
+            Place { log_id, position },
+            request,
+        )?);
+    }
+    Ok(Response::Batch(responses))
+}
+
+fn apply_one(
+    txn: &WriteTransaction,
+    context: &ApplyContext<'_>,
+    place: Place<'_>,
+    request: &Request,
+) -> Result<Response, redb::Error> {
     match &request.command {
-        Command::Deploy(deploy) => apply_deploy(txn, context, log_id, request, deploy),
+        Command::Deploy(deploy) => apply_deploy(txn, context, place, request, deploy),
         Command::Remove { name } => apply_remove(txn, name),
-        Command::Invoke(invoke) => apply_invoke_once(txn, context, log_id, request, invoke),
+        Command::Invoke(invoke) => apply_invoke_once(txn, context, place, request, invoke),
         Command::Access(change) => apply_access(txn, change),
+        Command::Batch(_) => Ok(Response::Refused(Refusal::NestedBatch)),
     }
 }
 
@@ -112,6 +158,7 @@ impl Command {
             Command::Remove { .. } => "remove",
             Command::Invoke(_) => "invoke",
             Command::Access(_) => "access",
+            Command::Batch(_) => "batch",
         }
     }
 }
@@ -130,7 +177,7 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, 
 fn apply_deploy(
     txn: &WriteTransaction,
     context: &ApplyContext<'_>,
-    log_id: &LogId,
+    place: Place<'_>,
     request: &Request,
     deploy: &Deploy,
 ) -> Result<Response, redb::Error> {
@@ -162,7 +209,7 @@ fn apply_deploy(
                 input: &deploy.init_argument,
                 caller: &request.caller,
                 timestamp_ms: request.timestamp_ms,
-                seed: entry_seed(log_id),
+                seed: place.seed(),
                 fuel,
                 memory_bytes,
             };
@@ -183,7 +230,7 @@ fn apply_deploy(
         version,
         hash,
         size_bytes: deploy.wasm.len() as u64,
-        deployed_index: log_id.index,
+        deployed_index: place.log_id.index,
         deployed_timestamp_ms: request.timestamp_ms,
         limits: deploy.limits,
         has_query: info.has_query,
@@ -240,7 +287,7 @@ fn apply_remove(txn: &WriteTransaction, name: &str) -> Result<Response, redb::Er
 fn apply_invoke_once(
     txn: &WriteTransaction,
     context: &ApplyContext<'_>,
-    log_id: &LogId,
+    place: Place<'_>,
     request: &Request,
     invoke: &Invoke,
 ) -> Result<Response, redb::Error> {
@@ -249,7 +296,7 @@ fn apply_invoke_once(
         sequence,
     }) = &invoke.session
     else {
-        return apply_invoke(txn, context, log_id, request, invoke);
+        return apply_invoke(txn, context, place, request, invoke);
     };
     // A session belongs to the subject that opened it: another caller using
     // the same client id gets a session of its own.
@@ -279,17 +326,17 @@ fn apply_invoke_once(
             }));
         }
     }
-    let response = apply_invoke(txn, context, log_id, request, invoke)?;
+    let response = apply_invoke(txn, context, place, request, invoke)?;
     let record = SessionRecord {
         sequence: *sequence,
-        last_used_index: log_id.index,
+        last_used_index: place.log_id.index,
         response: response.clone(),
     };
     let mut by_use = txn.open_table(SESSIONS_BY_USE)?;
     if let Some(previous) = previous {
         by_use.remove(use_key(previous.last_used_index, &key).as_slice())?;
     }
-    by_use.insert(use_key(log_id.index, &key).as_slice(), [].as_slice())?;
+    by_use.insert(use_key(place.log_id.index, &key).as_slice(), [].as_slice())?;
     let mut sessions = txn.open_table(SESSIONS)?;
     sessions.insert(key.as_slice(), codec::encode(&record).as_slice())?;
     // The table is bounded: past the cap, the least recently used session
@@ -323,7 +370,7 @@ fn use_key(index: u64, session: &[u8]) -> Vec<u8> {
 fn apply_invoke(
     txn: &WriteTransaction,
     context: &ApplyContext<'_>,
-    log_id: &LogId,
+    place: Place<'_>,
     request: &Request,
     invoke: &Invoke,
 ) -> Result<Response, redb::Error> {
@@ -339,7 +386,7 @@ fn apply_invoke(
         input: &invoke.input,
         caller: &request.caller,
         timestamp_ms: request.timestamp_ms,
-        seed: entry_seed(log_id),
+        seed: place.seed(),
         fuel,
         memory_bytes,
     };
