@@ -294,6 +294,22 @@ async fn examples_over_grpc_survive_a_restart() {
     }
     let after = api.digest().await;
     assert_eq!(before.1, after.1, "the state changed across the restart");
+    // What a module exports is replicated with it, not read from a cache
+    // that a restart emptied.
+    let counter = api
+        .modules
+        .get(proto::GetModuleRequest {
+            name: "counter".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .module
+        .unwrap();
+    assert!(
+        counter.has_query && counter.has_init && !counter.has_migrate,
+        "{counter:?}"
+    );
     assert!(after.0 >= before.0);
     assert_eq!(
         api.invoke("counter", r#"{"op":"add","by":1}"#, None)

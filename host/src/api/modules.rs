@@ -12,7 +12,6 @@ use super::{blocking, caller};
 use crate::command::{Command, Deploy, Response as Applied};
 use crate::node::handle::NodeHandle;
 use crate::storage::ModuleRecord;
-use crate::wasm::EntryPoint;
 
 /// Serves `wasmraft.v1.Modules`.
 #[derive(Debug, Clone)]
@@ -131,14 +130,6 @@ pub(super) fn unexpected(what: &str, response: &Applied) -> ApiError {
 /// The API's view of a deployed module.
 fn module_message(node: &NodeHandle, record: ModuleRecord) -> proto::Module {
     let (fuel_per_call_max, memory_bytes_max) = node.call_limits().for_module(&record.limits);
-    // Which setup exports a module has is not replicated; the compiled
-    // module (memory or disk cache) knows.
-    let loaded = node.runtime().cached(&record.hash);
-    let has = |entry| {
-        loaded
-            .as_ref()
-            .is_some_and(|module| module.has_entry(entry))
-    };
     proto::Module {
         version: record.version,
         sha256_hex: hex::encode(record.hash),
@@ -146,8 +137,8 @@ fn module_message(node: &NodeHandle, record: ModuleRecord) -> proto::Module {
         deployed_at_index: record.deployed_index,
         deployed_at_unix_ms: u64::try_from(record.deployed_timestamp_ms).unwrap_or(0),
         has_query: record.has_query,
-        has_init: has(EntryPoint::Init),
-        has_migrate: has(EntryPoint::Migrate),
+        has_init: record.has_init,
+        has_migrate: record.has_migrate,
         fuel_per_call_max,
         memory_bytes_max,
         name: record.name,

@@ -234,6 +234,8 @@ fn apply_deploy(
         deployed_timestamp_ms: request.timestamp_ms,
         limits: deploy.limits,
         has_query: info.has_query,
+        has_init: info.has_init,
+        has_migrate: info.has_migrate,
     };
     {
         let mut blobs = txn.open_table(BLOBS)?;

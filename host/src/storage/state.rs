@@ -73,7 +73,10 @@ pub struct ModuleRecord {
     pub deployed_index: u64,
     pub deployed_timestamp_ms: i64,
     pub limits: ModuleLimits,
+    /// Which optional exports the module has, as validated at deploy.
     pub has_query: bool,
+    pub has_init: bool,
+    pub has_migrate: bool,
 }
 
 /// The key range holding module `name`'s KV state, optionally narrowed to keys
