@@ -1,6 +1,7 @@
 //! The `Cluster` service: status (this node's view from Raft's metrics, and
 //! each member's own indexes and state digest, asked of it with a timeout),
-//! health and snapshot. Membership changes arrive with the cluster issue.
+//! membership changes (through the leader and the Raft log:
+//! `node::membership`), health and snapshot.
 
 use std::time::Duration;
 
@@ -10,13 +11,19 @@ use wasmraft_proto::v1 as proto;
 use wasmraft_proto::v1::cluster_client::ClusterClient;
 use wasmraft_proto::v1::cluster_server::Cluster;
 
-use super::blocking;
 use super::status::ApiError;
+use super::{blocking, call_timeout};
 use crate::node::address::parse_peer_address;
 use crate::node::handle::{ClusterView, Member, NodeHandle, Role};
+use crate::node::membership::Membership;
 
 /// How long a member may take to report its own status.
 const MEMBER_STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long adding a node may take when the caller set no deadline: the
+/// new node must receive the whole state first.
+const ADD_NODE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long removing a node may take when the caller set no deadline.
+const REMOVE_NODE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves `wasmraft.v1.Cluster`.
 #[derive(Debug, Clone)]
@@ -63,19 +70,26 @@ impl ClusterService {
             nodes.sort_by_key(|node| node.id);
             nodes
         };
-        let to_node = |member: &Member| proto::Node {
-            id: member.id,
-            address: member.address.clone(),
-        };
         Ok(proto::StatusResponse {
             leader_id: view.leader_id,
             term: view.term,
-            membership: Some(proto::Membership {
-                voters: view.voters.iter().map(to_node).collect(),
-                learners: view.learners.iter().map(to_node).collect(),
-            }),
+            membership: Some(to_proto(&Membership {
+                voters: view.voters,
+                learners: view.learners,
+            })),
             nodes,
         })
+    }
+}
+
+fn to_proto(membership: &Membership) -> proto::Membership {
+    let to_node = |member: &Member| proto::Node {
+        id: member.id,
+        address: member.address.clone(),
+    };
+    proto::Membership {
+        voters: membership.voters.iter().map(to_node).collect(),
+        learners: membership.learners.iter().map(to_node).collect(),
     }
 }
 
@@ -136,30 +150,45 @@ impl Cluster for ClusterService {
 
     async fn add_node(
         &self,
-        _request: Request<proto::AddNodeRequest>,
+        request: Request<proto::AddNodeRequest>,
     ) -> Result<Response<proto::AddNodeResponse>, Status> {
-        Err(
-            ApiError::Unimplemented("adding nodes comes with cluster membership (a later release)")
-                .into(),
-        )
+        let timeout = call_timeout(&request).unwrap_or(ADD_NODE_TIMEOUT);
+        let proto::AddNodeRequest { node_id, address } = request.into_inner();
+        let address = address.trim().to_owned();
+        let membership = self
+            .node
+            .add_node(node_id, address, timeout)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(proto::AddNodeResponse {
+            membership: Some(to_proto(&membership)),
+        }))
     }
 
     async fn remove_node(
         &self,
-        _request: Request<proto::RemoveNodeRequest>,
+        request: Request<proto::RemoveNodeRequest>,
     ) -> Result<Response<proto::RemoveNodeResponse>, Status> {
-        Err(ApiError::Unimplemented(
-            "removing nodes comes with cluster membership (a later release)",
-        )
-        .into())
+        let timeout = call_timeout(&request).unwrap_or(REMOVE_NODE_TIMEOUT);
+        let node_id = request.into_inner().node_id;
+        let membership = self
+            .node
+            .remove_node(node_id, timeout)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(proto::RemoveNodeResponse {
+            membership: Some(to_proto(&membership)),
+        }))
     }
 
     async fn transfer_leader(
         &self,
         _request: Request<proto::TransferLeaderRequest>,
     ) -> Result<Response<proto::TransferLeaderResponse>, Status> {
+        // openraft 0.9 has no leadership transfer (no TimeoutNow message);
+        // it arrives with the move to openraft 0.10.
         Err(ApiError::Unimplemented(
-            "leadership transfer comes with cluster membership (a later release)",
+            "leadership transfer needs openraft 0.10; until then, stop the leader's process: the other voters elect a new leader within the election timeout",
         )
         .into())
     }

@@ -46,6 +46,36 @@ pub(crate) fn caller<T>(_request: &tonic::Request<T>) -> String {
     ANONYMOUS_CALLER.to_owned()
 }
 
+/// The time the caller gave the call (its `grpc-timeout`), so a request
+/// forwarded to the leader carries what is left of it.
+pub(crate) fn call_timeout<T>(request: &tonic::Request<T>) -> Option<Duration> {
+    request
+        .metadata()
+        .get("grpc-timeout")
+        .and_then(|value| value.to_str().ok())
+        .and_then(parse_grpc_timeout)
+}
+
+/// Reads gRPC's `TimeoutValue TimeoutUnit` (at most 8 digits, then one of
+/// `H M S m u n`).
+fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    let split = value.len().checked_sub(1)?;
+    let (digits, unit) = value.split_at(split);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount * 3600),
+        "M" => Duration::from_secs(amount * 60),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
 /// Runs blocking work (compilation, redb reads, guest queries) off the
 /// async threads.
 pub(crate) async fn blocking<T: Send + 'static>(
@@ -82,4 +112,29 @@ pub fn router(node: &NodeHandle, raft_message_bytes_max: usize) -> Router {
                 .max_decoding_message_size(raft_message_bytes_max)
                 .max_encoding_message_size(raft_message_bytes_max),
         )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse_as_the_protocol_writes_them() {
+        let rows = [
+            ("1S", Some(Duration::from_secs(1))),
+            ("250m", Some(Duration::from_millis(250))),
+            ("2H", Some(Duration::from_secs(7200))),
+            ("3M", Some(Duration::from_secs(180))),
+            ("7u", Some(Duration::from_micros(7))),
+            ("99999999n", Some(Duration::from_nanos(99_999_999))),
+            ("123456789S", None),
+            ("S", None),
+            ("", None),
+            ("10x", None),
+            ("-1S", None),
+        ];
+        for (text, expected) in rows {
+            assert_eq!(parse_grpc_timeout(text), expected, "{text}");
+        }
+    }
 }

@@ -1,6 +1,8 @@
 //! The `Modules` service: deploy (a client stream, validated at the edge
 //! before it is proposed), list, get and remove.
 
+use std::time::Duration;
+
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 use wasmraft_proto::v1 as proto;
@@ -8,7 +10,7 @@ use wasmraft_proto::v1::modules_server::Modules;
 
 use super::status::ApiError;
 use super::validate::{self, DeployAssembler, DeployUpload, InputError};
-use super::{blocking, caller};
+use super::{blocking, call_timeout, caller};
 use crate::command::{Command, Deploy, Response as Applied};
 use crate::node::handle::NodeHandle;
 use crate::storage::ModuleRecord;
@@ -31,6 +33,7 @@ pub async fn deploy_module(
     node: &NodeHandle,
     caller: &str,
     upload: DeployUpload,
+    timeout: Option<Duration>,
 ) -> Result<proto::Module, ApiError> {
     let span = tracing::info_span!(
         "deploy",
@@ -39,7 +42,7 @@ pub async fn deploy_module(
         version = tracing::field::Empty,
         outcome = tracing::field::Empty,
     );
-    let result = deploy_in_span(node, caller, upload)
+    let result = deploy_in_span(node, caller, upload, timeout)
         .instrument(span.clone())
         .await;
     match &result {
@@ -58,6 +61,7 @@ async fn deploy_in_span(
     node: &NodeHandle,
     caller: &str,
     upload: DeployUpload,
+    timeout: Option<Duration>,
 ) -> Result<proto::Module, ApiError> {
     let DeployUpload {
         name,
@@ -90,6 +94,7 @@ async fn deploy_in_span(
                 init_argument: init_argument.unwrap_or_default(),
                 limits,
             }),
+            timeout,
         )
         .await?;
     match proposed.response {
@@ -152,13 +157,14 @@ impl Modules for ModulesService {
         request: Request<Streaming<proto::DeployChunk>>,
     ) -> Result<Response<proto::DeployResponse>, Status> {
         let caller = caller(&request);
+        let timeout = call_timeout(&request);
         let mut stream = request.into_inner();
         let mut assembler = DeployAssembler::new(self.node.limits());
         while let Some(chunk) = stream.message().await? {
             assembler.push(chunk.content).map_err(ApiError::from)?;
         }
         let upload = assembler.finish().map_err(ApiError::from)?;
-        let module = deploy_module(&self.node, &caller, upload).await?;
+        let module = deploy_module(&self.node, &caller, upload, timeout).await?;
         Ok(Response::new(proto::DeployResponse {
             module: Some(module),
         }))
@@ -205,12 +211,13 @@ impl Modules for ModulesService {
         request: Request<proto::RemoveModuleRequest>,
     ) -> Result<Response<proto::RemoveModuleResponse>, Status> {
         let caller = caller(&request);
+        let timeout = call_timeout(&request);
         let name = request.into_inner().name;
         validate::module_name(&name).map_err(ApiError::from)?;
         let span = tracing::info_span!("remove", module = %name);
         let proposed = self
             .node
-            .propose(caller, Command::Remove { name })
+            .propose(caller, Command::Remove { name }, timeout)
             .instrument(span)
             .await
             .map_err(ApiError::from)?;

@@ -9,6 +9,7 @@ use wasmraft_proto::v1::raft_server::Raft as RaftRpc;
 use super::status::ApiError;
 use crate::network::wire;
 use crate::node::handle::NodeHandle;
+use crate::node::membership::fingerprint_bytes;
 
 /// Serves `wasmraft.v1.Raft`.
 #[derive(Debug, Clone)]
@@ -59,14 +60,30 @@ impl RaftRpc for RaftService {
         &self,
         _request: Request<proto::HandshakeRequest>,
     ) -> Result<Response<proto::HandshakeResponse>, Status> {
-        // Cluster ids arrive with membership; the engine fingerprint is what
-        // keeps a node that would execute modules differently out.
-        let fingerprint = self.node.runtime().engine_fingerprint();
+        // The caller decides: it compares the engine fingerprint (a node
+        // that would execute modules differently stays out) and refuses a
+        // node whose Raft already holds a log or a vote.
+        let initialized =
+            self.node.raft().is_initialized().await.map_err(|fatal| {
+                ApiError::Internal(format!("cannot read the Raft state: {fatal}"))
+            })?;
         Ok(Response::new(proto::HandshakeResponse {
             node_id: self.node.id(),
             cluster_id: String::new(),
-            engine_compatibility_hash: hex::decode(&fingerprint)
-                .unwrap_or_else(|_| fingerprint.into_bytes()),
+            engine_compatibility_hash: fingerprint_bytes(self.node.runtime()),
+            initialized,
         }))
+    }
+
+    async fn forward(
+        &self,
+        request: Request<proto::RaftRequest>,
+    ) -> Result<Response<proto::RaftReply>, Status> {
+        let reply = self
+            .node
+            .serve_forwarded(request.get_ref())
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(reply))
     }
 }

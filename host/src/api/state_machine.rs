@@ -1,6 +1,8 @@
 //! The `StateMachine` service: invoke (a command through the log) and query
 //! (a read of the local state, behind a read barrier unless stale).
 
+use std::time::Duration;
+
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 use wasmraft_proto::v1 as proto;
@@ -10,7 +12,7 @@ use wasmraft_proto::v1::state_machine_server::StateMachine;
 use super::modules::unexpected;
 use super::status::{ApiError, call_output};
 use super::validate::{self, InputError};
-use super::{blocking, caller};
+use super::{blocking, call_timeout, caller};
 use crate::command::{Command, Invoke, Refusal, Response as Applied};
 use crate::node::handle::NodeHandle;
 use crate::storage::QueryAnswer;
@@ -30,6 +32,7 @@ impl StateMachineService {
         &self,
         caller: String,
         request: proto::InvokeRequest,
+        timeout: Option<Duration>,
     ) -> Result<proto::InvokeResponse, ApiError> {
         let limits = self.node.limits();
         validate::module_name(&request.module)?;
@@ -54,6 +57,7 @@ impl StateMachineService {
                     input: request.input,
                     session,
                 }),
+                timeout,
             )
             .instrument(span.clone())
             .await?;
@@ -81,6 +85,7 @@ impl StateMachineService {
         &self,
         caller: String,
         request: proto::QueryRequest,
+        timeout: Option<Duration>,
     ) -> Result<proto::QueryResponse, ApiError> {
         let limits = self.node.limits();
         validate::module_name(&request.module)?;
@@ -96,7 +101,7 @@ impl StateMachineService {
         );
         async {
             if consistency != Consistency::Stale {
-                self.node.read_barrier().await?;
+                self.node.read_barrier(timeout).await?;
             }
             let reader = self.node.reader().clone();
             let module = request.module;
@@ -136,7 +141,9 @@ impl StateMachine for StateMachineService {
         request: Request<proto::InvokeRequest>,
     ) -> Result<Response<proto::InvokeResponse>, Status> {
         let caller = caller(&request);
-        let response = StateMachineService::invoke(self, caller, request.into_inner()).await?;
+        let timeout = call_timeout(&request);
+        let response =
+            StateMachineService::invoke(self, caller, request.into_inner(), timeout).await?;
         Ok(Response::new(response))
     }
 
@@ -145,7 +152,9 @@ impl StateMachine for StateMachineService {
         request: Request<proto::QueryRequest>,
     ) -> Result<Response<proto::QueryResponse>, Status> {
         let caller = caller(&request);
-        let response = StateMachineService::query(self, caller, request.into_inner()).await?;
+        let timeout = call_timeout(&request);
+        let response =
+            StateMachineService::query(self, caller, request.into_inner(), timeout).await?;
         Ok(Response::new(response))
     }
 }

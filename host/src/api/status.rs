@@ -20,9 +20,16 @@
 //! | `CallOutcome::TimedOut` (query wall clock) | `DEADLINE_EXCEEDED` | the limit (`limits.query_timeout_ms`) |
 //! | `ConsensusError::NotLeader` | `UNAVAILABLE` | the leader's id and address if known (also in metadata `wasmraft-leader-id`, `wasmraft-leader-address`) |
 //! | `ConsensusError::NoQuorum`, `ShuttingDown` | `UNAVAILABLE` | the reason; retry |
+//! | `ConsensusError::LeaderUnreachable` (a follower could not forward) | `UNAVAILABLE` | the leader, the failure; retry with the same session |
 //! | `ConsensusError::Timeout` (no commit in time) | `DEADLINE_EXCEEDED` | what timed out; retry with the same session |
 //! | `ConsensusError::Membership` | `FAILED_PRECONDITION` | the reason |
 //! | `ConsensusError::Fatal`, storage failure, unexpected response | `INTERNAL` | the failure |
+//! | `MembershipError::ZeroId`, `BadAddress` | `INVALID_ARGUMENT` | the reason |
+//! | `MembershipError::AlreadyMember`, `AddressInUse` | `ALREADY_EXISTS` | the member holding the id or address |
+//! | `MembershipError::NotMember` | `NOT_FOUND` | the id |
+//! | `MembershipError::Unreachable`, `WrongId`, `EngineMismatch`, `HasData`, `LastVoter`, `InProgress` | `FAILED_PRECONDITION` | what to do |
+//! | `MembershipError::NotCaughtUp` | `DEADLINE_EXCEEDED` | the node stays a learner; ask again |
+//! | `MembershipError::Consensus` | as the `ConsensusError` | |
 //! | Raft message in an unknown encoding version | `FAILED_PRECONDITION` | both versions |
 //! | malformed Raft message | `INVALID_ARGUMENT` | the decode error |
 //! | method not built yet | `UNIMPLEMENTED` | what comes when |
@@ -38,6 +45,7 @@ use super::validate::InputError;
 use crate::command::{CallOutcome, CallResult, Refusal};
 use crate::network::wire::WireError;
 use crate::node::handle::{ConsensusError, LeaderHint};
+use crate::node::membership::MembershipError;
 use crate::storage::QueryError;
 use crate::wasm::ValidationError;
 
@@ -60,6 +68,8 @@ pub enum ApiError {
     },
     #[error(transparent)]
     Consensus(#[from] ConsensusError),
+    #[error(transparent)]
+    Membership(#[from] MembershipError),
     #[error(transparent)]
     Wire(#[from] WireError),
     #[error("storage failure: {0}")]
@@ -119,19 +129,39 @@ pub fn code(error: &ApiError) -> Code {
             // Never built from a success; if it were, it is our bug.
             CallOutcome::Ok(_) => Code::Internal,
         },
-        ApiError::Consensus(error) => match error {
-            ConsensusError::NotLeader { .. }
-            | ConsensusError::NoQuorum(_)
-            | ConsensusError::ShuttingDown => Code::Unavailable,
-            ConsensusError::Timeout { .. } => Code::DeadlineExceeded,
-            ConsensusError::Membership(_) => Code::FailedPrecondition,
-            ConsensusError::Fatal(_) => Code::Internal,
+        ApiError::Consensus(error) => consensus_code(error),
+        ApiError::Membership(error) => match error {
+            MembershipError::ZeroId | MembershipError::BadAddress { .. } => Code::InvalidArgument,
+            MembershipError::AlreadyMember { .. } | MembershipError::AddressInUse { .. } => {
+                Code::AlreadyExists
+            }
+            MembershipError::NotMember(_) => Code::NotFound,
+            MembershipError::Unreachable { .. }
+            | MembershipError::WrongId { .. }
+            | MembershipError::EngineMismatch { .. }
+            | MembershipError::HasData { .. }
+            | MembershipError::LastVoter(_)
+            | MembershipError::InProgress => Code::FailedPrecondition,
+            MembershipError::NotCaughtUp { .. } => Code::DeadlineExceeded,
+            MembershipError::Consensus(error) => consensus_code(error),
         },
         ApiError::Wire(WireError::UnknownEncoding { .. }) => Code::FailedPrecondition,
         ApiError::Wire(WireError::Malformed(_)) => Code::InvalidArgument,
         ApiError::Storage(_) | ApiError::Internal(_) => Code::Internal,
         ApiError::Busy(_) => Code::Unavailable,
         ApiError::Unimplemented(_) => Code::Unimplemented,
+    }
+}
+
+fn consensus_code(error: &ConsensusError) -> Code {
+    match error {
+        ConsensusError::NotLeader { .. }
+        | ConsensusError::NoQuorum(_)
+        | ConsensusError::ShuttingDown
+        | ConsensusError::LeaderUnreachable { .. } => Code::Unavailable,
+        ConsensusError::Timeout { .. } => Code::DeadlineExceeded,
+        ConsensusError::Membership(_) => Code::FailedPrecondition,
+        ConsensusError::Fatal(_) => Code::Internal,
     }
 }
 
@@ -376,7 +406,7 @@ mod tests {
             ),
             (
                 ConsensusError::Timeout {
-                    what: "the write",
+                    what: "the write".into(),
                     after_ms: 10_000,
                 }
                 .into(),
@@ -392,6 +422,79 @@ mod tests {
                 ConsensusError::Fatal("disk gone".into()).into(),
                 Code::Internal,
                 "fatal error: disk gone",
+            ),
+            (
+                ConsensusError::LeaderUnreachable {
+                    this: 2,
+                    leader: 1,
+                    address: "10.0.0.1:7070".into(),
+                    reason: "connection refused".into(),
+                }
+                .into(),
+                Code::Unavailable,
+                "the leader, node 1 at 10.0.0.1:7070: connection refused",
+            ),
+            (
+                MembershipError::ZeroId.into(),
+                Code::InvalidArgument,
+                "0 is reserved",
+            ),
+            (
+                MembershipError::AddressInUse {
+                    id: 1,
+                    address: "10.0.0.1:7070".into(),
+                }
+                .into(),
+                Code::AlreadyExists,
+                "already used by node 1",
+            ),
+            (
+                MembershipError::AlreadyMember {
+                    id: 2,
+                    address: "10.0.0.2:7070".into(),
+                }
+                .into(),
+                Code::AlreadyExists,
+                "node 2 is already a member",
+            ),
+            (
+                MembershipError::NotMember(9).into(),
+                Code::NotFound,
+                "node 9 is not a member",
+            ),
+            (
+                MembershipError::LastVoter(1).into(),
+                Code::FailedPrecondition,
+                "last voter",
+            ),
+            (
+                MembershipError::InProgress.into(),
+                Code::FailedPrecondition,
+                "in progress",
+            ),
+            (
+                MembershipError::Unreachable {
+                    id: 4,
+                    address: "10.0.0.4:7070".into(),
+                    reason: "connection refused".into(),
+                }
+                .into(),
+                Code::FailedPrecondition,
+                "cannot reach node 4",
+            ),
+            (
+                MembershipError::NotCaughtUp {
+                    id: 4,
+                    after_ms: 100,
+                }
+                .into(),
+                Code::DeadlineExceeded,
+                "stays a learner",
+            ),
+            (
+                MembershipError::Consensus(ConsensusError::ShuttingDown).into(),
+                Code::Unavailable,
+                "shutting down",
             ),
             (
                 WireError::UnknownEncoding { found: 7 }.into(),

@@ -1,12 +1,18 @@
-//! `wasmraft cluster status [--json]`: the cluster as one node sees it —
-//! leader, term, members, and each node's log and applied indexes and state
-//! digest. `--json` prints [`crate::client::ClusterStatusJson`], a stable,
-//! versioned schema.
+//! `wasmraft cluster …`: operate the cluster.
+//!
+//! - `status [--json]`: the cluster as one node sees it — leader, term,
+//!   members, and each node's log and applied indexes and state digest.
+//!   `--json` prints [`crate::client::ClusterStatusJson`], a stable,
+//!   versioned schema.
+//! - `add-node ID ADDRESS`: learner, caught up, voter (through the leader).
+//! - `remove-node ID`: out of the membership, by consensus.
+//! - `snapshot`: the endpoint's node builds a snapshot and purges its log.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use super::connection::{self, ConnectionArgs};
-use crate::client::{ClusterStatus, ClusterStatusJson, Member};
+use crate::client::{ClusterStatus, ClusterStatusJson, Member, Membership};
 
 #[derive(Debug, clap::Args)]
 pub struct ClusterArgs {
@@ -19,6 +25,44 @@ enum ClusterCommand {
     /// Show the leader, the term, the members and each node's log index,
     /// applied index and state digest.
     Status(StatusArgs),
+    /// Add a node that runs `wasmraft serve` with an empty data directory:
+    /// it joins as a learner, receives the log (or a snapshot), and becomes
+    /// a voter once it caught up.
+    AddNode(AddNodeArgs),
+    /// Remove a node (voter or learner) from the cluster. Stop its process
+    /// afterwards; to bring it back, empty its data directory and add it.
+    RemoveNode(RemoveNodeArgs),
+    /// Make the endpoint's node build a snapshot now and purge its log up
+    /// to it.
+    Snapshot(SnapshotArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct AddNodeArgs {
+    /// The new node's id: not 0, not used by any member.
+    id: u64,
+    /// The address the new node serves on (its `--listen`, or `--advertise`), as HOST:PORT.
+    address: String,
+    /// How long the new node may take to catch up before the call gives up
+    /// (it then stays a learner; run the command again to finish).
+    #[arg(long, default_value_t = 120_000, value_name = "MS")]
+    catch_up_timeout_ms: u64,
+    #[command(flatten)]
+    connection: ConnectionArgs,
+}
+
+#[derive(Debug, clap::Args)]
+struct RemoveNodeArgs {
+    /// The id of the member to remove.
+    id: u64,
+    #[command(flatten)]
+    connection: ConnectionArgs,
+}
+
+#[derive(Debug, clap::Args)]
+struct SnapshotArgs {
+    #[command(flatten)]
+    connection: ConnectionArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -51,23 +95,60 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
                 }
                 Ok(())
             }
+            ClusterCommand::AddNode(args) => {
+                let membership = args
+                    .connection
+                    .client()
+                    .await?
+                    .add_node(
+                        args.id,
+                        &args.address,
+                        Duration::from_millis(args.catch_up_timeout_ms),
+                    )
+                    .await?;
+                println!("node {} added as a voter", args.id);
+                print!("{}", render_membership(&membership));
+                Ok(())
+            }
+            ClusterCommand::RemoveNode(args) => {
+                let membership = args.connection.client().await?.remove_node(args.id).await?;
+                println!("node {} removed", args.id);
+                print!("{}", render_membership(&membership));
+                Ok(())
+            }
+            ClusterCommand::Snapshot(args) => {
+                let client = args.connection.client().await?;
+                client.snapshot().await?;
+                println!("snapshot started on {}", client.endpoint());
+                Ok(())
+            }
         }
     })
 }
 
+fn members_line(members: &[Member]) -> String {
+    if members.is_empty() {
+        "none".to_owned()
+    } else {
+        members
+            .iter()
+            .map(|member| format!("{} ({})", member.id, member.address))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+fn render_membership(membership: &Membership) -> String {
+    format!(
+        "voters    {}\nlearners  {}\n",
+        members_line(&membership.voters),
+        members_line(&membership.learners)
+    )
+}
+
 /// The human form of the status.
 fn render(status: &ClusterStatus) -> String {
-    let members = |members: &[Member]| {
-        if members.is_empty() {
-            "none".to_owned()
-        } else {
-            members
-                .iter()
-                .map(|member| format!("{} ({})", member.id, member.address))
-                .collect::<Vec<_>>()
-                .join(", ")
-        }
-    };
+    let members = members_line;
     let optional = |value: Option<u64>| value.map_or("-".to_owned(), |value| value.to_string());
     let mut text = String::new();
     text.push_str(&format!(

@@ -163,7 +163,7 @@ async fn deploy_examples(handle: &NodeHandle) -> anyhow::Result<()> {
             init_argument: None,
             limits: ModuleLimits::default(),
         };
-        let module = api::deploy_module(handle, api::ANONYMOUS_CALLER, upload)
+        let module = api::deploy_module(handle, api::ANONYMOUS_CALLER, upload, None)
             .await
             .with_context(|| format!("cannot deploy the example module `{name}`"))?;
         println!(

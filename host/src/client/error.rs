@@ -145,6 +145,7 @@ impl ClientError {
                     .to_owned()
             }
             ClientError::Status {
+                operation,
                 code,
                 leader_address,
                 ..
@@ -152,7 +153,9 @@ impl ClientError {
                 (Code::Unavailable, Some(leader)) => {
                     format!("the node cannot serve this now; the leader is at {leader}, retry")
                 }
-                _ => code_explanation(*code).to_owned(),
+                _ => membership_explanation(operation, *code)
+                    .unwrap_or_else(|| code_explanation(*code))
+                    .to_owned(),
             },
         }
     }
@@ -245,6 +248,24 @@ pub fn code_name(code: Code) -> &'static str {
 
 /// What a status code means for a wasmraft caller, following the `.proto`
 /// comments.
+/// Hints for membership changes, where the general ones would mislead.
+fn membership_explanation(operation: &str, code: Code) -> Option<&'static str> {
+    if !matches!(operation, "add node" | "remove node") {
+        return None;
+    }
+    Some(match code {
+        Code::FailedPrecondition => {
+            "the cluster cannot make this change now (the message says why); the membership is unchanged"
+        }
+        Code::NotFound => "no member has that id; `wasmraft cluster status` lists the members",
+        Code::AlreadyExists => "`wasmraft cluster status` lists the members and their addresses",
+        Code::DeadlineExceeded => {
+            "the change did not finish in time; `wasmraft cluster status` shows where it stands, and running the same command again finishes it"
+        }
+        _ => return None,
+    })
+}
+
 fn code_explanation(code: Code) -> &'static str {
     match code {
         Code::InvalidArgument => {

@@ -82,7 +82,7 @@ pub use status_json::{
 };
 pub use types::{
     ClusterStatus, Consistency, DeployOptions, DeployProgress, Health, InvokeOutput, Member,
-    ModuleInfo, NodeRole, NodeStatus, ProgressCallback, QueryOutput,
+    Membership, ModuleInfo, NodeRole, NodeStatus, ProgressCallback, QueryOutput,
 };
 
 use retry::{CallKind, backoff, is_session_expired, jitter, may_have_been_sent, should_retry};
@@ -543,6 +543,64 @@ impl Client {
         ClusterStatus::try_from(response)
     }
 
+    /// Adds node `id`, already running `wasmraft serve` at `address` with an
+    /// empty data directory: first as a learner, then, once it caught up, as
+    /// a voter. `timeout` bounds the whole change, catching up included; a
+    /// node that did not catch up in time stays a learner (`DEADLINE_EXCEEDED`)
+    /// and calling again finishes the job.
+    pub async fn add_node(
+        &self,
+        id: u64,
+        address: &str,
+        timeout: Duration,
+    ) -> Result<Membership, ClientError> {
+        let response = self
+            .retrying("add node", CallKind::Write, |_| {
+                let mut client = self.cluster();
+                let request = v1::AddNodeRequest {
+                    node_id: id,
+                    address: address.to_owned(),
+                };
+                async move {
+                    let request = self.request(request, timeout);
+                    self.attempt("add node", timeout, client.add_node(request))
+                        .await
+                }
+            })
+            .await?;
+        membership_of("add node", response.membership)
+    }
+
+    /// Removes member `id` (voter or learner) from the cluster.
+    pub async fn remove_node(&self, id: u64) -> Result<Membership, ClientError> {
+        let response = self
+            .retrying("remove node", CallKind::Write, |timeout| {
+                let mut client = self.cluster();
+                async move {
+                    let request = self.request(v1::RemoveNodeRequest { node_id: id }, timeout);
+                    self.attempt("remove node", timeout, client.remove_node(request))
+                        .await
+                }
+            })
+            .await?;
+        membership_of("remove node", response.membership)
+    }
+
+    /// Asks the endpoint's node to build a snapshot now (and purge the log
+    /// behind it); returns once the snapshot is started.
+    pub async fn snapshot(&self) -> Result<(), ClientError> {
+        self.retrying("snapshot", CallKind::ReadOnly, |timeout| {
+            let mut client = self.cluster();
+            async move {
+                let request = self.request(v1::SnapshotRequest {}, timeout);
+                self.attempt("snapshot", timeout, client.snapshot(request))
+                    .await
+            }
+        })
+        .await?;
+        Ok(())
+    }
+
     /// Whether the endpoint's node can serve. One attempt, no retries: a
     /// probe should report what it sees.
     pub async fn health(&self) -> Result<Health, ClientError> {
@@ -710,6 +768,18 @@ fn random_client_id_prefix() -> Result<String, ClientError> {
     let mut bytes = [0_u8; 16];
     getrandom::fill(&mut bytes).map_err(|error| ClientError::Randomness(error.to_string()))?;
     Ok(hex::encode(bytes))
+}
+
+fn membership_of(
+    operation: &'static str,
+    membership: Option<v1::Membership>,
+) -> Result<Membership, ClientError> {
+    membership
+        .map(Membership::from)
+        .ok_or(ClientError::MissingField {
+            operation,
+            field: "membership",
+        })
 }
 
 #[cfg(test)]

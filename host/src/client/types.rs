@@ -164,6 +164,24 @@ pub struct Member {
     pub address: String,
 }
 
+/// The cluster's members after a membership change.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Membership {
+    /// Members that vote and count towards the commit quorum.
+    pub voters: Vec<Member>,
+    /// Members that receive the log without voting.
+    pub learners: Vec<Member>,
+}
+
+impl From<v1::Membership> for Membership {
+    fn from(membership: v1::Membership) -> Self {
+        Membership {
+            voters: membership.voters.into_iter().map(Member::from).collect(),
+            learners: membership.learners.into_iter().map(Member::from).collect(),
+        }
+    }
+}
+
 impl From<v1::Node> for Member {
     fn from(node: v1::Node) -> Self {
         Member {

@@ -2,23 +2,28 @@
 //! command through Raft, pass a linearizable read barrier, and describe the
 //! node (role, term, membership, indexes).
 //!
-//! This is the only place the API meets openraft. [`NodeHandle::propose`]
-//! and [`NodeHandle::read_barrier`] are where a request that reached a
-//! follower is turned away today (`ConsensusError::NotLeader`, with the
-//! leader's address) and where forwarding to the leader slots in tomorrow:
-//! the leader stamps the timestamp, so a forwarded command must be stamped
-//! there, which `propose` already does.
+//! This is the only place the API meets openraft. Every entry point routes
+//! by Raft's own view of the leader: on the leader it runs here; on a
+//! follower it is forwarded to the leader (`forward`), which stamps the
+//! timestamp and answers; with no leader known it waits for an election,
+//! up to the call's deadline. A forwarded request is served with the
+//! `*_here` methods, which never forward again.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use openraft::ServerState;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, Fatal, ForwardToLeader, RaftError};
+use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::Instrument;
+use wasmraft_proto::v1::{RaftReply, RaftRequest};
 
+use super::forward::{ForwardFailure, Forwarded, Forwarder, millis};
+use super::membership::{self, Membership, MembershipError};
 use crate::command::{Command, Request, Response};
+use crate::network::wire::{self, WireError};
 use crate::node::config::LimitSettings;
 use crate::raft::{Node, NodeId, Raft};
 use crate::storage::{CallLimits, StateReader};
@@ -44,10 +49,22 @@ struct Inner {
     consensus_timeout: Duration,
     /// Set when shutdown starts, so new requests are turned away cleanly.
     shutting_down: AtomicBool,
+    /// Hands requests that reached this node while it follows to the leader.
+    forwarder: Forwarder,
+    /// Held by the membership change in progress: one at a time.
+    membership_change: tokio::sync::Mutex<()>,
     /// Invokes waiting to be proposed. openraft writes one entry at a time
     /// and waits for its fsync, so the batcher proposes whatever queued up
     /// meanwhile as one entry: a burst of clients shares one fsync.
     proposals: mpsc::Sender<Pending>,
+}
+
+/// Where a request is served.
+enum Route {
+    /// This node leads.
+    Here,
+    /// Another node leads, at this address.
+    Leader { id: NodeId, address: String },
 }
 
 /// An invoke waiting for the batcher, and where its answer goes.
@@ -66,7 +83,7 @@ const BATCH_COMMANDS_MAX: usize = 512;
 const BATCH_INPUT_BYTES_MAX: usize = 4 * 1024 * 1024;
 
 /// A command committed and applied.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Proposed {
     /// The log index of the entry that carried it.
     pub index: u64,
@@ -77,7 +94,7 @@ pub struct Proposed {
 }
 
 /// The leader, as far as this node knows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaderHint {
     pub id: NodeId,
     /// `None` when the leader is not (yet) in this node's membership view.
@@ -85,7 +102,7 @@ pub struct LeaderHint {
 }
 
 /// Why Raft did not take a write or confirm a read.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum ConsensusError {
     #[error("{}", not_leader_message(*.this, .leader.as_ref()))]
     NotLeader {
@@ -97,7 +114,16 @@ pub enum ConsensusError {
     #[error(
         "{what} did not complete within {after_ms} ms; a write may still be applied: retry with the same client_id and sequence"
     )]
-    Timeout { what: &'static str, after_ms: u64 },
+    Timeout { what: String, after_ms: u64 },
+    #[error(
+        "node {this} could not hand the request to the leader, node {leader} at {address}: {reason}; a write may still be applied: retry with the same client_id and sequence"
+    )]
+    LeaderUnreachable {
+        this: NodeId,
+        leader: NodeId,
+        address: String,
+        reason: String,
+    },
     #[error("the node is shutting down")]
     ShuttingDown,
     #[error("membership change refused: {0}")]
@@ -132,7 +158,7 @@ pub enum Role {
 }
 
 /// One member of the cluster.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
     pub id: NodeId,
     pub address: String,
@@ -163,6 +189,7 @@ impl std::fmt::Debug for Inner {
 }
 
 impl NodeHandle {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         id: NodeId,
         advertised_address: String,
@@ -171,6 +198,7 @@ impl NodeHandle {
         runtime: Runtime,
         limits: LimitSettings,
         consensus_timeout: Duration,
+        forwarder: Forwarder,
     ) -> Self {
         let (proposals, queue) = mpsc::channel(PROPOSALS_QUEUED_MAX);
         let inner = Arc::new(Inner {
@@ -182,6 +210,8 @@ impl NodeHandle {
             limits,
             consensus_timeout,
             shutting_down: AtomicBool::new(false),
+            forwarder,
+            membership_change: tokio::sync::Mutex::new(()),
             proposals,
         });
         // The batcher holds the node weakly: when the last handle goes, the
@@ -232,53 +262,156 @@ impl NodeHandle {
         self.inner.shutting_down.load(Ordering::Acquire)
     }
 
-    /// Puts `command` through the Raft log and returns what applying it
-    /// answered. The timestamp is this node's clock: only a leader proposes.
+    /// The time a call may take: the caller's deadline when it gave one,
+    /// never more than the node's consensus timeout.
+    fn call_timeout(&self, requested: Option<Duration>) -> Duration {
+        requested.map_or(self.inner.consensus_timeout, |requested| {
+            requested.min(self.inner.consensus_timeout)
+        })
+    }
+
+    /// Where a request goes: here if this node leads, else the leader.
+    /// With no leader known, waits for an election until `deadline`.
+    async fn route(&self, deadline: Instant) -> Result<Route, ConsensusError> {
+        if self.is_shutting_down() {
+            return Err(ConsensusError::ShuttingDown);
+        }
+        let known = self.inner.raft.metrics().borrow().current_leader;
+        let leader = match known {
+            Some(leader) => leader,
+            None => self
+                .wait_for_leader(deadline.saturating_duration_since(Instant::now()))
+                .await
+                .ok_or(ConsensusError::NotLeader {
+                    this: self.inner.id,
+                    leader: None,
+                })?,
+        };
+        if leader == self.inner.id {
+            return Ok(Route::Here);
+        }
+        match self.member_address(leader) {
+            Some(address) => Ok(Route::Leader {
+                id: leader,
+                address,
+            }),
+            None => Err(ConsensusError::NotLeader {
+                this: self.inner.id,
+                leader: Some(LeaderHint {
+                    id: leader,
+                    address: None,
+                }),
+            }),
+        }
+    }
+
+    /// Asks the leader to serve `request`, within `timeout`.
+    async fn forward<T, E>(
+        &self,
+        leader: NodeId,
+        address: &str,
+        request: Forwarded,
+        timeout: Duration,
+    ) -> Result<Result<T, E>, ConsensusError>
+    where
+        T: serde::de::DeserializeOwned,
+        E: serde::de::DeserializeOwned,
+    {
+        let span = tracing::debug_span!("forward", leader, address);
+        self.inner
+            .forwarder
+            .call(leader, address, &request, timeout)
+            .instrument(span)
+            .await
+            .map_err(
+                |ForwardFailure { reason }| ConsensusError::LeaderUnreachable {
+                    this: self.inner.id,
+                    leader,
+                    address: address.to_owned(),
+                    reason,
+                },
+            )
+    }
+
+    /// Puts `command` through the Raft log for `caller` and returns what
+    /// applying it answered, within `timeout` (the caller's deadline) or the
+    /// node's consensus timeout. A follower forwards it to the leader.
     pub async fn propose(
         &self,
         caller: impl Into<String>,
         command: Command,
+        timeout: Option<Duration>,
+    ) -> Result<Proposed, ConsensusError> {
+        let timeout = self.call_timeout(timeout);
+        let deadline = Instant::now() + timeout;
+        let caller = caller.into();
+        match self.route(deadline).await? {
+            Route::Here => self.propose_here(caller, command, timeout).await,
+            Route::Leader { id, address } => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let request = Forwarded::Write {
+                    caller,
+                    command,
+                    timeout_ms: millis(left),
+                };
+                self.forward(id, &address, request, left).await?
+            }
+        }
+    }
+
+    /// Proposes on this node, which must be the leader: it stamps the
+    /// timestamp with its clock.
+    async fn propose_here(
+        &self,
+        caller: String,
+        command: Command,
+        timeout: Duration,
     ) -> Result<Proposed, ConsensusError> {
         if self.is_shutting_down() {
             return Err(ConsensusError::ShuttingDown);
         }
         let request = Request {
             timestamp_ms: now_ms(),
-            caller: caller.into(),
+            caller,
             command,
         };
         if !matches!(request.command, Command::Invoke(_)) {
             // Deploys are large and rare, membership and access changes rare:
             // each gets its own entry.
-            return self.write(request).await;
+            return self.write(request, timeout).await;
         }
-        let (answer, answered) = oneshot::channel();
-        self.inner
-            .proposals
-            .send(Pending { request, answer })
+        let waited = async {
+            let (answer, answered) = oneshot::channel();
+            self.inner
+                .proposals
+                .send(Pending { request, answer })
+                .await
+                .map_err(|_| ConsensusError::ShuttingDown)?;
+            answered.await.map_err(|_| ConsensusError::ShuttingDown)?
+        };
+        tokio::time::timeout(timeout, waited)
             .await
-            .map_err(|_| ConsensusError::ShuttingDown)?;
-        answered.await.map_err(|_| ConsensusError::ShuttingDown)?
+            .map_err(|_| ConsensusError::Timeout {
+                what: "the write".to_owned(),
+                after_ms: millis(timeout),
+            })?
     }
 
     /// Proposes one entry and waits until it is applied.
-    async fn write(&self, request: Request) -> Result<Proposed, ConsensusError> {
+    async fn write(&self, request: Request, timeout: Duration) -> Result<Proposed, ConsensusError> {
         let timestamp_ms = request.timestamp_ms;
         let span = tracing::info_span!(
             "raft_write",
             kind = request.command.kind(),
             index = tracing::field::Empty
         );
-        let written = tokio::time::timeout(
-            self.inner.consensus_timeout,
-            self.inner.raft.client_write(request),
-        )
-        .instrument(span.clone())
-        .await
-        .map_err(|_| ConsensusError::Timeout {
-            what: "the write",
-            after_ms: millis(self.inner.consensus_timeout),
-        })?;
+        let written = tokio::time::timeout(timeout, self.inner.raft.client_write(request))
+            .instrument(span.clone())
+            .await
+            .map_err(|_| ConsensusError::Timeout {
+                what: "the write".to_owned(),
+                after_ms: millis(timeout),
+            })?;
         match written {
             Ok(written) => {
                 span.record("index", written.log_id.index);
@@ -288,7 +421,8 @@ impl NodeHandle {
                     response: written.data,
                 })
             }
-            // Forwarding to the leader slots in here.
+            // Leadership moved between routing and writing: the client
+            // retries, and the next route finds the new leader.
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
                 Err(self.not_leader(forward))
             }
@@ -300,23 +434,53 @@ impl NodeHandle {
     }
 
     /// Returns once this node's state includes every write committed before
-    /// the call (a read index confirmed by a quorum).
-    pub async fn read_barrier(&self) -> Result<(), ConsensusError> {
+    /// the call: the leader confirms its leadership with a quorum and names
+    /// its commit index (the read index), then this node waits until it has
+    /// applied that far. A follower asks the leader for the read index and
+    /// serves the read itself.
+    pub async fn read_barrier(&self, timeout: Option<Duration>) -> Result<(), ConsensusError> {
+        let timeout = self.call_timeout(timeout);
+        let deadline = Instant::now() + timeout;
+        let read_index = match self.route(deadline).await? {
+            Route::Here => self.read_index_here(timeout).await?,
+            Route::Leader { id, address } => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let request = Forwarded::ReadIndex {
+                    timeout_ms: millis(left),
+                };
+                self.forward(id, &address, request, left).await??
+            }
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.inner
+            .raft
+            .wait(Some(left))
+            .applied_index_at_least(Some(read_index), "the read index is applied")
+            .await
+            .map(|_| ())
+            .map_err(|error| match error {
+                openraft::metrics::WaitError::Timeout(..) => ConsensusError::Timeout {
+                    what: "applying up to the read index".to_owned(),
+                    after_ms: millis(timeout),
+                },
+                openraft::metrics::WaitError::ShuttingDown => ConsensusError::ShuttingDown,
+            })
+    }
+
+    /// Confirms this node's leadership with a quorum and returns the index
+    /// a linearizable read must see applied.
+    async fn read_index_here(&self, timeout: Duration) -> Result<u64, ConsensusError> {
         if self.is_shutting_down() {
             return Err(ConsensusError::ShuttingDown);
         }
-        let confirmed = tokio::time::timeout(
-            self.inner.consensus_timeout,
-            self.inner.raft.ensure_linearizable(),
-        )
-        .await
-        .map_err(|_| ConsensusError::Timeout {
-            what: "the linearizable read barrier",
-            after_ms: millis(self.inner.consensus_timeout),
-        })?;
+        let confirmed = tokio::time::timeout(timeout, self.inner.raft.get_read_log_id())
+            .await
+            .map_err(|_| ConsensusError::Timeout {
+                what: "the linearizable read barrier".to_owned(),
+                after_ms: millis(timeout),
+            })?;
         match confirmed {
-            Ok(_) => Ok(()),
-            // Forwarding the read index to the leader slots in here.
+            Ok((read_log_id, _applied)) => Ok(read_log_id.map_or(0, |log_id| log_id.index)),
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
                 Err(self.not_leader(forward))
             }
@@ -327,14 +491,139 @@ impl NodeHandle {
         }
     }
 
-    fn fatal(&self, fatal: Fatal<NodeId>) -> ConsensusError {
+    /// Adds node `id` at `address` to the cluster: a learner first, a voter
+    /// once it caught up. A follower forwards it to the leader.
+    pub async fn add_node(
+        &self,
+        id: NodeId,
+        address: String,
+        timeout: Duration,
+    ) -> Result<Membership, MembershipError> {
+        let deadline = Instant::now() + timeout;
+        match self.route(deadline).await? {
+            Route::Here => membership::add_node(self, id, address, timeout).await,
+            Route::Leader {
+                id: leader,
+                address: leader_address,
+            } => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let request = Forwarded::AddNode {
+                    id,
+                    address,
+                    timeout_ms: millis(left),
+                };
+                self.forward(leader, &leader_address, request, left).await?
+            }
+        }
+    }
+
+    /// Removes member `id` from the cluster by consensus. A follower
+    /// forwards it to the leader.
+    pub async fn remove_node(
+        &self,
+        id: NodeId,
+        timeout: Duration,
+    ) -> Result<Membership, MembershipError> {
+        let timeout = self.call_timeout(Some(timeout));
+        let deadline = Instant::now() + timeout;
+        match self.route(deadline).await? {
+            Route::Here => membership::remove_node(self, id, timeout).await,
+            Route::Leader {
+                id: leader,
+                address,
+            } => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let request = Forwarded::RemoveNode {
+                    id,
+                    timeout_ms: millis(left),
+                };
+                self.forward(leader, &address, request, left).await?
+            }
+        }
+    }
+
+    /// Serves a request a follower forwarded (the internal `Raft.Forward`
+    /// RPC): runs it here, never forwarding again, and encodes the answer.
+    pub async fn serve_forwarded(&self, request: &RaftRequest) -> Result<RaftReply, WireError> {
+        let forwarded: Forwarded = wire::decode_request(request)?;
+        let timeout = |timeout_ms: u64| self.call_timeout(Some(Duration::from_millis(timeout_ms)));
+        Ok(match forwarded {
+            Forwarded::Write {
+                caller,
+                command,
+                timeout_ms,
+            } => {
+                let answer = if self.leads() {
+                    self.propose_here(caller, command, timeout(timeout_ms))
+                        .await
+                } else {
+                    Err(self.not_leader_here())
+                };
+                wire::encode_reply(&answer)
+            }
+            Forwarded::ReadIndex { timeout_ms } => {
+                wire::encode_reply(&self.read_index_here(timeout(timeout_ms)).await)
+            }
+            Forwarded::AddNode {
+                id,
+                address,
+                timeout_ms,
+            } => {
+                let answer = if self.leads() {
+                    membership::add_node(self, id, address, Duration::from_millis(timeout_ms)).await
+                } else {
+                    Err(self.not_leader_here().into())
+                };
+                wire::encode_reply(&answer)
+            }
+            Forwarded::RemoveNode { id, timeout_ms } => {
+                let answer = if self.leads() {
+                    membership::remove_node(self, id, timeout(timeout_ms)).await
+                } else {
+                    Err(self.not_leader_here().into())
+                };
+                wire::encode_reply(&answer)
+            }
+        })
+    }
+
+    /// Whether Raft's metrics name this node the leader.
+    fn leads(&self) -> bool {
+        self.inner.raft.metrics().borrow().current_leader == Some(self.inner.id)
+    }
+
+    /// The refusal of a request that reached this node as the leader, when
+    /// it no longer is.
+    fn not_leader_here(&self) -> ConsensusError {
+        let leader = self.inner.raft.metrics().borrow().current_leader;
+        ConsensusError::NotLeader {
+            this: self.inner.id,
+            leader: leader.map(|id| LeaderHint {
+                id,
+                address: self.member_address(id),
+            }),
+        }
+    }
+
+    /// Claims the right to change the membership, held until the guard
+    /// drops: one change at a time.
+    pub(crate) fn begin_membership_change(
+        &self,
+    ) -> Result<tokio::sync::MutexGuard<'_, ()>, MembershipError> {
+        self.inner
+            .membership_change
+            .try_lock()
+            .map_err(|_| MembershipError::InProgress)
+    }
+
+    pub(crate) fn fatal(&self, fatal: Fatal<NodeId>) -> ConsensusError {
         match fatal {
             Fatal::Stopped => ConsensusError::ShuttingDown,
             other => ConsensusError::Fatal(other.to_string()),
         }
     }
 
-    fn not_leader(&self, forward: ForwardToLeader<NodeId, Node>) -> ConsensusError {
+    pub(crate) fn not_leader(&self, forward: ForwardToLeader<NodeId, Node>) -> ConsensusError {
         let leader = forward.leader_id.map(|id| LeaderHint {
             id,
             address: forward
@@ -438,10 +727,6 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
-}
-
 /// Proposes queued invokes. Each entry carries every invoke that queued while
 /// earlier entries were being written (up to the batch limits); at most
 /// [`WRITES_IN_FLIGHT_MAX`] entries are in flight, so the next entry's fsync
@@ -480,7 +765,7 @@ async fn batch_proposals(node: Weak<Inner>, mut queue: mpsc::Receiver<Pending>) 
 async fn propose_batch(handle: &NodeHandle, mut batch: Vec<Pending>) {
     if batch.len() == 1 {
         let Pending { request, answer } = batch.remove(0);
-        let _ = answer.send(handle.write(request).await);
+        let _ = answer.send(handle.write(request, handle.inner.consensus_timeout).await);
         return;
     }
     let (requests, answers): (Vec<Request>, Vec<_>) = batch
@@ -496,7 +781,7 @@ async fn propose_batch(handle: &NodeHandle, mut batch: Vec<Pending>) {
         caller: String::new(),
         command: Command::Batch(requests),
     };
-    match handle.write(request).await {
+    match handle.write(request, handle.inner.consensus_timeout).await {
         Ok(Proposed {
             index,
             response: Response::Batch(responses),

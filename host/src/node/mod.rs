@@ -10,8 +10,10 @@
 
 pub mod address;
 pub mod config;
+pub mod forward;
 pub mod handle;
 mod lease;
+pub mod membership;
 #[cfg(test)]
 mod smoke_tests;
 
@@ -28,6 +30,7 @@ use tonic::transport::server::TcpIncoming;
 use tracing::Instrument;
 
 use self::config::{ConfigError, NodeConfig};
+use self::forward::Forwarder;
 use self::handle::NodeHandle;
 use crate::network::{Faults, NetworkFactory, NetworkSettings};
 use crate::raft::{Node as Member, NodeId, Raft};
@@ -205,6 +208,12 @@ impl Node {
             },
             options.faults.clone(),
         );
+        let forwarder = Forwarder::new(
+            config.node_id,
+            raft_message_bytes_max,
+            options.connect_timeout,
+            options.faults.clone(),
+        );
         let raft = Raft::new(config.node_id, Arc::new(raft_config), network, log, state)
             .await
             .map_err(|fatal| StartError::Raft(fatal.to_string()))?;
@@ -220,6 +229,7 @@ impl Node {
             runtime,
             config.limits.clone(),
             options.consensus_timeout,
+            forwarder,
         );
         let router = crate::api::router(&handle, raft_message_bytes_max);
         let (stop_serving, stopped) = oneshot::channel::<()>();
