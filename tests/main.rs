@@ -1,6 +1,7 @@
 //! The host's integration tests, in one binary so that wasmtime is linked once.
 //! Each module is one concern; shared helpers live beside them.
 
+mod cluster;
 mod examples;
 mod node;
 mod state_machine;

@@ -46,15 +46,22 @@ pub(crate) fn caller<T>(_request: &tonic::Request<T>) -> String {
     ANONYMOUS_CALLER.to_owned()
 }
 
-/// The time the caller gave the call (its `grpc-timeout`), so a request
-/// forwarded to the leader carries what is left of it.
+/// The time the node may spend on a call: what the caller gave it (its
+/// `grpc-timeout`) less a margin, so that when time runs out the node's own
+/// answer (which says what did not finish) reaches the caller before its
+/// deadline does. A forwarded request carries what is left of it.
 pub(crate) fn call_timeout<T>(request: &tonic::Request<T>) -> Option<Duration> {
-    request
+    let given = request
         .metadata()
         .get("grpc-timeout")
         .and_then(|value| value.to_str().ok())
-        .and_then(parse_grpc_timeout)
+        .and_then(parse_grpc_timeout)?;
+    let margin = (given / 10).min(ANSWER_MARGIN_MAX);
+    Some(given - margin)
 }
+
+/// The most time [`call_timeout`] keeps for the answer's way back.
+const ANSWER_MARGIN_MAX: Duration = Duration::from_millis(500);
 
 /// Reads gRPC's `TimeoutValue TimeoutUnit` (at most 8 digits, then one of
 /// `H M S m u n`).

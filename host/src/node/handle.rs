@@ -276,18 +276,42 @@ impl NodeHandle {
         if self.is_shutting_down() {
             return Err(ConsensusError::ShuttingDown);
         }
-        let known = self.inner.raft.metrics().borrow().current_leader;
+        // A leader this node can reach: itself, or a member whose address
+        // the membership names. A leader just removed from the membership
+        // is on its way out: wait for its successor like for an election.
+        let this = self.inner.id;
+        let reachable = |metrics: &openraft::RaftMetrics<NodeId, Node>| {
+            metrics.current_leader.filter(|leader| {
+                *leader == this
+                    || metrics
+                        .membership_config
+                        .membership()
+                        .get_node(leader)
+                        .is_some()
+            })
+        };
+        let known = reachable(&self.inner.raft.metrics().borrow());
         let leader = match known {
             Some(leader) => leader,
             None => self
-                .wait_for_leader(deadline.saturating_duration_since(Instant::now()))
+                .inner
+                .raft
+                .wait(Some(deadline.saturating_duration_since(Instant::now())))
+                .metrics(|metrics| reachable(metrics).is_some(), "a reachable leader")
                 .await
-                .ok_or(ConsensusError::NotLeader {
-                    this: self.inner.id,
-                    leader: None,
+                .ok()
+                .and_then(|metrics| reachable(&metrics))
+                .ok_or_else(|| ConsensusError::NotLeader {
+                    this,
+                    leader: self.inner.raft.metrics().borrow().current_leader.map(|id| {
+                        LeaderHint {
+                            id,
+                            address: self.member_address(id),
+                        }
+                    }),
                 })?,
         };
-        if leader == self.inner.id {
+        if leader == this {
             return Ok(Route::Here);
         }
         match self.member_address(leader) {
@@ -296,7 +320,7 @@ impl NodeHandle {
                 address,
             }),
             None => Err(ConsensusError::NotLeader {
-                this: self.inner.id,
+                this,
                 leader: Some(LeaderHint {
                     id: leader,
                     address: None,

@@ -1,0 +1,352 @@
+//! An in-process cluster for tests: nodes on loopback ports chosen by the
+//! OS, each with its own data directory, all sharing one fault policy that
+//! can cut chosen links; helpers to find the leader, stop and restart
+//! nodes, write through the client and compare state digests.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+use wasmraft::client::{Client, ClientConfig, Consistency, DeployOptions};
+use wasmraft::network::{FaultDecision, Faults};
+use wasmraft::node::config::{NodeConfig, RaftSettings};
+use wasmraft::node::handle::Role;
+use wasmraft::node::{Node, NodeOptions, RunningNode};
+
+pub type NodeId = u64;
+
+/// How long a test waits for the cluster to reach a state it must reach.
+pub const SETTLE: Duration = Duration::from_secs(30);
+
+/// Raft timing for tests: the defaults' ratios, a little slower, so a
+/// test binary busy compiling wasm on two cores does not depose healthy
+/// leaders all the time (elections still happen well within a second).
+pub fn test_raft_settings() -> RaftSettings {
+    RaftSettings {
+        heartbeat_interval_ms: 100,
+        election_timeout_ms_min: 400,
+        election_timeout_ms_max: 800,
+        ..RaftSettings::default()
+    }
+}
+
+/// Links cut by the test, as (from, to) pairs.
+#[derive(Clone, Default)]
+pub struct Links {
+    cut: Arc<Mutex<BTreeSet<(NodeId, NodeId)>>>,
+}
+
+impl Links {
+    pub fn faults(&self) -> Faults {
+        let cut = self.cut.clone();
+        Faults::from_fn(move |from, to| {
+            if cut.lock().unwrap().contains(&(from, to)) {
+                FaultDecision::Drop
+            } else {
+                FaultDecision::Deliver
+            }
+        })
+    }
+
+    /// Cuts every link between `node` and the `others`, both ways.
+    pub fn isolate(&self, node: NodeId, others: impl IntoIterator<Item = NodeId>) {
+        let mut cut = self.cut.lock().unwrap();
+        for other in others {
+            cut.insert((node, other));
+            cut.insert((other, node));
+        }
+    }
+
+    /// Cuts the link `from → to` only.
+    pub fn cut_one_way(&self, from: NodeId, to: NodeId) {
+        self.cut.lock().unwrap().insert((from, to));
+    }
+
+    pub fn heal(&self) {
+        self.cut.lock().unwrap().clear();
+    }
+}
+
+/// One node slot: its directory and address survive a stop.
+struct Slot {
+    directory: TempDir,
+    address: Option<SocketAddr>,
+    running: Option<RunningNode>,
+}
+
+/// An in-process cluster.
+pub struct Cluster {
+    slots: BTreeMap<NodeId, Slot>,
+    pub links: Links,
+    raft: RaftSettings,
+}
+
+impl Cluster {
+    /// Starts node 1 as a one-member cluster and adds nodes `2..=size`
+    /// through the `Cluster.AddNode` API.
+    pub async fn start(size: u64) -> Cluster {
+        Self::start_with(size, test_raft_settings()).await
+    }
+
+    pub async fn start_with(size: u64, raft: RaftSettings) -> Cluster {
+        let mut cluster = Cluster {
+            slots: BTreeMap::new(),
+            links: Links::default(),
+            raft,
+        };
+        cluster.launch(1, true).await;
+        cluster.wait_for_leader().await;
+        for id in 2..=size {
+            cluster.launch(id, false).await;
+            cluster.add(id).await.expect("the node joins");
+        }
+        cluster
+    }
+
+    /// Starts node `id` (a new slot, or the existing one's directory and
+    /// address).
+    pub async fn launch(&mut self, id: NodeId, bootstrap: bool) {
+        let slot = self.slots.entry(id).or_insert_with(|| Slot {
+            directory: TempDir::new().unwrap(),
+            address: None,
+            running: None,
+        });
+        assert!(slot.running.is_none(), "node {id} runs already");
+        let config = NodeConfig {
+            node_id: id,
+            listen: slot
+                .address
+                .unwrap_or_else(|| "127.0.0.1:0".parse().unwrap()),
+            advertise: None,
+            data_dir: slot.directory.path().to_path_buf(),
+            bootstrap,
+            raft: self.raft.clone(),
+            limits: Default::default(),
+        };
+        let options = NodeOptions {
+            faults: self.links.faults(),
+            ..NodeOptions::default()
+        };
+        let node = Node::start(config, options)
+            .await
+            .unwrap_or_else(|error| panic!("node {id} starts: {error}"));
+        slot.address = Some(node.local_addr());
+        slot.running = Some(node);
+    }
+
+    /// Replaces node `id`'s data directory with an empty one (its address
+    /// is kept). The node must be stopped.
+    pub fn wipe(&mut self, id: NodeId) {
+        let slot = self.slots.get_mut(&id).unwrap();
+        assert!(slot.running.is_none(), "stop node {id} before wiping it");
+        slot.directory = TempDir::new().unwrap();
+    }
+
+    /// Adds node `id` (running) to the cluster through any running node.
+    pub async fn add(&self, id: NodeId) -> Result<(), wasmraft::client::ClientError> {
+        let address = self.address(id);
+        let client = self.client_of(self.any_running_except(id)).await;
+        client
+            .add_node(id, &address.to_string(), SETTLE)
+            .await
+            .map(|_| ())
+    }
+
+    pub fn address(&self, id: NodeId) -> SocketAddr {
+        self.slots[&id].address.expect("the node was started")
+    }
+
+    pub fn node(&self, id: NodeId) -> &RunningNode {
+        self.slots[&id]
+            .running
+            .as_ref()
+            .unwrap_or_else(|| panic!("node {id} is not running"))
+    }
+
+    pub fn running(&self) -> Vec<NodeId> {
+        self.slots
+            .iter()
+            .filter(|(_, slot)| slot.running.is_some())
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    fn any_running_except(&self, id: NodeId) -> NodeId {
+        self.running()
+            .into_iter()
+            .find(|other| *other != id)
+            .expect("another node runs")
+    }
+
+    /// Stops node `id`: Raft stops, the files are released, the slot keeps
+    /// the directory for a restart.
+    pub async fn stop(&mut self, id: NodeId) {
+        let node = self.slots.get_mut(&id).unwrap().running.take();
+        node.expect("the node runs")
+            .shutdown()
+            .await
+            .unwrap_or_else(|error| panic!("node {id} stops: {error}"));
+    }
+
+    /// Forgets a removed node entirely.
+    pub async fn discard(&mut self, id: NodeId) {
+        if self.slots[&id].running.is_some() {
+            self.stop(id).await;
+        }
+        self.slots.remove(&id);
+    }
+
+    /// Waits until the running nodes agree on one running leader, and
+    /// returns it.
+    pub async fn wait_for_leader(&self) -> NodeId {
+        self.wait_for_leader_among(&self.running()).await
+    }
+
+    /// Waits until one of `nodes` leads and every other one of them
+    /// follows it.
+    pub async fn wait_for_leader_among(&self, nodes: &[NodeId]) -> NodeId {
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            let views: Vec<_> = nodes
+                .iter()
+                .map(|id| self.node(*id).handle().cluster_view())
+                .collect();
+            let leaders: Vec<_> = views
+                .iter()
+                .filter(|view| view.role == Role::Leader)
+                .collect();
+            if let [leader] = leaders.as_slice()
+                && views
+                    .iter()
+                    .all(|view| view.leader_id == Some(leader.this) && view.term == leader.term)
+            {
+                return leader.this;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no leader agreed among {nodes:?} within {SETTLE:?}: {views:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A client of node `id`. An attempt may wait for an election and
+    /// for two membership commits on a busy machine.
+    pub async fn client_of(&self, id: NodeId) -> Client {
+        Client::connect_with(
+            &format!("http://{}", self.address(id)),
+            ClientConfig {
+                request_timeout: Duration::from_secs(10),
+                retry_deadline: SETTLE,
+                ..ClientConfig::default()
+            },
+        )
+        .await
+        .unwrap()
+    }
+
+    /// Deploys the counter example through node `through`.
+    pub async fn deploy_counter(&self, through: NodeId) {
+        self.client_of(through)
+            .await
+            .deploy(
+                "counter",
+                wasmraft_examples::COUNTER_WASM,
+                DeployOptions::default(),
+            )
+            .await
+            .expect("the counter deploys");
+    }
+
+    /// The counter's value, read linearizably through node `through`.
+    pub async fn counter(&self, through: NodeId) -> i64 {
+        let output = self
+            .client_of(through)
+            .await
+            .query("counter", br#"{"op":"get"}"#, Consistency::Linearizable)
+            .await
+            .expect("the counter answers")
+            .output;
+        let value: serde_json::Value = serde_json::from_slice(&output).unwrap();
+        value["value"].as_i64().unwrap()
+    }
+
+    /// Waits until every running node has applied the same index, then
+    /// asserts their state digests are equal. Returns the index.
+    pub async fn assert_converged(&self) -> u64 {
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            let mut digests = BTreeMap::new();
+            for id in self.running() {
+                let reader = self.node(id).handle().reader().clone();
+                let (applied, digest) = tokio::task::spawn_blocking(move || reader.digest())
+                    .await
+                    .unwrap()
+                    .unwrap();
+                digests.insert(id, (applied.map_or(0, |log_id| log_id.index), digest));
+            }
+            let last_log = self
+                .running()
+                .iter()
+                .filter_map(|id| self.node(*id).handle().cluster_view().last_log_index)
+                .max()
+                .unwrap_or(0);
+            let indexes: BTreeSet<u64> = digests.values().map(|(index, _)| *index).collect();
+            if indexes.len() == 1 && indexes.first() == Some(&last_log) {
+                let first = &digests.values().next().unwrap().1;
+                assert!(
+                    digests.values().all(|(_, digest)| digest == first),
+                    "the nodes applied the same index but their states differ: {digests:?}"
+                );
+                return last_log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the nodes did not converge within {SETTLE:?}: {digests:?}, last log index {last_log}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops every node.
+    pub async fn shutdown(mut self) {
+        for id in self.running() {
+            self.stop(id).await;
+        }
+    }
+}
+
+/// Counts of a stream of counter increments: acknowledged ones must all be
+/// in the final value; failed ones may or may not be.
+#[derive(Default)]
+pub struct Tally {
+    pub acknowledged: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+impl Tally {
+    /// Asserts that `value` holds every acknowledged increment and no more
+    /// than were sent.
+    pub fn check(&self, value: i64) {
+        let acknowledged = self.acknowledged.load(Ordering::SeqCst) as i64;
+        let failed = self.failed.load(Ordering::SeqCst) as i64;
+        assert!(
+            value >= acknowledged && value <= acknowledged + failed,
+            "counter is {value}: {acknowledged} increments acknowledged, {failed} failed"
+        );
+    }
+}
+
+/// Adds 1 to the counter through `client`, `count` times, one after the
+/// other, counting the outcomes.
+pub async fn increment(client: &Client, count: u64, tally: &Tally) {
+    for _ in 0..count {
+        match client.invoke("counter", br#"{"op":"add","by":1}"#).await {
+            Ok(_) => tally.acknowledged.fetch_add(1, Ordering::SeqCst),
+            Err(_) => tally.failed.fetch_add(1, Ordering::SeqCst),
+        };
+    }
+}

@@ -1,0 +1,247 @@
+//! Nodes as real `wasmraft serve` processes, formed into a cluster with the
+//! CLI exactly as the README shows, then SIGKILLed: the cluster carries on,
+//! the killed node restarts from its data directory and catches up.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+use wasmraft::client::{Client, ClientConfig, ClusterStatus, DeployOptions};
+
+use super::harness::{SETTLE, Tally, increment};
+
+const WASMRAFT: &str = env!("CARGO_BIN_EXE_wasmraft");
+
+/// A `wasmraft serve` process, SIGKILLed when dropped.
+struct Process {
+    child: Child,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct ProcessNode {
+    id: u64,
+    port: u16,
+    directory: PathBuf,
+    process: Option<Process>,
+}
+
+impl ProcessNode {
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn start(&mut self, bootstrap: bool) {
+        let log = std::fs::File::create(self.directory.with_extension(format!(
+            "log-{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        )))
+        .unwrap();
+        let mut command = Command::new(WASMRAFT);
+        command
+            .args(["serve", "--node-id", &self.id.to_string()])
+            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .arg("--data-dir")
+            .arg(&self.directory)
+            .stdout(Stdio::null())
+            .stderr(log);
+        if bootstrap {
+            command.arg("--bootstrap");
+        }
+        self.process = Some(Process {
+            child: command.spawn().expect("wasmraft serve starts"),
+        });
+    }
+
+    /// SIGKILL: no shutdown, no flush beyond what was already durable.
+    fn kill(&mut self) {
+        drop(self.process.take());
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs the CLI and returns its stdout, asserting success.
+fn cli(args: &[&str]) -> String {
+    let output = Command::new(WASMRAFT).args(args).output().unwrap();
+    assert!(
+        output.status.success(),
+        "wasmraft {args:?} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+async fn client(endpoint: &str) -> Client {
+    Client::connect_with(
+        endpoint,
+        ClientConfig {
+            request_timeout: Duration::from_secs(3),
+            retry_deadline: SETTLE,
+            ..ClientConfig::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// Waits until `endpoint` answers health checks as serving.
+async fn wait_serving(endpoint: &str) {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        if let Ok(client) = Client::connect(endpoint).await
+            && let Ok(health) = client.health().await
+            && health.serving
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{endpoint} never served");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until every member reports the same applied index and digest.
+async fn wait_converged(endpoint: &str, members: usize) -> ClusterStatus {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        if let Ok(status) = client(endpoint).await.status().await {
+            let answered: Vec<_> = status
+                .nodes
+                .iter()
+                .filter(|node| node.error.is_none())
+                .collect();
+            if answered.len() == members
+                && answered
+                    .iter()
+                    .all(|node| node.applied_index == answered[0].applied_index)
+            {
+                assert!(
+                    answered
+                        .iter()
+                        .all(|node| node.state_digest_hex == answered[0].state_digest_hex),
+                    "same applied index, different states: {status:?}"
+                );
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the members did not converge: {status:?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn directory(root: &Path, id: u64) -> PathBuf {
+    root.join(format!("node-{id}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sigkilled_leader_is_replaced_and_restarts_from_its_data() {
+    let root = TempDir::new().unwrap();
+    let mut nodes: Vec<ProcessNode> = (1..=3)
+        .map(|id| ProcessNode {
+            id,
+            port: free_port(),
+            directory: directory(root.path(), id),
+            process: None,
+        })
+        .collect();
+    for node in &mut nodes {
+        node.start(node.id == 1);
+    }
+    wait_serving(&nodes[0].endpoint()).await;
+    // The README's steps: two `cluster add-node` calls against node 1.
+    for node in &nodes[1..] {
+        let added = cli(&[
+            "cluster",
+            "add-node",
+            &node.id.to_string(),
+            &format!("127.0.0.1:{}", node.port),
+            "--endpoint",
+            &nodes[0].endpoint(),
+        ]);
+        assert!(added.contains("added as a voter"), "{added}");
+    }
+    client(&nodes[1].endpoint())
+        .await
+        .deploy(
+            "counter",
+            wasmraft_examples::COUNTER_WASM,
+            DeployOptions::default(),
+        )
+        .await
+        .unwrap();
+
+    // A steady load through every node while the leader is killed.
+    let tally = Arc::new(Tally::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for node in &nodes {
+        let endpoint = node.endpoint();
+        let (tally, stop) = (tally.clone(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            let client = client(&endpoint).await;
+            while !stop.load(Ordering::SeqCst) {
+                increment(&client, 1, &tally).await;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = client(&nodes[2].endpoint()).await.status().await.unwrap();
+    let leader = status.leader_id.expect("a leader is known");
+    let leader_index = nodes.iter().position(|node| node.id == leader).unwrap();
+    nodes[leader_index].kill();
+    let survivor = nodes.iter().find(|node| node.id != leader).unwrap();
+    let survivor_endpoint = survivor.endpoint();
+    let acknowledged_at_kill = tally.acknowledged.load(Ordering::SeqCst);
+    // Writes resume on the survivors.
+    let deadline = Instant::now() + SETTLE;
+    while tally.acknowledged.load(Ordering::SeqCst) < acknowledged_at_kill + 20 {
+        assert!(Instant::now() < deadline, "writes did not resume");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let status = client(&survivor_endpoint).await.status().await.unwrap();
+    assert_ne!(status.leader_id, Some(leader));
+
+    // The killed node restarts from its data directory and catches up.
+    nodes[leader_index].start(false);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::SeqCst);
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    wait_converged(&survivor_endpoint, 3).await;
+    let value: serde_json::Value = serde_json::from_slice(
+        &client(&nodes[leader_index].endpoint())
+            .await
+            .query(
+                "counter",
+                br#"{"op":"get"}"#,
+                wasmraft::client::Consistency::Linearizable,
+            )
+            .await
+            .unwrap()
+            .output,
+    )
+    .unwrap();
+    tally.check(value["value"].as_i64().unwrap());
+}

@@ -1,0 +1,361 @@
+//! What a Raft cluster must survive, one scenario per test, each ending
+//! with equal state digests on every node.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::Code;
+use wasmraft::client::ClientError;
+use wasmraft::node::config::RaftSettings;
+
+use super::harness::{Cluster, SETTLE, Tally, increment, test_raft_settings};
+
+fn code(error: &ClientError) -> Option<Code> {
+    error.code()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_elect_a_leader_and_replace_a_lost_one() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = cluster
+        .running()
+        .into_iter()
+        .find(|id| *id != leader)
+        .unwrap();
+    // Deployed and written through a follower: it forwards to the leader.
+    cluster.deploy_counter(follower).await;
+    let tally = Tally::default();
+    increment(&cluster.client_of(follower).await, 20, &tally).await;
+    assert_eq!(cluster.counter(follower).await, 20);
+
+    cluster.stop(leader).await;
+    let survivors = cluster.running();
+    let new_leader = cluster.wait_for_leader_among(&survivors).await;
+    assert_ne!(new_leader, leader);
+    // Writes resume through either survivor.
+    for id in &survivors {
+        increment(&cluster.client_of(*id).await, 10, &tally).await;
+    }
+    assert_eq!(tally.failed.load(std::sync::atomic::Ordering::SeqCst), 0);
+    tally.check(cluster.counter(survivors[0]).await);
+
+    // The old leader comes back as a follower and catches up.
+    cluster.launch(leader, false).await;
+    cluster.assert_converged().await;
+    assert_eq!(cluster.counter(leader).await, 40);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partitioned_leader_commits_nothing_and_rejoins_after_healing() {
+    let cluster = Cluster::start(5).await;
+    let old_leader = cluster.wait_for_leader().await;
+    cluster.deploy_counter(old_leader).await;
+    let tally = Tally::default();
+    increment(&cluster.client_of(old_leader).await, 5, &tally).await;
+    cluster.assert_converged().await;
+    let applied_before = cluster.node(old_leader).handle().applied_index();
+
+    let majority: Vec<_> = cluster
+        .running()
+        .into_iter()
+        .filter(|id| *id != old_leader)
+        .collect();
+    cluster.links.isolate(old_leader, majority.clone());
+
+    // A write sent to the cut-off leader cannot commit: it times out.
+    let isolated = cluster
+        .node(old_leader)
+        .handle()
+        .propose(
+            "test",
+            wasmraft::command::Command::Invoke(wasmraft::command::Invoke {
+                module: "counter".into(),
+                input: br#"{"op":"add","by":1000}"#.to_vec(),
+                session: None,
+            }),
+            Some(Duration::from_secs(2)),
+        )
+        .await;
+    assert!(isolated.is_err(), "{isolated:?}");
+
+    // The majority elects a leader among itself and keeps writing.
+    let new_leader = cluster.wait_for_leader_among(&majority).await;
+    assert_ne!(new_leader, old_leader);
+    increment(&cluster.client_of(majority[0]).await, 10, &tally).await;
+    assert_eq!(
+        cluster.node(old_leader).handle().applied_index(),
+        applied_before,
+        "the cut-off leader applied nothing"
+    );
+
+    cluster.links.heal();
+    let leader = cluster.wait_for_leader().await;
+    assert_ne!(leader, old_leader, "a stale leader cannot win back");
+    cluster.assert_converged().await;
+    // The cut-off write was never committed: its entry was replaced.
+    assert_eq!(cluster.counter(old_leader).await, 15);
+    tally.check(15);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nodes_join_and_leave_under_a_write_load_without_losing_a_write() {
+    let mut cluster = Cluster::start(3).await;
+    cluster.deploy_counter(1).await;
+    let tally = Arc::new(Tally::default());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Writers through nodes 2 and 3, which stay members throughout.
+    let mut writers = Vec::new();
+    for through in [2, 3, 2, 3] {
+        let client = cluster.client_of(through).await;
+        let tally = tally.clone();
+        let stop = stop.clone();
+        writers.push(tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                increment(&client, 1, &tally).await;
+            }
+        }));
+    }
+
+    cluster.launch(4, false).await;
+    cluster.add(4).await.expect("node 4 joins under load");
+    cluster.launch(5, false).await;
+    cluster.add(5).await.expect("node 5 joins under load");
+    // Node 1 (the first leader) leaves, then node 4.
+    let client = cluster.client_of(2).await;
+    let membership = client.remove_node(1).await.expect("node 1 leaves");
+    assert!(membership.voters.iter().all(|member| member.id != 1));
+    cluster.discard(1).await;
+    let membership = client.remove_node(4).await.expect("node 4 leaves");
+    assert_eq!(
+        membership
+            .voters
+            .iter()
+            .map(|member| member.id)
+            .collect::<Vec<_>>(),
+        [2, 3, 5]
+    );
+    cluster.discard(4).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    assert!(tally.acknowledged.load(std::sync::atomic::Ordering::SeqCst) > 0);
+    cluster.wait_for_leader().await;
+    tally.check(cluster.counter(5).await);
+    cluster.assert_converged().await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_node_catches_up_from_a_snapshot_after_the_log_was_purged() {
+    let raft = RaftSettings {
+        snapshot_after_entries: 16,
+        ..test_raft_settings()
+    };
+    let mut cluster = Cluster::start_with(3, raft).await;
+    let leader = cluster.wait_for_leader().await;
+    cluster.deploy_counter(leader).await;
+    let tally = Tally::default();
+    increment(&cluster.client_of(leader).await, 60, &tally).await;
+    // A snapshot on demand on every node purges its log. A request that
+    // arrives while a snapshot is being built is absorbed by that build, so
+    // ask until the purge shows.
+    cluster.assert_converged().await;
+    for id in cluster.running() {
+        let client = cluster.client_of(id).await;
+        let deadline = std::time::Instant::now() + SETTLE;
+        loop {
+            client.snapshot().await.unwrap();
+            let purged = cluster
+                .node(id)
+                .raft()
+                .wait(Some(Duration::from_secs(2)))
+                .metrics(
+                    |metrics| metrics.purged.is_some_and(|purged| purged.index > 10),
+                    "the log is purged behind a snapshot",
+                )
+                .await;
+            if let Ok(metrics) = purged {
+                assert!(metrics.snapshot.is_some());
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "node {id} never purged its log"
+            );
+        }
+    }
+
+    cluster.launch(4, false).await;
+    cluster.add(4).await.expect("node 4 joins");
+    // Its first entries are gone from every log: only a snapshot brings them.
+    let joined = cluster
+        .node(4)
+        .raft()
+        .wait(Some(SETTLE))
+        .metrics(
+            |metrics| metrics.snapshot.is_some(),
+            "node 4 installed a snapshot",
+        )
+        .await
+        .unwrap();
+    assert!(joined.snapshot.unwrap().index > 10);
+    cluster.assert_converged().await;
+    assert_eq!(cluster.counter(4).await, 60);
+    tally.check(60);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_whole_cluster_restart_keeps_every_acknowledged_write() {
+    let mut cluster = Cluster::start(3).await;
+    cluster.deploy_counter(2).await;
+    let tally = Tally::default();
+    increment(&cluster.client_of(3).await, 25, &tally).await;
+    let before = cluster.assert_converged().await;
+    for id in [1, 2, 3] {
+        cluster.stop(id).await;
+    }
+    for id in [3, 1, 2] {
+        cluster.launch(id, id == 1).await;
+    }
+    cluster.wait_for_leader().await;
+    assert_eq!(cluster.counter(1).await, 25);
+    increment(&cluster.client_of(1).await, 5, &tally).await;
+    let after = cluster.assert_converged().await;
+    assert!(after > before);
+    tally.check(cluster.counter(2).await);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_that_lost_its_data_rejoins_after_remove_and_add() {
+    let mut cluster = Cluster::start(3).await;
+    cluster.deploy_counter(1).await;
+    let tally = Tally::default();
+    increment(&cluster.client_of(1).await, 10, &tally).await;
+    let leader = cluster.wait_for_leader().await;
+    let lost = if leader == 3 { 2 } else { 3 };
+    cluster.stop(lost).await;
+    cluster.wipe(lost);
+    // While it is still a member, adding it again is refused.
+    let refused = cluster.add(lost).await.unwrap_err();
+    assert_eq!(code(&refused), Some(Code::AlreadyExists), "{refused}");
+    // The documented way back: remove it, start it empty, add it.
+    let through = cluster.running()[0];
+    let client = cluster.client_of(through).await;
+    client
+        .remove_node(lost)
+        .await
+        .expect("the lost node is removed");
+    cluster.launch(lost, false).await;
+    cluster
+        .add(lost)
+        .await
+        .expect("the lost node rejoins empty");
+    cluster.assert_converged().await;
+    assert_eq!(cluster.counter(lost).await, 10);
+    tally.check(10);
+    cluster.shutdown().await;
+}
+
+/// Every refused membership change names its reason and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn refused_membership_changes_change_nothing() {
+    let mut cluster = Cluster::start(2).await;
+    let client = cluster.client_of(2).await;
+    let before = client.status().await.unwrap();
+    let taken = cluster.address(1).to_string();
+    let free_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let nobody = format!("127.0.0.1:{free_port}");
+    let rows: [(u64, &str, Code, &str); 5] = [
+        (0, "127.0.0.1:7999", Code::InvalidArgument, "0 is reserved"),
+        (
+            2,
+            "127.0.0.1:7999",
+            Code::AlreadyExists,
+            "node 2 is already a member",
+        ),
+        (7, &taken, Code::AlreadyExists, "already used by node 1"),
+        (7, "no-port", Code::InvalidArgument, "has no port"),
+        (7, &nobody, Code::FailedPrecondition, "cannot reach node 7"),
+    ];
+    for (id, address, expected, fragment) in rows {
+        let error = client
+            .add_node(id, address, Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert_eq!(code(&error), Some(expected), "{id} {address}: {error}");
+        assert!(error.to_string().contains(fragment), "{error}");
+    }
+    // A node answering with another id.
+    cluster.launch(8, false).await;
+    let error = client
+        .add_node(9, &cluster.address(8).to_string(), Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&error), Some(Code::FailedPrecondition), "{error}");
+    assert!(error.to_string().contains("has id 8, not 9"), "{error}");
+    let error = client.remove_node(42).await.unwrap_err();
+    assert_eq!(code(&error), Some(Code::NotFound), "{error}");
+
+    // A change while another is in progress: node 8 cannot catch up while
+    // the leader's link to it is cut, so its addition waits.
+    let leader = cluster.wait_for_leader_among(&[1, 2]).await;
+    cluster.links.cut_one_way(leader, 8);
+    let slow = {
+        let client = client.clone();
+        let address = cluster.address(8).to_string();
+        tokio::spawn(async move { client.add_node(8, &address, Duration::from_secs(3)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let error = client.remove_node(2).await.unwrap_err();
+    assert_eq!(code(&error), Some(Code::FailedPrecondition), "{error}");
+    assert!(error.to_string().contains("in progress"), "{error}");
+    let error = slow.await.unwrap().unwrap_err();
+    assert_eq!(code(&error), Some(Code::DeadlineExceeded), "{error}");
+    assert!(error.to_string().contains("stays a learner"), "{error}");
+    let status = client.status().await.unwrap();
+    assert!(status.learners.iter().any(|member| member.id == 8));
+    assert_eq!(status.voters, before.voters);
+    // Healed, asking again finishes the job.
+    cluster.links.heal();
+    let membership = client
+        .add_node(8, &cluster.address(8).to_string(), SETTLE)
+        .await
+        .unwrap();
+    assert!(membership.voters.iter().any(|member| member.id == 8));
+
+    // A removed node keeps its Raft data: it cannot be added back as is.
+    client.remove_node(8).await.unwrap();
+    let error = client
+        .add_node(8, &cluster.address(8).to_string(), Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&error), Some(Code::FailedPrecondition), "{error}");
+    assert!(
+        error.to_string().contains("already has Raft data"),
+        "{error}"
+    );
+    cluster.discard(8).await;
+
+    // The last voter cannot leave.
+    let other = if leader == 1 { 2 } else { 1 };
+    client.remove_node(other).await.unwrap();
+    let last = cluster.client_of(leader).await;
+    let error = last.remove_node(leader).await.unwrap_err();
+    assert_eq!(code(&error), Some(Code::FailedPrecondition), "{error}");
+    assert!(error.to_string().contains("last voter"), "{error}");
+    cluster.discard(other).await;
+    cluster.assert_converged().await;
+    cluster.shutdown().await;
+}
