@@ -512,9 +512,9 @@ mod tests {
                 "storage failure",
             ),
             (
-                ApiError::Unimplemented("membership changes come with the cluster issue"),
+                ApiError::Unimplemented("leadership transfer needs openraft 0.10"),
                 Code::Unimplemented,
-                "cluster issue",
+                "openraft 0.10",
             ),
         ];
         for (error, code, fragment) in rows {
