@@ -23,8 +23,8 @@ use wasmraft_proto::v1::state_machine_client::StateMachineClient;
     about = "Drive a wasmraft node with concurrent kv puts and report throughput and latency"
 )]
 struct Args {
-    /// The node to load (any member of a cluster: followers answer UNAVAILABLE
-    /// with the leader's address until forwarding exists, so give the leader).
+    /// The node to load: any member of a cluster (a follower forwards every
+    /// put to the leader, which costs one more hop).
     #[arg(
         long,
         env = "WASMRAFT_ENDPOINT",
