@@ -48,6 +48,34 @@ async fn three_nodes_elect_a_leader_and_replace_a_lost_one() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn five_nodes_keep_writing_with_two_lost_and_take_them_back() {
+    let mut cluster = Cluster::start(5).await;
+    let leader = cluster.wait_for_leader().await;
+    cluster.deploy_counter(leader).await;
+    let tally = Tally::default();
+    increment(&cluster.client_of(leader).await, 10, &tally).await;
+    // A minority of two, the leader among them.
+    let follower = cluster
+        .running()
+        .into_iter()
+        .find(|id| *id != leader)
+        .unwrap();
+    cluster.stop(leader).await;
+    cluster.stop(follower).await;
+    let majority = cluster.running();
+    cluster.wait_for_leader_among(&majority).await;
+    for id in &majority {
+        increment(&cluster.client_of(*id).await, 5, &tally).await;
+    }
+    cluster.launch(leader, false).await;
+    cluster.launch(follower, false).await;
+    cluster.assert_converged().await;
+    assert_eq!(cluster.counter(follower).await, 25);
+    tally.check(25);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_partitioned_leader_commits_nothing_and_rejoins_after_healing() {
     let cluster = Cluster::start(5).await;
     let old_leader = cluster.wait_for_leader().await;
