@@ -271,24 +271,35 @@ async fn a_node_that_lost_its_data_rejoins_after_remove_and_add() {
     let lost = if leader == 3 { 2 } else { 3 };
     cluster.stop(lost).await;
     cluster.wipe(lost);
+    // Restarted empty while still a member, it refuses the leader's
+    // messages (no leader introduced itself): the cluster carries on.
+    cluster.launch(lost, false).await;
+    increment(&cluster.client_of(leader).await, 5, &tally).await;
+    let error = cluster
+        .node(lost)
+        .handle()
+        .accepts_raft_messages()
+        .await
+        .unwrap_err();
+    assert!(error.contains("empty Raft storage"), "{error}");
+    assert_eq!(cluster.node(lost).handle().applied_index(), None);
     // While it is still a member, adding it again is refused.
     let refused = cluster.add(lost).await.unwrap_err();
     assert_eq!(code(&refused), Some(Code::AlreadyExists), "{refused}");
-    // The documented way back: remove it, start it empty, add it.
+    // The documented way back: remove it, then add it.
     let through = cluster.running()[0];
     let client = cluster.client_of(through).await;
     client
         .remove_node(lost)
         .await
         .expect("the lost node is removed");
-    cluster.launch(lost, false).await;
     cluster
         .add(lost)
         .await
         .expect("the lost node rejoins empty");
     cluster.assert_converged().await;
-    assert_eq!(cluster.counter(lost).await, 10);
-    tally.check(10);
+    assert_eq!(cluster.counter(lost).await, 15);
+    tally.check(15);
     cluster.shutdown().await;
 }
 

@@ -23,6 +23,17 @@ impl RaftService {
     }
 }
 
+impl RaftService {
+    /// Refuses Raft messages a node must not take (see
+    /// `NodeHandle::accepts_raft_messages`).
+    async fn admitted(&self) -> Result<(), Status> {
+        self.node
+            .accepts_raft_messages()
+            .await
+            .map_err(Status::failed_precondition)
+    }
+}
+
 fn decode<T: serde::de::DeserializeOwned>(request: &proto::RaftRequest) -> Result<T, Status> {
     wire::decode_request(request).map_err(|error| ApiError::from(error).into())
 }
@@ -33,6 +44,7 @@ impl RaftRpc for RaftService {
         &self,
         request: Request<proto::RaftRequest>,
     ) -> Result<Response<proto::RaftReply>, Status> {
+        self.admitted().await?;
         let rpc = decode(request.get_ref())?;
         let result = self.node.raft().append_entries(rpc).await;
         Ok(Response::new(wire::encode_reply(&result)))
@@ -42,6 +54,7 @@ impl RaftRpc for RaftService {
         &self,
         request: Request<proto::RaftRequest>,
     ) -> Result<Response<proto::RaftReply>, Status> {
+        self.admitted().await?;
         let rpc = decode(request.get_ref())?;
         let result = self.node.raft().vote(rpc).await;
         Ok(Response::new(wire::encode_reply(&result)))
@@ -51,6 +64,7 @@ impl RaftRpc for RaftService {
         &self,
         request: Request<proto::RaftRequest>,
     ) -> Result<Response<proto::RaftReply>, Status> {
+        self.admitted().await?;
         let rpc = decode(request.get_ref())?;
         let result = self.node.raft().install_snapshot(rpc).await;
         Ok(Response::new(wire::encode_reply(&result)))
@@ -67,6 +81,8 @@ impl RaftRpc for RaftService {
             self.node.raft().is_initialized().await.map_err(|fatal| {
                 ApiError::Internal(format!("cannot read the Raft state: {fatal}"))
             })?;
+        // A leader is about to add this node: take its messages from now on.
+        self.node.admit();
         Ok(Response::new(proto::HandshakeResponse {
             node_id: self.node.id(),
             cluster_id: String::new(),

@@ -211,8 +211,13 @@ fn classify<E: std::error::Error>(
 ) -> RPCError<NodeId, Node, RaftError<NodeId, E>> {
     match status.code() {
         // Connection refused, reset, DNS failure, peer shutting down: the
-        // peer is not there; openraft backs off before retrying.
-        tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&status)),
+        // peer is not there; openraft backs off before retrying. A peer that
+        // refuses Raft messages on principle (empty storage and never
+        // introduced, another encoding version) will not change its mind
+        // at once either.
+        tonic::Code::Unavailable | tonic::Code::FailedPrecondition => {
+            RPCError::Unreachable(Unreachable::new(&status))
+        }
         tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => timeout(),
         _ => RPCError::Network(NetworkError::new(&status)),
     }

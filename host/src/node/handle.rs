@@ -53,6 +53,13 @@ struct Inner {
     forwarder: Forwarder,
     /// Held by the membership change in progress: one at a time.
     membership_change: tokio::sync::Mutex<()>,
+    /// Whether this node may take Raft messages: once its storage holds a
+    /// log or a vote, or, while empty, once a leader introduced itself
+    /// (`Handshake`) to add it. An empty node nobody introduced is a member
+    /// that lost its data: taking the leader's messages would make the
+    /// leader see a log go backwards, and answering votes with a forgotten
+    /// vote would break election safety.
+    admitted: AtomicBool,
     /// Invokes waiting to be proposed. openraft writes one entry at a time
     /// and waits for its fsync, so the batcher proposes whatever queued up
     /// meanwhile as one entry: a burst of clients shares one fsync.
@@ -212,6 +219,7 @@ impl NodeHandle {
             shutting_down: AtomicBool::new(false),
             forwarder,
             membership_change: tokio::sync::Mutex::new(()),
+            admitted: AtomicBool::new(false),
             proposals,
         });
         // The batcher holds the node weakly: when the last handle goes, the
@@ -627,6 +635,33 @@ impl NodeHandle {
                 address: self.member_address(id),
             }),
         }
+    }
+
+    /// Records that a leader introduced itself to add this node.
+    pub(crate) fn admit(&self) {
+        self.inner.admitted.store(true, Ordering::Release);
+    }
+
+    /// Whether this node takes Raft messages from peers: `Err` says why not.
+    pub async fn accepts_raft_messages(&self) -> Result<(), String> {
+        if self.inner.admitted.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let initialized = self
+            .inner
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|fatal| format!("Raft stopped: {fatal}"))?;
+        if initialized {
+            // Storage never becomes empty again while the process runs.
+            self.admit();
+            return Ok(());
+        }
+        Err(format!(
+            "node {} has empty Raft storage and was not added to a cluster: if it was a member and lost its data, remove it (`wasmraft cluster remove-node {}`) and add it again",
+            self.inner.id, self.inner.id
+        ))
     }
 
     /// Claims the right to change the membership, held until the guard

@@ -166,8 +166,11 @@ pub(crate) async fn add_node(
     let _one_at_a_time = handle.begin_membership_change()?;
     let resume = check_addition(&current(handle), id, &address)?;
     let raft = handle.raft();
+    // Even a learner being resumed is introduced again: it may have
+    // restarted empty, and an empty node takes Raft messages only from a
+    // leader that introduced itself.
+    introduce(handle, id, &address, deadline, resume).await?;
     if !resume {
-        introduce(handle, id, &address, deadline).await?;
         let added = within(
             deadline,
             "adding the learner",
@@ -277,12 +280,14 @@ fn change_failed(
 }
 
 /// Asks the node at `address` who it is, and refuses one that is not node
-/// `id`, runs another wasm engine, or already has Raft data.
+/// `id`, runs another wasm engine, or already has Raft data (unless it is a
+/// learner of this cluster being resumed, which may have some).
 async fn introduce(
     handle: &NodeHandle,
     id: NodeId,
     address: &str,
     deadline: Instant,
+    resume: bool,
 ) -> Result<(), MembershipError> {
     let unreachable = |reason: String| MembershipError::Unreachable {
         id,
@@ -342,7 +347,7 @@ async fn introduce(
             ours: hex::encode(&ours),
         });
     }
-    if answer.initialized {
+    if answer.initialized && !resume {
         return Err(MembershipError::HasData {
             id,
             address: address.to_owned(),

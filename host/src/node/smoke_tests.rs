@@ -238,20 +238,15 @@ async fn three_nodes_replicate_over_grpc() {
     }
     for follower in &followers {
         leader
-            .raft()
-            .add_learner(
+            .handle()
+            .add_node(
                 follower.id(),
-                crate::raft::Node::new(follower.local_addr().to_string()),
-                true,
+                follower.local_addr().to_string(),
+                std::time::Duration::from_secs(30),
             )
             .await
             .unwrap();
     }
-    leader
-        .raft()
-        .change_membership([1u64, 2, 3], false)
-        .await
-        .unwrap();
 
     let endpoint = leader.endpoint();
     let mut modules = ModulesClient::connect(endpoint.clone()).await.unwrap();
