@@ -14,7 +14,7 @@ use openraft::error::{
     InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Timeout,
     Unreachable,
 };
-use openraft::network::{RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
+use openraft::network::{Backoff, RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
@@ -38,6 +38,10 @@ pub struct NetworkSettings {
     pub message_bytes_max: usize,
     /// How long establishing a connection to a peer may take.
     pub connect_timeout: Duration,
+    /// The pause before calling an unreachable peer again. Short, like a
+    /// heartbeat: a restarted peer that heard from no leader for its
+    /// election timeout would start an election and depose a healthy one.
+    pub unreachable_retry: Duration,
 }
 
 impl Default for NetworkSettings {
@@ -45,6 +49,7 @@ impl Default for NetworkSettings {
         Self {
             message_bytes_max: 64 * 1024 * 1024,
             connect_timeout: Duration::from_secs(2),
+            unreachable_retry: Duration::from_millis(50),
         }
     }
 }
@@ -231,6 +236,10 @@ fn entries_hint(entries: usize, encoded_bytes: usize, message_bytes_max: usize) 
 }
 
 impl RaftNetwork<TypeConfig> for PeerNetwork {
+    fn backoff(&self) -> Backoff {
+        Backoff::new(std::iter::repeat(self.settings.unreachable_retry))
+    }
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,

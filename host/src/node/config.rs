@@ -37,8 +37,14 @@ pub struct NodeConfig {
 pub struct RaftSettings {
     /// How often a leader sends heartbeats.
     pub heartbeat_interval_ms: u64,
-    /// A follower that hears no leader for a random time in
-    /// `[election_timeout_ms_min, election_timeout_ms_max)` starts an election.
+    /// Each node draws its election timeout at random in
+    /// `[election_timeout_ms_min, election_timeout_ms_max)`. A follower that
+    /// hears no leader for its timeout plus `election_timeout_ms_max` (the
+    /// leader's lease, during which it refuses to vote for anyone else)
+    /// starts an election; a candidate that did not win tries again after
+    /// its timeout. So a lost leader is replaced after roughly
+    /// `election_timeout_ms_max` + the timeout, and more when the first
+    /// candidate's log is behind another survivor's.
     pub election_timeout_ms_min: u64,
     pub election_timeout_ms_max: u64,
     /// Build a snapshot (and purge the log behind it) after this many entries.
@@ -51,12 +57,19 @@ pub struct RaftSettings {
     pub snapshot_chunk_timeout_ms: u64,
 }
 
+/// Default heartbeat: a LAN round trip is well under a millisecond.
+const HEARTBEAT_INTERVAL_MS_DEFAULT: u64 = 50;
+/// Default election timeouts: the Raft paper's 150-300 ms for a LAN, so a
+/// lost leader is replaced in well under a second.
+const ELECTION_TIMEOUT_MS_MIN_DEFAULT: u64 = 150;
+const ELECTION_TIMEOUT_MS_MAX_DEFAULT: u64 = 300;
+
 impl Default for RaftSettings {
     fn default() -> Self {
         Self {
-            heartbeat_interval_ms: 50,
-            election_timeout_ms_min: 250,
-            election_timeout_ms_max: 500,
+            heartbeat_interval_ms: HEARTBEAT_INTERVAL_MS_DEFAULT,
+            election_timeout_ms_min: ELECTION_TIMEOUT_MS_MIN_DEFAULT,
+            election_timeout_ms_max: ELECTION_TIMEOUT_MS_MAX_DEFAULT,
             snapshot_after_entries: 20_000,
             max_payload_entries: 256,
             snapshot_chunk_bytes: 1024 * 1024,
@@ -66,12 +79,10 @@ impl Default for RaftSettings {
 }
 
 // The defaults must satisfy their own validation.
-const _: () = {
-    let heartbeat = 50;
-    let election_min = 250;
-    let election_max = 500;
-    assert!(heartbeat * 3 <= election_min && election_min < election_max);
-};
+const _: () = assert!(
+    HEARTBEAT_INTERVAL_MS_DEFAULT * 3 <= ELECTION_TIMEOUT_MS_MIN_DEFAULT
+        && ELECTION_TIMEOUT_MS_MIN_DEFAULT < ELECTION_TIMEOUT_MS_MAX_DEFAULT
+);
 
 /// Ceilings of guest calls and client payloads, the same on every node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -205,6 +205,7 @@ impl Node {
             NetworkSettings {
                 message_bytes_max: raft_message_bytes_max,
                 connect_timeout: options.connect_timeout,
+                unreachable_retry: Duration::from_millis(config.raft.heartbeat_interval_ms),
             },
             options.faults.clone(),
         );
