@@ -349,7 +349,7 @@ mod tests {
             ),
             (
                 RaftSettings {
-                    election_timeout_ms_max: 250,
+                    election_timeout_ms_max: 150,
                     ..RaftSettings::default()
                 },
                 "raft.election_timeout_ms_max",
