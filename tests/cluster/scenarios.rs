@@ -181,8 +181,11 @@ async fn nodes_join_and_leave_under_a_write_load_without_losing_a_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_new_node_catches_up_from_a_snapshot_after_the_log_was_purged() {
+    // Small chunks: the snapshot (the counter's 100 KiB of wasm among it)
+    // travels in dozens of them.
     let raft = RaftSettings {
         snapshot_after_entries: 16,
+        snapshot_chunk_bytes: 4096,
         ..test_raft_settings()
     };
     let mut cluster = Cluster::start_with(3, raft).await;
