@@ -128,6 +128,9 @@ impl Cluster {
         };
         let options = NodeOptions {
             faults: self.links.faults(),
+            // Tests check what happens, not how fast: a debug build on a
+            // busy machine may take long to compile a deployed module.
+            consensus_timeout: Duration::from_secs(60),
             ..NodeOptions::default()
         };
         let node = Node::start(config, options)

@@ -6,22 +6,26 @@
 //! ./target/release/wasmraft-failover --trials 20
 //! ```
 //!
-//! It starts three `wasmraft serve` processes on loopback (the release
-//! binary next to this one, or `--wasmraft PATH`) with the default Raft
+//! It starts three `wasmraft serve` processes on loopback (the workspace's
+//! `target/release/wasmraft`, or `--wasmraft PATH`) with the default Raft
 //! settings, forms the cluster with `add_node`, deploys the counter example
 //! and keeps `--clients` writers incrementing it through all three nodes.
 //! Each trial SIGKILLs the current leader and measures, from the moment the
 //! kill returned, until the first increment *started after the kill*
 //! succeeds: a probe sends one increment after another (each with a 1 s
 //! attempt limit, no retries, 5 ms apart) to the survivors in turn, so the
-//! figure is the time a client that keeps trying waits. The killed node then restarts
-//! from its data directory and catches up before the next trial.
+//! figure is the time a client that keeps trying waits. The writers are not
+//! timed: one stuck on the dead leader only shows its own attempt limit. The
+//! killed node then restarts from its data directory and catches up before
+//! the next trial.
 //!
-//! At the end the counter must hold every acknowledged increment, and all
-//! three nodes must report the same state digest at the same index.
+//! At the end the counter must hold every acknowledged increment (it may
+//! hold more: an increment can be applied after its caller gave up), and
+//! all three nodes must report the same state digest at the same index. A
+//! failed run keeps the nodes' logs and prints where they are.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -82,13 +86,16 @@ impl Member {
             .create(true)
             .append(true)
             .open(&self.log)?;
+        // Both streams in one file, in the order written, for reading after
+        // a failed run.
+        let log_for_stdout = log.try_clone()?;
         let mut command = Command::new(binary);
         command
             .args(["serve", "--node-id", &self.id.to_string()])
             .args(["--listen", &format!("127.0.0.1:{}", self.port)])
             .arg("--data-dir")
             .arg(&self.directory)
-            .stdout(Stdio::null())
+            .stdout(log_for_stdout)
             .stderr(log);
         if bootstrap {
             command.arg("--bootstrap");
@@ -253,6 +260,21 @@ async fn main() -> anyhow::Result<()> {
         }
         None => temporary.path().to_path_buf(),
     };
+    let outcome = run(&args, &binary, &root).await;
+    if outcome.is_err() {
+        // The nodes' logs say why; `run` returned, so its processes are dead.
+        let kept = match args.keep {
+            Some(directory) => directory,
+            None => temporary.keep(),
+        };
+        eprintln!("node data directories and logs kept in {}", kept.display());
+    }
+    outcome
+}
+
+/// The benchmark itself, with the cluster's processes in `root`. Returning,
+/// or unwinding, kills them.
+async fn run(args: &Args, binary: &Path, root: &Path) -> anyhow::Result<()> {
     let mut cluster = Cluster {
         members: Vec::new(),
     };
@@ -266,7 +288,7 @@ async fn main() -> anyhow::Result<()> {
         });
     }
     for member in &mut cluster.members {
-        member.start(&binary, member.id == 1)?;
+        member.start(binary, member.id == 1)?;
     }
     let first = cluster.members[0].endpoint();
     wait_until("node 1 elects itself", || async {
@@ -333,7 +355,12 @@ async fn main() -> anyhow::Result<()> {
         // leader, or the trial measures nothing.
         let mut leader = settle(&endpoints[trial % 3], CAUGHT_UP_LAG).await?;
         tokio::time::sleep(Duration::from_millis(300)).await;
+        let deadline = Instant::now() + STEP_TIMEOUT;
         while !leads(&cluster, leader).await {
+            ensure!(
+                Instant::now() < deadline,
+                "trial {trial}: no node kept the leadership for {STEP_TIMEOUT:?}"
+            );
             leader = settle(&endpoints[trial % 3], CAUGHT_UP_LAG).await?;
         }
         let index = cluster
@@ -384,7 +411,7 @@ async fn main() -> anyhow::Result<()> {
             failover.as_secs_f64() * 1000.0
         );
         failovers.push(failover);
-        cluster.members[index].start(&binary, false)?;
+        cluster.members[index].start(binary, false)?;
     }
 
     stop.store(true, Ordering::Relaxed);
@@ -415,8 +442,7 @@ async fn main() -> anyhow::Result<()> {
     );
     ensure!(
         value >= acknowledged,
-        "acknowledged increments were lost: the counter holds {value} of {acknowledged} (node logs in {}, kept)",
-        temporary.keep().display()
+        "acknowledged increments were lost: the counter holds {value} of {acknowledged}"
     );
     Ok(())
 }

@@ -86,6 +86,11 @@ const PROPOSALS_QUEUED_MAX: usize = 4096;
 const WRITES_IN_FLIGHT_MAX: usize = 2;
 /// The most commands one entry carries.
 const BATCH_COMMANDS_MAX: usize = 512;
+/// The longest a deploy may wait for its commit and apply. Applying a
+/// deploy compiles the module on every node, the leader included (a
+/// forwarded deploy was compiled only by the follower that validated it),
+/// which takes far longer than an ordinary write.
+const DEPLOY_TIMEOUT_MAX: Duration = Duration::from_secs(120);
 /// The most input bytes one entry carries, well under the Raft message cap.
 const BATCH_INPUT_BYTES_MAX: usize = 4 * 1024 * 1024;
 
@@ -278,6 +283,16 @@ impl NodeHandle {
         })
     }
 
+    /// The time a write may take: as [`Self::call_timeout`], except that a
+    /// deploy may take up to [`DEPLOY_TIMEOUT_MAX`].
+    fn write_timeout(&self, command: &Command, requested: Option<Duration>) -> Duration {
+        if !matches!(command, Command::Deploy(_)) {
+            return self.call_timeout(requested);
+        }
+        let ceiling = DEPLOY_TIMEOUT_MAX.max(self.inner.consensus_timeout);
+        requested.map_or(ceiling, |requested| requested.min(ceiling))
+    }
+
     /// Where a request goes: here if this node leads, else the leader.
     /// With no leader known, waits for an election until `deadline`.
     async fn route(&self, deadline: Instant) -> Result<Route, ConsensusError> {
@@ -374,7 +389,7 @@ impl NodeHandle {
         command: Command,
         timeout: Option<Duration>,
     ) -> Result<Proposed, ConsensusError> {
-        let timeout = self.call_timeout(timeout);
+        let timeout = self.write_timeout(&command, timeout);
         let deadline = Instant::now() + timeout;
         let caller = caller.into();
         match self.route(deadline).await? {
@@ -586,8 +601,9 @@ impl NodeHandle {
                 timeout_ms,
             } => {
                 let answer = if self.leads() {
-                    self.propose_here(caller, command, timeout(timeout_ms))
-                        .await
+                    let timeout =
+                        self.write_timeout(&command, Some(Duration::from_millis(timeout_ms)));
+                    self.propose_here(caller, command, timeout).await
                 } else {
                     Err(self.not_leader_here())
                 };
