@@ -33,22 +33,30 @@ pub fn test_raft_settings() -> RaftSettings {
     }
 }
 
-/// Links cut by the test, as (from, to) pairs.
+/// Links cut or slowed by the test, as (from, to) pairs.
 #[derive(Clone, Default)]
 pub struct Links {
     cut: Arc<Mutex<BTreeSet<(NodeId, NodeId)>>>,
+    slow: Arc<Mutex<BTreeMap<(NodeId, NodeId), Duration>>>,
 }
 
 impl Links {
     pub fn faults(&self) -> Faults {
-        let cut = self.cut.clone();
+        let (cut, slow) = (self.cut.clone(), self.slow.clone());
         Faults::from_fn(move |from, to| {
             if cut.lock().unwrap().contains(&(from, to)) {
                 FaultDecision::Drop
+            } else if let Some(delay) = slow.lock().unwrap().get(&(from, to)) {
+                FaultDecision::Delay(*delay)
             } else {
                 FaultDecision::Deliver
             }
         })
+    }
+
+    /// Delays every message `from → to` by `delay`.
+    pub fn slow_down(&self, from: NodeId, to: NodeId, delay: Duration) {
+        self.slow.lock().unwrap().insert((from, to), delay);
     }
 
     /// Cuts every link between `node` and the `others`, both ways.
@@ -67,6 +75,7 @@ impl Links {
 
     pub fn heal(&self) {
         self.cut.lock().unwrap().clear();
+        self.slow.lock().unwrap().clear();
     }
 }
 

@@ -76,6 +76,36 @@ async fn five_nodes_keep_writing_with_two_lost_and_take_them_back() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slow_links_delay_replication_but_lose_nothing() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    cluster.deploy_counter(leader).await;
+    let followers: Vec<_> = cluster
+        .running()
+        .into_iter()
+        .filter(|id| *id != leader)
+        .collect();
+    // One follower far behind a slow link, the other on a slightly slow one
+    // (both well under the election timeout, so the leader stays).
+    cluster
+        .links
+        .slow_down(leader, followers[0], Duration::from_millis(150));
+    cluster
+        .links
+        .slow_down(leader, followers[1], Duration::from_millis(20));
+    let tally = Tally::default();
+    let started = std::time::Instant::now();
+    increment(&cluster.client_of(followers[0]).await, 20, &tally).await;
+    // Every write waited for a quorum over a delayed link.
+    assert!(started.elapsed() >= Duration::from_millis(20 * 20));
+    cluster.links.heal();
+    cluster.assert_converged().await;
+    assert_eq!(cluster.counter(followers[0]).await, 20);
+    tally.check(20);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_partitioned_leader_commits_nothing_and_rejoins_after_healing() {
     let cluster = Cluster::start(5).await;
     let old_leader = cluster.wait_for_leader().await;
