@@ -108,6 +108,24 @@ impl Member {
         Ok(())
     }
 
+    /// Fails if the process exited on its own: a node that could not bind
+    /// its port (another program took it after `free_port` let it go) or
+    /// crashed. Without this check the run would wait for it until
+    /// `STEP_TIMEOUT`, or talk to whatever else listens on that port.
+    fn ensure_running(&mut self) -> anyhow::Result<()> {
+        if let Some(process) = &mut self.process
+            && let Some(status) = process.try_wait()?
+        {
+            self.process = None;
+            bail!(
+                "node {} exited on its own ({status}); its log is {}",
+                self.id,
+                self.log.display()
+            );
+        }
+        Ok(())
+    }
+
     /// SIGKILL (`Child::kill` on Unix), then reap.
     fn kill(&mut self) {
         if let Some(mut process) = self.process.take() {
@@ -120,6 +138,12 @@ impl Member {
 /// Kills every process when the run ends, however it ends.
 struct Cluster {
     members: Vec<Member>,
+}
+
+impl Cluster {
+    fn ensure_running(&mut self) -> anyhow::Result<()> {
+        self.members.iter_mut().try_for_each(Member::ensure_running)
+    }
 }
 
 impl Drop for Cluster {
@@ -147,22 +171,6 @@ async fn client(endpoint: &str, attempt: Duration, retry_for: Duration) -> anyho
         },
     )
     .await?)
-}
-
-/// Waits until `check` holds, polling.
-async fn wait_until<F, Fut>(what: &str, mut check: F) -> anyhow::Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + STEP_TIMEOUT;
-    while !check().await {
-        if Instant::now() > deadline {
-            bail!("{what}: not within {STEP_TIMEOUT:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(())
 }
 
 /// The leader as `endpoint` sees it, and whether all three members answer
@@ -203,9 +211,10 @@ async fn survey(endpoint: &str, lag: u64) -> anyhow::Result<Option<(u64, bool)>>
 
 /// Waits until [`survey`] finds the members within `lag` of each other, and
 /// returns the leader.
-async fn settle(endpoint: &str, lag: u64) -> anyhow::Result<u64> {
+async fn settle(cluster: &mut Cluster, endpoint: &str, lag: u64) -> anyhow::Result<u64> {
     let deadline = Instant::now() + STEP_TIMEOUT;
     loop {
+        cluster.ensure_running()?;
         if let Some((leader, true)) = survey(endpoint, lag).await? {
             return Ok(leader);
         }
@@ -291,10 +300,15 @@ async fn run(args: &Args, binary: &Path, root: &Path) -> anyhow::Result<()> {
         member.start(binary, member.id == 1)?;
     }
     let first = cluster.members[0].endpoint();
-    wait_until("node 1 elects itself", || async {
-        matches!(survey(&first, 0).await, Ok(Some(_)))
-    })
-    .await?;
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    while !matches!(survey(&first, 0).await, Ok(Some(_))) {
+        cluster.ensure_running()?;
+        ensure!(
+            Instant::now() < deadline,
+            "node 1 did not elect itself within {STEP_TIMEOUT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let admin = client(&first, STEP_TIMEOUT, STEP_TIMEOUT).await?;
     for member in &cluster.members[1..] {
         admin
@@ -353,7 +367,7 @@ async fn run(args: &Args, binary: &Path, root: &Path) -> anyhow::Result<()> {
         // Let the load run on the settled cluster for a moment, then check
         // with the leader itself that it still leads: the kill must hit the
         // leader, or the trial measures nothing.
-        let mut leader = settle(&endpoints[trial % 3], CAUGHT_UP_LAG).await?;
+        let mut leader = settle(&mut cluster, &endpoints[trial % 3], CAUGHT_UP_LAG).await?;
         tokio::time::sleep(Duration::from_millis(300)).await;
         let deadline = Instant::now() + STEP_TIMEOUT;
         while !leads(&cluster, leader).await {
@@ -361,7 +375,7 @@ async fn run(args: &Args, binary: &Path, root: &Path) -> anyhow::Result<()> {
                 Instant::now() < deadline,
                 "trial {trial}: no node kept the leadership for {STEP_TIMEOUT:?}"
             );
-            leader = settle(&endpoints[trial % 3], CAUGHT_UP_LAG).await?;
+            leader = settle(&mut cluster, &endpoints[trial % 3], CAUGHT_UP_LAG).await?;
         }
         let index = cluster
             .members
@@ -418,7 +432,7 @@ async fn run(args: &Args, binary: &Path, root: &Path) -> anyhow::Result<()> {
     for writer in writers {
         writer.await?;
     }
-    settle(&endpoints[0], 0).await?;
+    settle(&mut cluster, &endpoints[0], 0).await?;
     let output = admin
         .query("counter", br#"{"op":"get"}"#, Consistency::Linearizable)
         .await?
