@@ -380,6 +380,31 @@ impl NodeHandle {
             )
     }
 
+    /// Serves a request where [`Self::route`] says: `here(payload)` on the
+    /// leader, else the leader answers the request `forwarded` builds from
+    /// the payload and the milliseconds left until `deadline`.
+    async fn routed<P, T, E, Here>(
+        &self,
+        deadline: Instant,
+        payload: P,
+        here: impl FnOnce(P) -> Here,
+        forwarded: impl FnOnce(P, u64) -> Forwarded,
+    ) -> Result<T, E>
+    where
+        Here: std::future::Future<Output = Result<T, E>>,
+        T: serde::de::DeserializeOwned,
+        E: serde::de::DeserializeOwned + From<ConsensusError>,
+    {
+        match self.route(deadline).await? {
+            Route::Here => here(payload).await,
+            Route::Leader { id, address } => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let request = forwarded(payload, millis(left));
+                self.forward(id, &address, request, left).await?
+            }
+        }
+    }
+
     /// Puts `command` through the Raft log for `caller` and returns what
     /// applying it answered, within `timeout` (the caller's deadline) or the
     /// node's consensus timeout. A follower forwards it to the leader.
@@ -390,20 +415,17 @@ impl NodeHandle {
         timeout: Option<Duration>,
     ) -> Result<Proposed, ConsensusError> {
         let timeout = self.write_timeout(&command, timeout);
-        let deadline = Instant::now() + timeout;
-        let caller = caller.into();
-        match self.route(deadline).await? {
-            Route::Here => self.propose_here(caller, command, timeout).await,
-            Route::Leader { id, address } => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                let request = Forwarded::Write {
-                    caller,
-                    command,
-                    timeout_ms: millis(left),
-                };
-                self.forward(id, &address, request, left).await?
-            }
-        }
+        self.routed(
+            Instant::now() + timeout,
+            (caller.into(), command),
+            |(caller, command)| self.propose_here(caller, command, timeout),
+            |(caller, command), timeout_ms| Forwarded::Write {
+                caller,
+                command,
+                timeout_ms,
+            },
+        )
+        .await
     }
 
     /// Proposes on this node, which must be the leader: it stamps the
@@ -488,16 +510,14 @@ impl NodeHandle {
     pub async fn read_barrier(&self, timeout: Option<Duration>) -> Result<(), ConsensusError> {
         let timeout = self.call_timeout(timeout);
         let deadline = Instant::now() + timeout;
-        let read_index = match self.route(deadline).await? {
-            Route::Here => self.read_index_here(timeout).await?,
-            Route::Leader { id, address } => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                let request = Forwarded::ReadIndex {
-                    timeout_ms: millis(left),
-                };
-                self.forward(id, &address, request, left).await??
-            }
-        };
+        let read_index = self
+            .routed(
+                deadline,
+                (),
+                |()| self.read_index_here(timeout),
+                |(), timeout_ms| Forwarded::ReadIndex { timeout_ms },
+            )
+            .await?;
         let left = deadline.saturating_duration_since(Instant::now());
         self.inner
             .raft
@@ -546,22 +566,17 @@ impl NodeHandle {
         address: String,
         timeout: Duration,
     ) -> Result<Membership, MembershipError> {
-        let deadline = Instant::now() + timeout;
-        match self.route(deadline).await? {
-            Route::Here => membership::add_node(self, id, address, timeout).await,
-            Route::Leader {
-                id: leader,
-                address: leader_address,
-            } => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                let request = Forwarded::AddNode {
-                    id,
-                    address,
-                    timeout_ms: millis(left),
-                };
-                self.forward(leader, &leader_address, request, left).await?
-            }
-        }
+        self.routed(
+            Instant::now() + timeout,
+            address,
+            |address| membership::add_node(self, id, address, timeout),
+            |address, timeout_ms| Forwarded::AddNode {
+                id,
+                address,
+                timeout_ms,
+            },
+        )
+        .await
     }
 
     /// Removes member `id` from the cluster by consensus. A follower
@@ -572,21 +587,13 @@ impl NodeHandle {
         timeout: Duration,
     ) -> Result<Membership, MembershipError> {
         let timeout = self.call_timeout(Some(timeout));
-        let deadline = Instant::now() + timeout;
-        match self.route(deadline).await? {
-            Route::Here => membership::remove_node(self, id, timeout).await,
-            Route::Leader {
-                id: leader,
-                address,
-            } => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                let request = Forwarded::RemoveNode {
-                    id,
-                    timeout_ms: millis(left),
-                };
-                self.forward(leader, &address, request, left).await?
-            }
-        }
+        self.routed(
+            Instant::now() + timeout,
+            (),
+            |()| membership::remove_node(self, id, timeout),
+            |(), timeout_ms| Forwarded::RemoveNode { id, timeout_ms },
+        )
+        .await
     }
 
     /// Serves a request a follower forwarded (the internal `Raft.Forward`
@@ -594,20 +601,16 @@ impl NodeHandle {
     pub async fn serve_forwarded(&self, request: &RaftRequest) -> Result<RaftReply, WireError> {
         let forwarded: Forwarded = wire::decode_request(request)?;
         let timeout = |timeout_ms: u64| self.call_timeout(Some(Duration::from_millis(timeout_ms)));
+        // Each operation refuses itself on a node that no longer leads:
+        // Raft refuses writes and read indexes, membership checks first.
         Ok(match forwarded {
             Forwarded::Write {
                 caller,
                 command,
                 timeout_ms,
             } => {
-                let answer = if self.leads() {
-                    let timeout =
-                        self.write_timeout(&command, Some(Duration::from_millis(timeout_ms)));
-                    self.propose_here(caller, command, timeout).await
-                } else {
-                    Err(self.not_leader_here())
-                };
-                wire::encode_reply(&answer)
+                let timeout = self.write_timeout(&command, Some(Duration::from_millis(timeout_ms)));
+                wire::encode_reply(&self.propose_here(caller, command, timeout).await)
             }
             Forwarded::ReadIndex { timeout_ms } => {
                 wire::encode_reply(&self.read_index_here(timeout(timeout_ms)).await)
@@ -616,41 +619,29 @@ impl NodeHandle {
                 id,
                 address,
                 timeout_ms,
-            } => {
-                let answer = if self.leads() {
-                    membership::add_node(self, id, address, Duration::from_millis(timeout_ms)).await
-                } else {
-                    Err(self.not_leader_here().into())
-                };
-                wire::encode_reply(&answer)
-            }
+            } => wire::encode_reply(
+                &membership::add_node(self, id, address, Duration::from_millis(timeout_ms)).await,
+            ),
             Forwarded::RemoveNode { id, timeout_ms } => {
-                let answer = if self.leads() {
-                    membership::remove_node(self, id, timeout(timeout_ms)).await
-                } else {
-                    Err(self.not_leader_here().into())
-                };
-                wire::encode_reply(&answer)
+                wire::encode_reply(&membership::remove_node(self, id, timeout(timeout_ms)).await)
             }
         })
     }
 
-    /// Whether Raft's metrics name this node the leader.
-    fn leads(&self) -> bool {
-        self.inner.raft.metrics().borrow().current_leader == Some(self.inner.id)
-    }
-
-    /// The refusal of a request that reached this node as the leader, when
-    /// it no longer is.
-    fn not_leader_here(&self) -> ConsensusError {
+    /// Refuses work that only the leader may do when Raft's metrics name
+    /// another node (or none) the leader.
+    pub(crate) fn ensure_leads(&self) -> Result<(), ConsensusError> {
         let leader = self.inner.raft.metrics().borrow().current_leader;
-        ConsensusError::NotLeader {
+        if leader == Some(self.inner.id) {
+            return Ok(());
+        }
+        Err(ConsensusError::NotLeader {
             this: self.inner.id,
             leader: leader.map(|id| LeaderHint {
                 id,
                 address: self.member_address(id),
             }),
-        }
+        })
     }
 
     /// Records that a leader introduced itself to add this node.

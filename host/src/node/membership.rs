@@ -107,14 +107,22 @@ pub(crate) fn fingerprint_bytes(runtime: &Runtime) -> Vec<u8> {
     hex::decode(&fingerprint).unwrap_or_else(|_| fingerprint.into_bytes())
 }
 
-/// Checks an addition against the membership in force. `Ok(true)`: the
-/// node is a learner at that address already, so only catching up and the
-/// promotion remain.
+/// An addition that passed the checks against the membership in force.
+#[derive(Debug, PartialEq, Eq)]
+struct Addition {
+    /// The URL the new node is dialled at.
+    url: String,
+    /// The node is a learner at that address already: only catching up
+    /// and the promotion remain.
+    resume: bool,
+}
+
+/// Checks an addition against the membership in force.
 fn check_addition(
     membership: &Membership,
     id: NodeId,
     address: &str,
-) -> Result<bool, MembershipError> {
+) -> Result<Addition, MembershipError> {
     if id == 0 {
         return Err(MembershipError::ZeroId);
     }
@@ -129,10 +137,10 @@ fn check_addition(
         });
     }
     let same_address =
-        |member: &&Member| parse_peer_address(&member.address).ok() == Some(url.clone());
+        |member: &&Member| parse_peer_address(&member.address).is_ok_and(|other| other == url);
     if let Some(learner) = membership.learners.iter().find(|member| member.id == id) {
         return if same_address(&learner) {
-            Ok(true)
+            Ok(Addition { url, resume: true })
         } else {
             Err(MembershipError::AlreadyMember {
                 id,
@@ -151,7 +159,7 @@ fn check_addition(
             address: other.address.clone(),
         });
     }
-    Ok(false)
+    Ok(Addition { url, resume: false })
 }
 
 /// Adds node `id` at `address`: learner, caught up, voter. Runs on the
@@ -163,13 +171,14 @@ pub(crate) async fn add_node(
     timeout: Duration,
 ) -> Result<Membership, MembershipError> {
     let deadline = Instant::now() + timeout;
+    handle.ensure_leads()?;
     let _one_at_a_time = handle.begin_membership_change()?;
-    let resume = check_addition(&current(handle), id, &address)?;
+    let Addition { url, resume } = check_addition(&current(handle), id, &address)?;
     let raft = handle.raft();
     // Even a learner being resumed is introduced again: it may have
     // restarted empty, and an empty node takes Raft messages only from a
     // leader that introduced itself.
-    introduce(handle, id, &address, deadline, resume).await?;
+    introduce(handle, id, &address, url, deadline, resume).await?;
     if !resume {
         let added = within(
             deadline,
@@ -223,6 +232,7 @@ pub(crate) async fn remove_node(
     timeout: Duration,
 ) -> Result<Membership, MembershipError> {
     let deadline = Instant::now() + timeout;
+    handle.ensure_leads()?;
     let _one_at_a_time = handle.begin_membership_change()?;
     let membership = current(handle);
     let change = if membership.voters.iter().any(|member| member.id == id) {
@@ -286,6 +296,7 @@ async fn introduce(
     handle: &NodeHandle,
     id: NodeId,
     address: &str,
+    url: String,
     deadline: Instant,
     resume: bool,
 ) -> Result<(), MembershipError> {
@@ -294,10 +305,6 @@ async fn introduce(
         address: address.to_owned(),
         reason,
     };
-    let url = parse_peer_address(address).map_err(|reason| MembershipError::BadAddress {
-        address: address.to_owned(),
-        reason,
-    })?;
     let left = deadline
         .saturating_duration_since(Instant::now())
         .min(HANDSHAKE_TIMEOUT);
@@ -381,10 +388,20 @@ mod tests {
             &[(1, "10.0.0.1:7070"), (2, "10.0.0.2:7070")],
             &[(3, "10.0.0.3:7070")],
         );
-        let rows: [(NodeId, &str, Result<bool, MembershipError>); 8] = [
-            (4, "10.0.0.4:7070", Ok(false)),
-            (3, "10.0.0.3:7070", Ok(true)),
-            (3, "http://10.0.0.3:7070/", Ok(true)),
+        let addition = |url: &str, resume| {
+            Ok(Addition {
+                url: url.to_owned(),
+                resume,
+            })
+        };
+        let rows: [(NodeId, &str, Result<Addition, MembershipError>); 8] = [
+            (4, "10.0.0.4:7070", addition("http://10.0.0.4:7070", false)),
+            (3, "10.0.0.3:7070", addition("http://10.0.0.3:7070", true)),
+            (
+                3,
+                "http://10.0.0.3:7070/",
+                addition("http://10.0.0.3:7070", true),
+            ),
             (0, "10.0.0.4:7070", Err(MembershipError::ZeroId)),
             (
                 2,
