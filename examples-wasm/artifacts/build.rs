@@ -78,7 +78,7 @@ fn main() {
         );
     }
 
-    ensure_wasm_target(&workspace);
+    ensure_wasm_target();
 
     let target_dir = out_dir.join("wasm-target");
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -176,34 +176,34 @@ fn clean_environment(command: &mut Command) {
     }
 }
 
-/// Makes sure the toolchain has the wasm32 standard library, installing it through
-/// rustup (which reads `rust-toolchain.toml`, where the target is listed) if not.
-fn ensure_wasm_target(workspace: &Path) {
+/// Makes sure the toolchain running this build has the wasm32 standard library,
+/// adding it through rustup if not.
+///
+/// Only `rustup target add` for the running toolchain: it adds the target's files
+/// beside the toolchain and replaces nothing. (`rustup toolchain install` would
+/// reinstall the toolchain's binaries while this very build runs them, and the
+/// rest of the build then fails with `could not execute process rustc`.)
+fn ensure_wasm_target() {
     println!("cargo:rerun-if-env-changed=RUSTUP_TOOLCHAIN");
     if has_wasm_target() {
         return;
     }
-    println!("cargo:warning=the toolchain lacks {TARGET}; installing it with rustup");
-    // Without RUSTUP_TOOLCHAIN (set by the proxy that runs us), `rustup toolchain
-    // install` installs what rust-toolchain.toml names, target included.
-    let installed = Command::new("rustup")
-        .current_dir(workspace)
-        .args(["toolchain", "install"])
-        .env_remove("RUSTUP_TOOLCHAIN")
-        .status();
-    if !has_wasm_target() {
-        // The toolchain running this build may not be the file's: add the target to it.
-        let _ = Command::new("rustup")
-            .args(["target", "add", TARGET])
-            .status();
+    println!("cargo:warning=the toolchain lacks {TARGET}; adding it with rustup");
+    let mut rustup = Command::new("rustup");
+    rustup.args(["target", "add", TARGET]);
+    // The rustup proxy that started cargo names the toolchain it chose (from
+    // rust-toolchain.toml); add the target to that one, not to rustup's default.
+    if let Some(toolchain) = env::var_os("RUSTUP_TOOLCHAIN") {
+        rustup.arg("--toolchain").arg(toolchain);
     }
+    let added = rustup.status();
     if !has_wasm_target() {
         panic!(
-            "the Rust toolchain has no {TARGET} target and rustup could not install it \
+            "the Rust toolchain has no {TARGET} target and rustup could not add it \
              ({}). Install it with `rustup target add {TARGET}` (or, without rustup, \
              your distribution's rust-std for {TARGET}) and build again.",
-            match installed {
-                Ok(status) => format!("`rustup toolchain install` exited with {status}"),
+            match added {
+                Ok(status) => format!("`rustup target add` exited with {status}"),
                 Err(error) => format!("cannot run rustup: {error}"),
             }
         );
