@@ -8,6 +8,6 @@
 //! acknowledged one counted: the counter example's value must cover every
 //! acknowledged write and nothing that was never sent.
 
-mod harness;
+pub(crate) mod harness;
 mod processes;
 mod scenarios;

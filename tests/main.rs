@@ -2,6 +2,7 @@
 //! Each module is one concern; shared helpers live beside them.
 
 mod cluster;
+mod compat;
 mod examples;
 mod node;
 mod state_machine;
