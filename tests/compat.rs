@@ -13,3 +13,4 @@
 mod fixture;
 mod generate;
 mod open;
+mod refuse;

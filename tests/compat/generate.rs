@@ -43,7 +43,7 @@ async fn generate() {
             env!("CARGO_PKG_VERSION"),
             commit()
         ),
-        state_format: 1,
+        state_format: wasmraft::storage::format::STATE_FORMAT,
         encoding_version: wasmraft::command::codec::ENCODING_VERSION,
         dev,
         cluster,
@@ -222,9 +222,7 @@ async fn snapshot_and_purge(client: &Client, node: &RunningNode) {
             Instant::now() < deadline,
             "no snapshot of the whole log with a purged log: {metrics:?}"
         );
-        if caught_up
-            && asked_at.is_none_or(|at: Instant| at.elapsed() > Duration::from_secs(1))
-        {
+        if caught_up && asked_at.is_none_or(|at: Instant| at.elapsed() > Duration::from_secs(1)) {
             client.snapshot().await.unwrap();
             asked_at = Some(Instant::now());
         }

@@ -48,7 +48,10 @@ async fn assert_recorded_state(group: &Group, nodes: &BTreeMap<u64, RunningNode>
 
 async fn assert_answers(group: &Group, client: &wasmraft::client::Client, release: &str) {
     let answers = fixture::answers(client).await;
-    assert_eq!(answers, group.answers, "{release}: the modules answer otherwise");
+    assert_eq!(
+        answers, group.answers,
+        "{release}: the modules answer otherwise"
+    );
 }
 
 /// A write through `client` and its effect on the counter.
@@ -87,8 +90,7 @@ async fn a_dev_node_of_every_release_opens_answers_and_writes() {
         fixture::unpack(&release.join(&expected.dev.archive), unpacked.path());
         let directory = fixture::node_directory(unpacked.path(), 1);
         for round in ["first open", "restart"] {
-            let node =
-                fixture::launch(1, &directory, "127.0.0.1:0".parse().unwrap(), false).await;
+            let node = fixture::launch(1, &directory, "127.0.0.1:0".parse().unwrap(), false).await;
             let nodes = BTreeMap::from([(1, node)]);
             if round == "first open" {
                 assert_recorded_state(&expected.dev, &nodes, &name).await;
@@ -147,8 +149,13 @@ async fn a_cluster_of_every_release_elects_writes_and_takes_a_new_member() {
         // A member made by the current code joins the fixture's members and
         // catches up from their snapshot and log.
         let new_directory = TempDir::new().unwrap();
-        let new_node =
-            fixture::launch(4, new_directory.path(), "127.0.0.1:0".parse().unwrap(), false).await;
+        let new_node = fixture::launch(
+            4,
+            new_directory.path(),
+            "127.0.0.1:0".parse().unwrap(),
+            false,
+        )
+        .await;
         client
             .add_node(4, &new_node.local_addr().to_string(), SETTLE)
             .await

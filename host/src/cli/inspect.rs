@@ -52,6 +52,8 @@ fn inspect(data: DataDirectory) -> anyhow::Result<()> {
         let reader = state.reader();
         let (_, digest) = reader.digest()?;
         println!("data directory   {}", data.root().display());
+        println!("log format       {}", log.format()?);
+        println!("state format     {}", state.format()?);
         println!(
             "vote             {}",
             vote.map_or("none".to_owned(), |vote| vote.to_string())

@@ -35,7 +35,8 @@ use self::handle::NodeHandle;
 use crate::network::{Faults, NetworkFactory, NetworkSettings};
 use crate::raft::{Node as Member, NodeId, Raft};
 use crate::storage::{
-    CallLimits, DataDirectory, LogStore, OpenStateError, StateMachineConfig, StateMachineStore,
+    CallLimits, DataDirectory, LogStore, OpenLogError, OpenStateError, StateMachineConfig,
+    StateMachineStore,
 };
 use crate::wasm::{Runtime, RuntimeConfig, RuntimeError};
 
@@ -86,7 +87,7 @@ pub enum StartError {
     #[error("cannot start the wasm runtime: {0}")]
     Runtime(#[from] RuntimeError),
     #[error("cannot open the Raft log: {0}")]
-    Log(redb::Error),
+    Log(#[from] OpenLogError),
     #[error("cannot open the state: {0}")]
     State(#[from] OpenStateError),
     #[error("cannot start Raft: {0}")]

@@ -14,6 +14,7 @@ use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, RaftLogReader};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
+use super::format::{self, FormatVersion, LOG_FORMAT, RELEASE, UnknownFormat};
 use super::{storage_error, store_error};
 use crate::command::codec;
 use crate::raft::{Entry, LogId, LogState, StorageError, TypeConfig, Vote};
@@ -26,6 +27,19 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const VOTE: &str = "vote";
 const COMMITTED: &str = "committed";
 const LAST_PURGED: &str = "last_purged";
+/// The log format ([`LOG_FORMAT`]); absent in logs of the first release.
+const FORMAT: &str = "format";
+/// The release that last opened the log for writing.
+const WRITTEN_BY: &str = "written_by";
+
+/// Why the log could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenLogError {
+    #[error(transparent)]
+    Database(#[from] redb::Error),
+    #[error(transparent)]
+    Format(#[from] UnknownFormat),
+}
 
 /// The Raft log. Cloning is cheap and shares the database: the clone serves as
 /// openraft's log reader for replication.
@@ -42,13 +56,29 @@ impl Debug for LogStore {
 
 impl LogStore {
     /// Opens the log at `path`, creating the file and its tables if needed.
-    pub fn open(path: impl AsRef<Path>) -> Result<Self, redb::Error> {
-        let db = Database::create(path.as_ref())?;
-        let txn = db.begin_write()?;
-        txn.open_table(ENTRIES)?;
-        txn.open_table(META)?;
-        txn.commit()?;
+    /// A log of a format this build does not read is refused untouched.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, OpenLogError> {
+        let db = Database::create(path.as_ref()).map_err(redb::Error::from)?;
+        let found = read_format(&db)?;
+        format::check(format::Database::Log, found.clone(), LOG_FORMAT)?;
+        let txn = db.begin_write().map_err(redb::Error::from)?;
+        {
+            txn.open_table(ENTRIES).map_err(redb::Error::from)?;
+            let mut meta = txn.open_table(META).map_err(redb::Error::from)?;
+            if found.version != LOG_FORMAT || found.written_by.as_deref() != Some(RELEASE) {
+                meta.insert(FORMAT, codec::encode(&LOG_FORMAT).as_slice())
+                    .map_err(redb::Error::from)?;
+                meta.insert(WRITTEN_BY, codec::encode(RELEASE).as_slice())
+                    .map_err(redb::Error::from)?;
+            }
+        }
+        txn.commit().map_err(redb::Error::from)?;
         Ok(Self { db: Arc::new(db) })
+    }
+
+    /// The log's format version and the release that wrote it.
+    pub fn format(&self) -> Result<FormatVersion, redb::Error> {
+        read_format(&self.db)
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(
@@ -102,6 +132,38 @@ impl LogStore {
         let entry: Entry = decode_entry(bytes.value())?;
         Ok(Some(entry.log_id))
     }
+}
+
+/// The format of the log in `db`: a new or first-release log has no record
+/// and is format 1.
+fn read_format(db: &Database) -> Result<FormatVersion, redb::Error> {
+    let txn = db.begin_read()?;
+    let table = match txn.open_table(META) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => {
+            return Ok(FormatVersion {
+                version: 1,
+                written_by: None,
+            });
+        }
+        Err(error) => return Err(error.into()),
+    };
+    let version = match table.get(FORMAT)? {
+        Some(bytes) => decode_meta(bytes.value())?,
+        None => 1,
+    };
+    let written_by = match table.get(WRITTEN_BY)? {
+        Some(bytes) => Some(decode_meta(bytes.value())?),
+        None => None,
+    };
+    Ok(FormatVersion {
+        version,
+        written_by,
+    })
+}
+
+fn decode_meta<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, redb::Error> {
+    codec::decode(bytes).map_err(|e| redb::Error::Corrupted(format!("undecodable log record: {e}")))
 }
 
 fn decode_entry(bytes: &[u8]) -> Result<Entry, redb::Error> {

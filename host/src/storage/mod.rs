@@ -12,13 +12,14 @@
 //!   guest failure never is.
 
 mod apply;
+pub mod format;
 mod log_store;
 mod snapshot;
 mod state;
 mod state_machine;
 
 pub use apply::{CallLimits, entry_seed};
-pub use log_store::LogStore;
+pub use log_store::{LogStore, OpenLogError};
 pub use snapshot::{SnapshotError, SnapshotFileReader, SnapshotFileWriter};
 pub use state::{ModuleRecord, StateDigest, module_key_range};
 pub use state_machine::{

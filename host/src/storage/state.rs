@@ -15,7 +15,7 @@ use crate::command::{ModuleHash, ModuleLimits};
 
 pub(crate) type Table = TableDefinition<'static, &'static [u8], &'static [u8]>;
 
-/// `last_applied`, the membership and the format version.
+/// `last_applied`, the membership, the format version and who wrote it.
 pub(crate) const META: Table = TableDefinition::new("meta");
 /// Module name → [`ModuleRecord`].
 pub(crate) const MODULES: Table = TableDefinition::new("modules");
@@ -57,9 +57,10 @@ pub(crate) const LAST_APPLIED: &[u8] = b"last_applied";
 pub(crate) const MEMBERSHIP: &[u8] = b"membership";
 /// The leader timestamp of the last applied command: the clock queries see.
 pub(crate) const LAST_TIMESTAMP: &[u8] = b"last_timestamp_ms";
+/// The state format version ([`super::format::STATE_FORMAT`]).
 pub(crate) const FORMAT: &[u8] = b"format";
-/// Bumped when the table layout changes incompatibly.
-pub(crate) const FORMAT_VERSION: u32 = 1;
+/// The release that last opened the state for writing.
+pub(crate) const WRITTEN_BY: &[u8] = b"written_by";
 
 /// A deployed module, as replicated.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -23,10 +23,11 @@ use openraft::{ErrorSubject, ErrorVerb};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 
 use super::apply::{self, ApplyContext, CallLimits, TableKv};
+use super::format::{self, FormatVersion, RELEASE, STATE_FORMAT, UnknownFormat};
 use super::snapshot::{SnapshotError, SnapshotFileReader, SnapshotFileWriter};
 use super::state::{
-    self, FORMAT, FORMAT_VERSION, LAST_APPLIED, LAST_TIMESTAMP, MEMBERSHIP, META, ModuleRecord,
-    StateDigest, TABLES,
+    self, FORMAT, LAST_APPLIED, LAST_TIMESTAMP, MEMBERSHIP, META, ModuleRecord, StateDigest,
+    TABLES, WRITTEN_BY,
 };
 use super::{storage_error, store_error};
 use crate::command::{CallResult, Response, codec};
@@ -87,8 +88,8 @@ pub enum OpenStateError {
     },
     #[error("cannot open the state database: {0}")]
     Database(#[from] redb::Error),
-    #[error("the state database has format {found}; this build reads format {FORMAT_VERSION}")]
-    Format { found: u32 },
+    #[error(transparent)]
+    Format(#[from] UnknownFormat),
 }
 
 impl StateMachineStore {
@@ -112,10 +113,9 @@ impl StateMachineStore {
         }
         let db = Database::create(directory.join(STATE_FILE)).map_err(redb::Error::from)?;
         initialise_tables(&db)?;
-        let found = read_format(&db)?;
-        if found != FORMAT_VERSION {
-            return Err(OpenStateError::Format { found });
-        }
+        let found = read_format(&db.begin_read().map_err(redb::Error::from)?)?;
+        format::check(format::Database::State, found, STATE_FORMAT)?;
+        record_writer(&db)?;
         Ok(Self {
             shared: Arc::new(Shared {
                 directory,
@@ -126,6 +126,11 @@ impl StateMachineStore {
                 snapshot_counter: AtomicU64::new(0),
             }),
         })
+    }
+
+    /// The state database's format version and the release that wrote it.
+    pub fn format(&self) -> Result<FormatVersion, redb::Error> {
+        read_format(&self.db().begin_read()?)
     }
 
     fn db(&self) -> Arc<Database> {
@@ -241,6 +246,8 @@ impl StateMachineStore {
             let mut txn = db.begin_write()?;
             txn.set_durability(Durability::None)?;
             let mut saw_meta = false;
+            let mut found_format = None;
+            let mut found_writer = None;
             while let Some(record) = reader.next_record()? {
                 copy.record(record.table, &record.key, &record.value)?;
                 if record.table == SNAPSHOT_META_RECORD {
@@ -254,6 +261,11 @@ impl StateMachineStore {
                     }
                     saw_meta = true;
                     continue;
+                }
+                if record.table == 0 && record.key == FORMAT {
+                    found_format = Some(codec::decode::<u32>(&record.value)?);
+                } else if record.table == 0 && record.key == WRITTEN_BY {
+                    found_writer = Some(codec::decode::<String>(&record.value)?);
                 }
                 let Some((_, table)) = TABLES.iter().find(|(id, _)| *id == record.table) else {
                     return Err(SnapshotError::Io(std::io::Error::other(format!(
@@ -275,12 +287,23 @@ impl StateMachineStore {
             if !saw_meta {
                 return Err("snapshot file has no metadata record".into());
             }
+            // Checked before anything is swapped in: a snapshot of a format
+            // this build does not know is refused, never installed.
+            let Some(found_format) = found_format else {
+                return Err("snapshot file has no state format record".into());
+            };
+            let found = FormatVersion {
+                version: found_format,
+                written_by: found_writer,
+            };
+            format::check(format::Database::Snapshot, found, STATE_FORMAT)?;
             // The snapshot's own view of what was applied is authoritative.
             {
                 let mut table = txn.open_table(META)?;
                 table.insert(LAST_APPLIED, codec::encode(&meta.last_log_id).as_slice())?;
                 table.insert(MEMBERSHIP, codec::encode(&meta.last_membership).as_slice())?;
-                table.insert(FORMAT, codec::encode(&FORMAT_VERSION).as_slice())?;
+                table.insert(FORMAT, codec::encode(&STATE_FORMAT).as_slice())?;
+                table.insert(WRITTEN_BY, codec::encode(RELEASE).as_slice())?;
             }
             txn.set_durability(Durability::Immediate)?;
             txn.commit()?;
@@ -408,21 +431,44 @@ fn initialise_tables(db: &Database) -> Result<(), redb::Error> {
     }
     {
         let mut meta = txn.open_table(META)?;
+        // A new database: this build's format.
         if meta.get(FORMAT)?.is_none() {
-            meta.insert(FORMAT, codec::encode(&FORMAT_VERSION).as_slice())?;
+            meta.insert(FORMAT, codec::encode(&STATE_FORMAT).as_slice())?;
         }
     }
     txn.commit()?;
     Ok(())
 }
 
-fn read_format(db: &Database) -> Result<u32, redb::Error> {
-    let txn = db.begin_read()?;
+fn read_format(txn: &redb::ReadTransaction) -> Result<FormatVersion, redb::Error> {
     let table = txn.open_table(META)?;
-    let format = table
+    let version = table
         .get(FORMAT)?
         .ok_or_else(|| redb::Error::Corrupted("no format record".into()))?;
-    apply::decode(format.value())
+    let written_by = match table.get(WRITTEN_BY)? {
+        Some(bytes) => Some(apply::decode(bytes.value())?),
+        None => None,
+    };
+    Ok(FormatVersion {
+        version: apply::decode(version.value())?,
+        written_by,
+    })
+}
+
+/// Records this build as the state's writer, once it accepted the format.
+fn record_writer(db: &Database) -> Result<(), redb::Error> {
+    let txn = db.begin_write()?;
+    {
+        let mut meta = txn.open_table(META)?;
+        let current = meta.get(WRITTEN_BY)?.map(|bytes| bytes.value().to_vec());
+        let ours = codec::encode(RELEASE);
+        if current.as_deref() == Some(ours.as_slice()) {
+            return Ok(());
+        }
+        meta.insert(WRITTEN_BY, ours.as_slice())?;
+    }
+    txn.commit()?;
+    Ok(())
 }
 
 fn read_applied(

@@ -1,0 +1,147 @@
+//! Storage format versions: the version of each database this build reads
+//! and writes, the release that last wrote a database, and the decision
+//! taken at open — use it, migrate it, or refuse it with a message that names
+//! the version and the release that wrote it.
+//!
+//! Rules (README "Upgrading"):
+//! - every change to what a database holds raises that database's version;
+//! - an older version this build knows is migrated at open, in place, one
+//!   step per write transaction that also records the new version (so a
+//!   crash leaves either the old or the new version, and the step reruns);
+//! - a version this build does not know is refused, never misread.
+
+/// The state database's format (`state/state.redb`, and the snapshots that
+/// carry it). 1: the first release.
+pub const STATE_FORMAT: u32 = 1;
+
+/// The Raft log database's format (`log.redb`). 1: the first release, which
+/// wrote no format record (a log without one is format 1).
+pub const LOG_FORMAT: u32 = 1;
+
+/// The name of this build, recorded in each database it writes so that a
+/// build that cannot read the database can say which release wrote it.
+pub const RELEASE: &str = concat!("wasmraft ", env!("CARGO_PKG_VERSION"));
+
+/// Which database a format belongs to, as the operator sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Database {
+    Log,
+    State,
+    Snapshot,
+}
+
+impl std::fmt::Display for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Database::Log => "the Raft log (log.redb)",
+            Database::State => "the state (state/state.redb)",
+            Database::Snapshot => "the snapshot",
+        })
+    }
+}
+
+/// A database's format version and the release that last wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FormatVersion {
+    pub version: u32,
+    /// `None` for databases of the first release, which did not record it.
+    pub written_by: Option<String>,
+}
+
+impl std::fmt::Display for FormatVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.version)?;
+        match &self.written_by {
+            Some(release) => write!(f, " (written by {release})"),
+            None => f.write_str(" (written by wasmraft 0.1.0 or earlier)"),
+        }
+    }
+}
+
+/// A database this build cannot read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{database} has format {found}; this build ({RELEASE}) reads format {supported}. {advice}",
+    found = self.found,
+    advice = self.advice()
+)]
+pub struct UnknownFormat {
+    pub database: Database,
+    pub found: FormatVersion,
+    pub supported: u32,
+}
+
+impl UnknownFormat {
+    fn advice(&self) -> &'static str {
+        if self.found.version > self.supported {
+            "A newer release wrote it: run that release (or a later one) on this data directory."
+        } else {
+            "It predates every format this build can migrate: upgrade through an intermediate release."
+        }
+    }
+}
+
+/// What to do with a database of format `found`.
+pub fn check(
+    database: Database,
+    found: FormatVersion,
+    supported: u32,
+) -> Result<(), UnknownFormat> {
+    // No migration exists yet: format 1 is the only one. A new format adds
+    // its step here, from `supported - 1`, and keeps the older ones.
+    if found.version == supported {
+        Ok(())
+    } else {
+        Err(UnknownFormat {
+            database,
+            found,
+            supported,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_name_the_version_and_the_release_that_wrote_it() {
+        let error = check(
+            Database::State,
+            FormatVersion {
+                version: 7,
+                written_by: Some("wasmraft 3.1.0".into()),
+            },
+            STATE_FORMAT,
+        )
+        .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "the state (state/state.redb) has format 7 (written by wasmraft 3.1.0); this build \
+                 ({RELEASE}) reads format 1. A newer release wrote it: run that release (or a \
+                 later one) on this data directory."
+            )
+        );
+        let current = FormatVersion {
+            version: LOG_FORMAT,
+            written_by: None,
+        };
+        assert_eq!(check(Database::Log, current, LOG_FORMAT), Ok(()));
+        let older = check(
+            Database::Log,
+            FormatVersion {
+                version: 0,
+                written_by: None,
+            },
+            LOG_FORMAT,
+        )
+        .unwrap_err();
+        assert!(
+            older
+                .to_string()
+                .contains("format 0 (written by wasmraft 0.1.0 or earlier)")
+        );
+        assert!(older.to_string().contains("intermediate release"));
+    }
+}
