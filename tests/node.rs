@@ -452,6 +452,13 @@ async fn hostile_modules_get_their_codes_and_the_node_serves_on() {
                 if status.message().is_empty() {
                     failures.push(format!("{}: an empty message", row.name));
                 }
+                if status.message().len() > 4096 {
+                    failures.push(format!(
+                        "{}: a message of {} bytes, above 4 KiB",
+                        row.name,
+                        status.message().len()
+                    ));
+                }
                 status.code()
             }
         };

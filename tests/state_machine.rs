@@ -439,9 +439,12 @@ fn a_batch_applies_each_command_with_its_own_context() {
         caller: caller.into(),
         command,
     };
+    // After the deploys' timestamps (1.7e12 + index); bob's command was
+    // stamped earlier than alice's, by another node's clock.
+    const T: i64 = 1_800_000_000_000;
     let batch = Command::Batch(vec![
-        request("alice", 10, invoke("env", b"", None)),
-        request("bob", 20, invoke("env", b"", None)),
+        request("alice", T + 10, invoke("env", b"", None)),
+        request("bob", T + 5, invoke("env", b"", None)),
         request(
             "carol",
             30,
@@ -495,8 +498,9 @@ fn a_batch_applies_each_command_with_its_own_context() {
     };
     let (alice_time, alice_seed, alice) = environment_of(&responses[0]);
     let (bob_time, bob_seed, bob) = environment_of(&responses[1]);
-    assert_eq!((alice_time, alice.as_str()), (10, "alice"));
-    assert_eq!((bob_time, bob.as_str()), (20, "bob"));
+    assert_eq!((alice_time, alice.as_str()), (T + 10, "alice"));
+    // Time never runs backwards for a module: bob sees alice's time.
+    assert_eq!((bob_time, bob.as_str()), (T + 10, "bob"));
     assert_ne!(alice_seed, bob_seed, "commands of one entry share a seed");
     assert_eq!(output(&responses[2]), 5);
     assert_eq!(responses[3], Response::Refused(Refusal::NestedBatch));

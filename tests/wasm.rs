@@ -31,6 +31,7 @@ impl KvSource for BrokenKv {
         _start: &[u8],
         _end: Option<&[u8]>,
         _limit: usize,
+        _bytes_max: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, KvError> {
         Err(KvError::new("disk on fire"))
     }
@@ -151,6 +152,32 @@ pub(crate) fn call_rows() -> Vec<CallRow> {
             r#"(func (export "apply") (param i32 i32) (result i32)
                 (call $output (i32.const 0) (i32.const 5)) (i32.const 1))"#,
             Outcome::GuestError("hello".to_string()),
+        ),
+        row(
+            // Once a cluster-wide panic: the write set's range refused an
+            // inverted range, and every replica stopped on the same entry.
+            "a scan whose start is above its end, after a write, is an empty page",
+            r#"(func (export "apply") (param i32 i32) (result i32)
+                (call $kv_set (i32.const 0) (i32.const 1) (i32.const 1) (i32.const 1))
+                (i64.store (i32.const 100)
+                    (call $kv_scan (i32.const 4) (i32.const 1) (i32.const 1) (i32.const 1) (i32.const 10)))
+                (call $output (i32.const 100) (i32.const 8)) (i32.const 0))"#,
+            Outcome::Ok(1u64.to_le_bytes().to_vec()),
+        ),
+        row(
+            "an inverted scan of the stored state alone is an empty page too",
+            r#"(func (export "apply") (param i32 i32) (result i32)
+                (i64.store (i32.const 100)
+                    (call $kv_scan (i32.const 4) (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 1)))
+                (call $output (i32.const 100) (i32.const 8)) (i32.const 0))"#,
+            Outcome::Ok(1u64.to_le_bytes().to_vec()),
+        ),
+        row(
+            // A message this long does not fit a gRPC status: the node cuts it.
+            "a guest error of 20,000 bytes",
+            r#"(func (export "apply") (param i32 i32) (result i32)
+                (call $output (i32.const 4096) (i32.const 20000)) (i32.const 1))"#,
+            Outcome::GuestError("\0".repeat(20_000)),
         ),
         row(
             "abort with a message",

@@ -8,7 +8,7 @@
 //! | input, init argument or module over its cap (`limits.payload_bytes_max`, `limits.module_bytes_max`) | `INVALID_ARGUMENT` | size, limit and setting name |
 //! | module fails validation (not wasm, forbidden import, bad exports, …) | `INVALID_ARGUMENT` | `module rejected: ` + the validator's reason |
 //! | unknown module (`Refusal::ModuleNotFound`, query of an undeployed module) | `NOT_FOUND` | `module `x` is not deployed` |
-//! | `Refusal::InvalidModule`, `Refusal::HashMismatch` (at apply) | `INVALID_ARGUMENT` | the reason |
+//! | `Refusal::InvalidModule`, `Refusal::HashMismatch`, `Refusal::InvalidCommand` (at apply) | `INVALID_ARGUMENT` | the reason |
 //! | `Refusal::SetupFailed` (`init`/`migrate` failed) | `FAILED_PRECONDITION` | the setup outcome |
 //! | `Refusal::SessionExpired` (sequence older than the session's) | `FAILED_PRECONDITION` | client id, sequence, what to do |
 //! | `CallOutcome::GuestError` (the module's `Err` / abort) | `FAILED_PRECONDITION` | the module's message and fuel used |
@@ -113,9 +113,10 @@ pub fn code(error: &ApiError) -> Code {
         ApiError::InvalidModule(_) => Code::InvalidArgument,
         ApiError::Refused(refusal) => match refusal {
             Refusal::ModuleNotFound(_) => Code::NotFound,
-            Refusal::InvalidModule(_) | Refusal::HashMismatch | Refusal::NestedBatch => {
-                Code::InvalidArgument
-            }
+            Refusal::InvalidModule(_)
+            | Refusal::HashMismatch
+            | Refusal::NestedBatch
+            | Refusal::InvalidCommand(_) => Code::InvalidArgument,
             Refusal::SetupFailed(_) | Refusal::SessionExpired { .. } => Code::FailedPrecondition,
         },
         ApiError::CallFailed { result, .. } => match &result.outcome {
@@ -165,10 +166,33 @@ fn consensus_code(error: &ConsensusError) -> Code {
     }
 }
 
-/// The status of an error: its code, its message, and for a follower the
-/// leader in metadata so a client can retry there.
+/// The longest status message sent. A message travels in an HTTP/2 trailer,
+/// percent-encoded (up to three bytes per byte): past about 16 KiB the
+/// trailer breaks and the client sees a protocol error instead of the status.
+pub const STATUS_MESSAGE_BYTES_MAX: usize = 4 * 1024;
+
+/// `message` cut to [`STATUS_MESSAGE_BYTES_MAX`] bytes on a character
+/// boundary, saying how long the whole was.
+pub fn bounded_message(message: String) -> String {
+    if message.len() <= STATUS_MESSAGE_BYTES_MAX {
+        return message;
+    }
+    let suffix = format!(" … [truncated: {} bytes in all]", message.len());
+    let mut cut = STATUS_MESSAGE_BYTES_MAX - suffix.len();
+    while !message.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let mut bounded = message;
+    bounded.truncate(cut);
+    bounded.push_str(&suffix);
+    bounded
+}
+
+/// The status of an error: its code, its message (at most
+/// [`STATUS_MESSAGE_BYTES_MAX`] bytes), and for a follower the leader in
+/// metadata so a client can retry there.
 pub fn to_status(error: &ApiError) -> Status {
-    let mut status = Status::new(code(error), error.to_string());
+    let mut status = Status::new(code(error), bounded_message(error.to_string()));
     if let ApiError::Consensus(ConsensusError::NotLeader {
         leader: Some(LeaderHint { id, address }),
         ..
@@ -542,5 +566,22 @@ mod tests {
             status.metadata().get("wasmraft-leader-address").unwrap(),
             "10.0.0.1:7070"
         );
+    }
+
+    #[test]
+    fn long_messages_are_cut_on_a_character_boundary_with_their_size() {
+        let short = "é".repeat(100);
+        assert_eq!(bounded_message(short.clone()), short);
+        let long = format!("x{}", "é".repeat(600_000));
+        let bounded = bounded_message(long.clone());
+        assert!(
+            bounded.len() <= STATUS_MESSAGE_BYTES_MAX,
+            "{}",
+            bounded.len()
+        );
+        assert!(bounded.ends_with(&format!(" … [truncated: {} bytes in all]", long.len())));
+        assert!(long.starts_with(bounded.split(" … [truncated").next().unwrap()));
+        let status = to_status(&ApiError::Refused(Refusal::SetupFailed(long)));
+        assert!(status.message().len() <= STATUS_MESSAGE_BYTES_MAX);
     }
 }

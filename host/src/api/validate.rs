@@ -9,13 +9,10 @@ use sha2::{Digest, Sha256};
 use wasmraft_proto::v1::DeployHeader;
 use wasmraft_proto::v1::deploy_chunk::Content;
 
-use crate::command::{ModuleHash, ModuleLimits, SessionId};
+use crate::command::{ModuleHash, ModuleLimits, SessionId, check};
 use crate::node::config::LimitSettings;
 
-/// The longest module name.
-pub const MODULE_NAME_BYTES_MAX: usize = 64;
-/// The longest client id of a session.
-pub const CLIENT_ID_BYTES_MAX: usize = 128;
+pub use crate::command::check::{CLIENT_ID_BYTES_MAX, MODULE_NAME_BYTES_MAX};
 /// Room for the fields around an input in one gRPC message.
 const MESSAGE_OVERHEAD_BYTES: u64 = 64 * 1024;
 /// The gRPC message size every client may count on (tonic's default): deploy
@@ -65,28 +62,10 @@ pub enum InputError {
 
 /// Checks a module name.
 pub fn module_name(name: &str) -> Result<(), InputError> {
-    let refuse = |reason| {
-        Err(InputError::ModuleName {
-            name: name.chars().take(80).collect(),
-            reason,
-        })
-    };
-    if name.is_empty() {
-        return refuse("it is empty");
-    }
-    if name.len() > MODULE_NAME_BYTES_MAX {
-        return refuse("it is longer than 64 characters");
-    }
-    if !name.starts_with(|c: char| c.is_ascii_lowercase()) {
-        return refuse("it must start with a letter a-z");
-    }
-    if !name
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
-    {
-        return refuse("it contains a character other than a-z, 0-9, `-` and `_`");
-    }
-    Ok(())
+    check::module_name(name).map_err(|reason| InputError::ModuleName {
+        name: name.chars().take(80).collect(),
+        reason,
+    })
 }
 
 /// Checks the size of an invoke or query input.
@@ -118,17 +97,7 @@ pub fn session(client_id: &str, sequence: u64) -> Result<Option<SessionId>, Inpu
         }
         return Ok(None);
     }
-    if client_id.len() > CLIENT_ID_BYTES_MAX {
-        return Err(InputError::Session(format!(
-            "client_id is {} bytes, longer than {CLIENT_ID_BYTES_MAX}",
-            client_id.len()
-        )));
-    }
-    if client_id.chars().any(char::is_control) {
-        return Err(InputError::Session(
-            "client_id contains a control character".to_owned(),
-        ));
-    }
+    check::client_id(client_id).map_err(InputError::Session)?;
     if sequence == 0 {
         return Err(InputError::Session(
             "sequence must start at 1 when a client_id is set".to_owned(),

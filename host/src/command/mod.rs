@@ -9,6 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod check;
 pub mod codec;
 
 /// A content hash (sha256) of a module's wasm bytes.
@@ -158,6 +159,10 @@ pub enum Refusal {
         "sequence {sequence} of client `{client_id}` is not the session's next command: it is older than the last applied one, or the session was forgotten; start a new session"
     )]
     SessionExpired { client_id: String, sequence: u64 },
+    /// A command that breaks a rule the edge checks (it did not pass the
+    /// edge: forwarded by a faulty peer, or written by hand).
+    #[error("invalid command: {0}")]
+    InvalidCommand(String),
 }
 
 /// The result of one guest call, as replicated: identical on every replica.

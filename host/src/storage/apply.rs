@@ -17,15 +17,16 @@ use super::state::{
 };
 use crate::command::{
     AccessChange, CallOutcome, CallResult, Command, Deploy, Deployed, Invoke, ModuleHash,
-    ModuleLimits, Refusal, Request, Response, SessionId, codec,
+    ModuleLimits, Refusal, Request, Response, SessionId, check, codec,
 };
 use crate::raft::LogId;
 use crate::wasm::{
     Call, CallReport, EntryPoint, KvError, KvSource, LoadedModule, Outcome, Runtime,
 };
 
-/// How many times apply retries a call the node could not start (no free
-/// instance slot), a millisecond apart, before giving up as a node failure.
+/// How many times apply retries a call the node could not start (the host
+/// failed to instantiate it), a millisecond apart, before giving up as a
+/// node failure.
 const UNAVAILABLE_RETRIES: u32 = 5_000;
 
 /// What a handler needs besides the transaction.
@@ -90,6 +91,13 @@ pub fn entry_seed(log_id: &LogId, position: u32) -> [u8; 32] {
     hasher.finalize().into()
 }
 
+/// Who sent a command and when, as apply sees it (the time clamped by [`Clock`]).
+#[derive(Debug, Clone, Copy)]
+struct Origin<'a> {
+    caller: &'a str,
+    timestamp_ms: i64,
+}
+
 /// Where a command sits: its entry and its place in the entry's batch.
 #[derive(Debug, Clone, Copy)]
 struct Place<'a> {
@@ -103,9 +111,28 @@ impl Place<'_> {
     }
 }
 
+/// The clock modules see: each command's leader timestamp, never earlier
+/// than the last one applied. Leaders' clocks differ, so the timestamps of
+/// the log go backwards across a leader change (and within a batch of
+/// commands stamped by different nodes); clamping is deterministic, since
+/// every replica applies the same commands in the same order from the same
+/// last timestamp.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Clock {
+    pub last_timestamp_ms: i64,
+}
+
+impl Clock {
+    fn stamp(&mut self, timestamp_ms: i64) -> i64 {
+        self.last_timestamp_ms = self.last_timestamp_ms.max(timestamp_ms);
+        self.last_timestamp_ms
+    }
+}
+
 pub(crate) fn apply_request(
     txn: &WriteTransaction,
     context: &ApplyContext<'_>,
+    clock: &mut Clock,
     log_id: &LogId,
     request: &Request,
 ) -> Result<Response, redb::Error> {
@@ -115,6 +142,7 @@ pub(crate) fn apply_request(
         return apply_one(
             txn,
             context,
+            clock,
             Place {
                 log_id,
                 position: 0,
@@ -124,10 +152,13 @@ pub(crate) fn apply_request(
     };
     let mut responses = Vec::with_capacity(requests.len());
     for (position, request) in requests.iter().enumerate() {
-        let position = u32::try_from(position).expect("a batch is far smaller than 2^32 commands");
+        // A batch holds at most as many commands as one entry's bytes allow,
+        // far below 2^32; saturate rather than trust that.
+        let position = u32::try_from(position).unwrap_or(u32::MAX);
         responses.push(apply_one(
             txn,
             context,
+            clock,
             Place { log_id, position },
             request,
         )?);
@@ -138,13 +169,22 @@ pub(crate) fn apply_request(
 fn apply_one(
     txn: &WriteTransaction,
     context: &ApplyContext<'_>,
+    clock: &mut Clock,
     place: Place<'_>,
     request: &Request,
 ) -> Result<Response, redb::Error> {
+    if let Err(reason) = check::request(request) {
+        return Ok(Response::Refused(Refusal::InvalidCommand(reason)));
+    }
+    // Handlers see the clamped time only.
+    let origin = &Origin {
+        caller: &request.caller,
+        timestamp_ms: clock.stamp(request.timestamp_ms),
+    };
     match &request.command {
-        Command::Deploy(deploy) => apply_deploy(txn, context, place, request, deploy),
+        Command::Deploy(deploy) => apply_deploy(txn, context, place, origin, deploy),
         Command::Remove { name } => apply_remove(txn, name),
-        Command::Invoke(invoke) => apply_invoke_once(txn, context, place, request, invoke),
+        Command::Invoke(invoke) => apply_invoke_once(txn, context, place, origin, invoke),
         Command::Access(change) => apply_access(txn, change),
         Command::Batch(_) => Ok(Response::Refused(Refusal::NestedBatch)),
     }
@@ -178,21 +218,28 @@ fn apply_deploy(
     txn: &WriteTransaction,
     context: &ApplyContext<'_>,
     place: Place<'_>,
-    request: &Request,
+    request: &Origin<'_>,
     deploy: &Deploy,
 ) -> Result<Response, redb::Error> {
     let hash: ModuleHash = Sha256::digest(&deploy.wasm).into();
     if hash != deploy.hash {
         return Ok(Response::Refused(Refusal::HashMismatch));
     }
-    let info = match context.runtime.validate(&deploy.wasm) {
+    // Only the deterministic checks may become a replicated refusal. The
+    // module compiled on the node that proposed it; failing to compile or
+    // instantiate it here is this node's failure (memory, the compiler), and
+    // recording a refusal would make this replica differ from the others.
+    let info = match context.runtime.check(&deploy.wasm) {
         Ok(info) => info,
         Err(error) => return Ok(Response::Refused(Refusal::InvalidModule(error.to_string()))),
     };
-    let module = match context.runtime.load(&hash, &deploy.wasm) {
-        Ok(module) => module,
-        Err(error) => return Ok(Response::Refused(Refusal::InvalidModule(error.to_string()))),
-    };
+    let module = context.runtime.load(&hash, &deploy.wasm).map_err(|error| {
+        redb::Error::Corrupted(format!(
+            "this node cannot compile module `{}`, which passed validation: {error}; \
+             the node stops, and applies the deploy again when restarted",
+            deploy.name
+        ))
+    })?;
     let previous = read_module(txn, &deploy.name)?;
     let (fuel, memory_bytes) = context.limits.for_module(&deploy.limits);
 
@@ -207,7 +254,7 @@ fn apply_deploy(
             let call = Call {
                 entry,
                 input: &deploy.init_argument,
-                caller: &request.caller,
+                caller: request.caller,
                 timestamp_ms: request.timestamp_ms,
                 seed: place.seed(),
                 fuel,
@@ -290,7 +337,7 @@ fn apply_invoke_once(
     txn: &WriteTransaction,
     context: &ApplyContext<'_>,
     place: Place<'_>,
-    request: &Request,
+    request: &Origin<'_>,
     invoke: &Invoke,
 ) -> Result<Response, redb::Error> {
     let Some(SessionId {
@@ -302,7 +349,7 @@ fn apply_invoke_once(
     };
     // A session belongs to the subject that opened it: another caller using
     // the same client id gets a session of its own.
-    let key = session_key(&request.caller, client_id);
+    let key = session_key(request.caller, client_id);
     let previous: Option<SessionRecord> = {
         let sessions = txn.open_table(SESSIONS)?;
         let record = sessions.get(key.as_slice())?;
@@ -373,7 +420,7 @@ fn apply_invoke(
     txn: &WriteTransaction,
     context: &ApplyContext<'_>,
     place: Place<'_>,
-    request: &Request,
+    request: &Origin<'_>,
     invoke: &Invoke,
 ) -> Result<Response, redb::Error> {
     let Some(record) = read_module(txn, &invoke.module)? else {
@@ -386,7 +433,7 @@ fn apply_invoke(
     let call = Call {
         entry: EntryPoint::Apply,
         input: &invoke.input,
-        caller: &request.caller,
+        caller: request.caller,
         timestamp_ms: request.timestamp_ms,
         seed: place.seed(),
         fuel,
@@ -435,9 +482,10 @@ fn run(
         module: name,
     };
     let mut report = runtime.call(module, call, &source);
-    // `Unavailable` is this node lacking an instance slot (queries hold
-    // them too), never a property of the command: wait for a slot rather
-    // than record a result other replicas would not.
+    // `Unavailable` is this node failing to instantiate (memory, mappings),
+    // never a property of the command: apply has instance slots of its own,
+    // so it is not queries holding them. Retry for a while rather than
+    // record a result other replicas would not, then stop the node.
     let mut attempts = 0;
     while let Outcome::Unavailable(reason) = &report.outcome {
         attempts += 1;
@@ -580,18 +628,30 @@ impl<T: ReadableTable<&'static [u8], &'static [u8]>> KvSource for TableKv<'_, T>
         start: &[u8],
         end: Option<&[u8]>,
         limit: usize,
+        bytes_max: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, KvError> {
         let range = module_key_range(self.module, start, end);
+        if range.end <= range.start {
+            return Ok(Vec::new());
+        }
         let prefix = self.module.len() + 1;
         let mut items = Vec::new();
+        let mut bytes = 0usize;
         for item in self
             .table
             .range(range.start.as_slice()..range.end.as_slice())
             .map_err(|e| KvError::new(e.to_string()))?
             .take(limit)
         {
+            if bytes >= bytes_max {
+                break;
+            }
             let (key, value) = item.map_err(|e| KvError::new(e.to_string()))?;
-            items.push((key.value()[prefix..].to_vec(), value.value().to_vec()));
+            let key = key.value().get(prefix..).ok_or_else(|| {
+                KvError::new("a key of the module's range lacks the module prefix")
+            })?;
+            bytes += key.len() + value.value().len();
+            items.push((key.to_vec(), value.value().to_vec()));
         }
         Ok(items)
     }

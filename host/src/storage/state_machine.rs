@@ -22,7 +22,7 @@ use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{ErrorSubject, ErrorVerb};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 
-use super::apply::{self, ApplyContext, CallLimits, TableKv};
+use super::apply::{self, ApplyContext, CallLimits, Clock, TableKv};
 use super::format::{self, FormatVersion, RELEASE, STATE_FORMAT, UnknownFormat};
 use super::snapshot::{SnapshotError, SnapshotFileReader, SnapshotFileWriter};
 use super::state::{
@@ -343,6 +343,12 @@ impl StateMachineStore {
         let result = (|| -> Result<(), redb::Error> {
             let txn = db.begin_write()?;
             let mut membership = None;
+            let mut clock = Clock {
+                last_timestamp_ms: match txn.open_table(META)?.get(LAST_TIMESTAMP)? {
+                    Some(bytes) => apply::decode(bytes.value())?,
+                    None => i64::MIN,
+                },
+            };
             let mut last_timestamp_ms = None;
             for entry in entries {
                 if let Some(previous) = &last_log_id {
@@ -356,8 +362,15 @@ impl StateMachineStore {
                 let response = match &entry.payload {
                     EntryPayload::Blank => Response::Empty,
                     EntryPayload::Normal(request) => {
-                        last_timestamp_ms = Some(request.timestamp_ms);
-                        apply::apply_request(&txn, &context, &entry.log_id, request)?
+                        let response = apply::apply_request(
+                            &txn,
+                            &context,
+                            &mut clock,
+                            &entry.log_id,
+                            request,
+                        )?;
+                        last_timestamp_ms = Some(clock.last_timestamp_ms);
+                        response
                     }
                     EntryPayload::Membership(change) => {
                         membership =
@@ -508,9 +521,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         // threads never wait behind a module being compiled or a slow disk.
         let entries: Vec<Entry> = entries.into_iter().collect();
         let store = self.clone();
-        tokio::task::spawn_blocking(move || store.apply_blocking(entries))
-            .await
-            .expect("applying entries panicked")
+        match tokio::task::spawn_blocking(move || store.apply_blocking(entries)).await {
+            Ok(result) => result,
+            // A panic of the host while applying is a bug; stop Raft with it
+            // (a fatal storage error) instead of unwinding through openraft.
+            Err(error) => Err(store_error(
+                ErrorVerb::Write,
+                std::io::Error::other(format!("applying entries failed: {error}")),
+            )),
+        }
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {

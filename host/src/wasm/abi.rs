@@ -132,6 +132,10 @@ pub(crate) const LOG_BYTES_MAX: usize = 16 << 10;
 pub(crate) const ABORT_MESSAGE_BYTES_MAX: usize = 4 << 10;
 /// Every import call costs this much fuel, plus one unit per byte it moves.
 pub(crate) const IMPORT_FUEL_BASE: u64 = 1_000;
+/// `kv_scan` charges this much for every entry it walks — stored entries read, and
+/// the call's own writes passed over, deletes included — plus one unit per byte of
+/// the entry's key and value.
+pub(crate) const SCAN_ENTRY_FUEL: u64 = 100;
 /// The wasm stack each call may use.
 pub(crate) const WASM_STACK_BYTES_MAX: usize = 512 << 10;
 

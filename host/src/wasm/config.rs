@@ -14,6 +14,9 @@ use wasmtime::{
 use super::abi;
 use super::validate::{FEATURES, TABLE_ELEMENTS_MAX, TABLES_MAX};
 
+/// Instance slots kept for apply: apply runs one call at a time, and a deploy's
+/// setup call is the one that may overlap it. Queries share the rest.
+pub const APPLY_INSTANCES: u32 = 2;
 /// Limits and resources of a [`Runtime`](super::Runtime). The per-call budgets in a
 /// [`Call`](super::Call) are clamped by the maxima here (the cluster maxima).
 #[derive(Clone, Debug)]
@@ -30,6 +33,8 @@ pub struct RuntimeConfig {
     /// Where compiled modules are kept across restarts; `None` keeps them in memory only.
     pub cache_dir: Option<PathBuf>,
     /// Instances alive at once (pool slots); calls beyond it wait for a free slot.
+    /// [`APPLY_INSTANCES`] of them are kept for apply (and deploy setup), so that
+    /// queries, however many, never make apply wait.
     pub instances_max: u32,
     /// Wall-clock limit of a `query` (never applies to apply, init or migrate).
     pub query_timeout: Duration,
@@ -66,8 +71,11 @@ pub(crate) fn check(config: &RuntimeConfig) -> Result<(), String> {
     if config.memory_bytes_max > 4 << 30 {
         return Err("memory_bytes_max must be at most 4 GiB (32-bit memories)".to_string());
     }
-    if config.instances_max == 0 {
-        return Err("instances_max must be at least 1".to_string());
+    if config.instances_max <= APPLY_INSTANCES {
+        return Err(format!(
+            "instances_max must be at least {}: {APPLY_INSTANCES} are kept for apply and queries need one",
+            APPLY_INSTANCES + 1
+        ));
     }
     if config.modules_cached_max == 0 {
         return Err("modules_cached_max must be at least 1".to_string());

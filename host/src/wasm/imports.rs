@@ -193,6 +193,14 @@ fn charge_bytes(caller: &mut Ctx<'_>, cost: u64) -> wasmtime::Result<()> {
     caller.set_fuel(left - cost)
 }
 
+/// The fuel the call has left (all of it when fuel is not metered).
+fn fuel_left(caller: &Ctx<'_>) -> wasmtime::Result<u64> {
+    if !caller.data().metered {
+        return Ok(u64::MAX);
+    }
+    caller.get_fuel()
+}
+
 /// The guest range `[ptr, ptr + len)`, checked against the memory's current size.
 fn range(caller: &Ctx<'_>, ptr: i32, len: usize) -> wasmtime::Result<std::ops::Range<usize>> {
     let memory = caller
@@ -334,10 +342,27 @@ pub(crate) fn define(linker: &mut Linker<CallState>) -> wasmtime::Result<()> {
                 _ => Some(read_bound(&caller, end_ptr, end_len)?),
             };
             charge(&mut caller, start.len() + end.as_ref().map_or(0, Vec::len))?;
+            let left = fuel_left(&caller)?;
+            let mut budget = kv::ScanBudget::new(left);
             let state = caller.data();
-            let page = kv::scan_page(state.kv.get(), &state.writes, &start, end.as_deref(), limit)
-                .map_err(HostExit::Kv)?;
-            charge_bytes(&mut caller, page.len() as u64)?;
+            let page = kv::scan_page(
+                state.kv.get(),
+                &state.writes,
+                &start,
+                end.as_deref(),
+                limit,
+                &mut budget,
+            );
+            // The walk was charged entry by entry as it went; the page's bytes
+            // are among what it charged.
+            charge_bytes(&mut caller, budget.spent())?;
+            let page = match page {
+                Ok(page) => page,
+                Err(kv::ScanError::OutOfFuel) => {
+                    return Err(wasmtime::Error::new(HostExit::OutOfFuel));
+                }
+                Err(kv::ScanError::Kv(error)) => return Err(HostExit::Kv(error).into()),
+            };
             let length = length_result(page.len());
             caller.data_mut().pending = Some(page);
             Ok(length)

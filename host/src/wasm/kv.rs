@@ -22,9 +22,17 @@ pub trait KvSource {
     /// The value under `key`, if any.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError>;
     /// Up to `limit` entries with `start <= key < end` (no upper bound when `end` is
-    /// `None`), in ascending key order. Fewer than `limit` entries means the range is
-    /// exhausted.
-    fn scan(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<KvEntries, KvError>;
+    /// `None`; callers never pass `end <= start`), in ascending key order, stopping
+    /// after the first entry that brings the keys and values returned to `bytes_max`
+    /// bytes or more. Fewer than `limit` entries holding fewer than `bytes_max` bytes
+    /// means the range is exhausted.
+    fn scan(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+        bytes_max: usize,
+    ) -> Result<KvEntries, KvError>;
 }
 
 /// A failure of the [`KvSource`] itself (storage I/O or corruption).
@@ -129,11 +137,19 @@ impl WriteSet {
         Ok(())
     }
 
+    /// The entries in `[start, end)`; empty when `end <= start`.
     fn range<'a>(
         &'a self,
         start: &'a [u8],
         end: Option<&'a [u8]>,
     ) -> btree_map::Range<'a, Vec<u8>, Option<Vec<u8>>> {
+        if end.is_some_and(|end| end <= start) {
+            // `BTreeMap::range` panics on an inverted range; `[start, start)` is
+            // the empty one it accepts.
+            return self
+                .entries
+                .range::<[u8], _>((Bound::Included(start), Bound::Excluded(start)));
+        }
         let upper = match end {
             Some(end) => Bound::Excluded(end),
             None => Bound::Unbounded,
@@ -149,6 +165,54 @@ impl IntoIterator for WriteSet {
 
     fn into_iter(self) -> Self::IntoIter {
         self.entries.into_iter()
+    }
+}
+
+/// The fuel a scan may spend, charged for every entry it walks.
+#[derive(Debug)]
+pub(crate) struct ScanBudget {
+    left: u64,
+    spent: u64,
+}
+
+impl ScanBudget {
+    /// `left`: the call's remaining fuel (`u64::MAX` when fuel is not metered).
+    pub(crate) fn new(left: u64) -> ScanBudget {
+        ScanBudget { left, spent: 0 }
+    }
+
+    /// The fuel spent so far.
+    pub(crate) fn spent(&self) -> u64 {
+        self.spent
+    }
+
+    /// Charges one walked entry: its base cost and one unit per key and value byte.
+    fn walk(&mut self, key: usize, value: usize) -> Result<(), ScanError> {
+        let cost = abi::SCAN_ENTRY_FUEL
+            .saturating_add(key as u64)
+            .saturating_add(value as u64);
+        if cost > self.left {
+            self.spent = self.spent.saturating_add(self.left);
+            self.left = 0;
+            return Err(ScanError::OutOfFuel);
+        }
+        self.left -= cost;
+        self.spent += cost;
+        Ok(())
+    }
+}
+
+/// Why a scan stopped without a page.
+#[derive(Debug)]
+pub(crate) enum ScanError {
+    /// The scan walked more entries than its fuel pays for.
+    OutOfFuel,
+    Kv(KvError),
+}
+
+impl From<KvError> for ScanError {
+    fn from(error: KvError) -> Self {
+        ScanError::Kv(error)
     }
 }
 
@@ -170,15 +234,24 @@ pub(crate) fn get(
 /// `more` is 1 exactly when another entry exists in the range after the last one in the
 /// page (cut by `limit` or by the 4 MiB page size). Base keys the call deleted are
 /// hidden; further base pages are read until the page is full or the base is exhausted.
+///
+/// Every entry walked is charged to `budget` — base entries as they are read, the
+/// call's own writes (deletes included) as they are passed — so the work of a scan is
+/// paid for whatever the page ends up holding. An empty range (`end <= start`) is an
+/// empty page.
 pub(crate) fn scan_page(
     base: &dyn KvSource,
     writes: &WriteSet,
     start: &[u8],
     end: Option<&[u8]>,
     limit: usize,
-) -> Result<Vec<u8>, KvError> {
-    debug_assert!((1..=abi::SCAN_LIMIT_MAX).contains(&limit));
+    budget: &mut ScanBudget,
+) -> Result<Vec<u8>, ScanError> {
     let mut page = vec![0u8];
+    if end.is_some_and(|end| end <= start) {
+        return Ok(page);
+    }
+    let limit = limit.clamp(1, abi::SCAN_LIMIT_MAX);
     let mut count = 0usize;
     let mut base_stream = BaseStream::new(base, start, end, limit + 1);
     let mut overlay = writes.range(start, end).peekable();
@@ -186,7 +259,7 @@ pub(crate) fn scan_page(
         // The next entry of the merged view, if any.
         let next: Option<(Vec<u8>, Vec<u8>)> = loop {
             let from_overlay = {
-                let base_key = base_stream.peek_key()?;
+                let base_key = base_stream.peek_key(budget)?;
                 match (base_key, overlay.peek()) {
                     (None, None) => break None,
                     (Some(_), None) => false,
@@ -205,10 +278,15 @@ pub(crate) fn scan_page(
                 }
             };
             if from_overlay {
-                if let Some((key, Some(value))) = overlay.next() {
-                    break Some((key.clone(), value.clone()));
+                match overlay.next() {
+                    Some((key, Some(value))) => {
+                        budget.walk(key.len(), value.len())?;
+                        break Some((key.clone(), value.clone()));
+                    }
+                    // A delete hides the key; look further, paying for the step.
+                    Some((key, None)) => budget.walk(key.len(), 0)?,
+                    None => {}
                 }
-                // A delete hides the key; look further.
             } else if let Some(entry) = base_stream.pop() {
                 break Some(entry);
             }
@@ -255,12 +333,19 @@ impl<'a> BaseStream<'a> {
         }
     }
 
-    fn peek_key(&mut self) -> Result<Option<&[u8]>, KvError> {
+    fn peek_key(&mut self, budget: &mut ScanBudget) -> Result<Option<&[u8]>, ScanError> {
         if self.buffered.is_empty()
             && let Some(cursor) = self.cursor.take()
         {
-            let entries = self.base.scan(&cursor, self.end, self.fetch)?;
-            if entries.len() >= self.fetch
+            let entries =
+                self.base
+                    .scan(&cursor, self.end, self.fetch, abi::SCAN_PAGE_BYTES_MAX)?;
+            let mut bytes = 0usize;
+            for (key, value) in &entries {
+                budget.walk(key.len(), value.len())?;
+                bytes += key.len() + value.len();
+            }
+            if (entries.len() >= self.fetch || bytes >= abi::SCAN_PAGE_BYTES_MAX)
                 && let Some((last, _)) = entries.last()
             {
                 let mut next = last.clone();
@@ -303,14 +388,31 @@ impl KvSource for MemoryKv {
         Ok(self.0.get(key).cloned())
     }
 
-    fn scan(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<KvEntries, KvError> {
+    fn scan(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+        bytes_max: usize,
+    ) -> Result<KvEntries, KvError> {
+        if end.is_some_and(|end| end <= start) {
+            return Ok(Vec::new());
+        }
         let upper = end.map_or(Bound::Unbounded, Bound::Excluded);
-        Ok(self
+        let mut entries = Vec::new();
+        let mut bytes = 0usize;
+        for (key, value) in self
             .0
             .range::<[u8], _>((Bound::Included(start), upper))
             .take(limit)
-            .map(|(key, value)| (key.clone(), value.clone()))
-            .collect())
+        {
+            if bytes >= bytes_max {
+                break;
+            }
+            bytes += key.len() + value.len();
+            entries.push((key.clone(), value.clone()));
+        }
+        Ok(entries)
     }
 }
 
@@ -319,6 +421,64 @@ mod tests {
     use super::*;
 
     use MemoryKv as Base;
+
+    /// A scan with all the fuel it wants.
+    fn scan_page(
+        base: &Base,
+        writes: &WriteSet,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<u8>, ScanError> {
+        super::scan_page(
+            base,
+            writes,
+            start,
+            end,
+            limit,
+            &mut ScanBudget::new(u64::MAX),
+        )
+    }
+
+    #[test]
+    fn an_inverted_or_empty_range_is_an_empty_page() {
+        let base = base(&["a", "b", "c"]);
+        let mut writes = WriteSet::new();
+        writes.set(b"b", b"new").unwrap();
+        for (start, end) in [(&b"c"[..], &b"a"[..]), (b"b", b"b"), (b"zz", b"")] {
+            assert_eq!(
+                keys(&scan_page(&base, &writes, start, Some(end), 10).unwrap()),
+                (false, vec![])
+            );
+        }
+    }
+
+    #[test]
+    fn every_entry_walked_is_charged_deletes_included() {
+        let names: Vec<String> = (0..1000).map(|i| format!("k{i:04}")).collect();
+        let base = Base(
+            names
+                .iter()
+                .map(|k| (k.as_bytes().to_vec(), b"v".to_vec()))
+                .collect(),
+        );
+        let mut writes = WriteSet::new();
+        for name in &names[..999] {
+            writes.delete(name.as_bytes()).unwrap();
+        }
+        let mut budget = ScanBudget::new(u64::MAX);
+        let page = super::scan_page(&base, &writes, b"", None, 1, &mut budget).unwrap();
+        assert_eq!(keys(&page), (false, vec!["k0999".to_string()]));
+        // 1,000 stored entries read and 999 deletes passed over, each with its bytes.
+        let entry = abi::SCAN_ENTRY_FUEL;
+        assert_eq!(budget.spent(), 1000 * (entry + 5 + 1) + 999 * (entry + 5));
+        // With less fuel than the walk needs, the scan stops as out of fuel.
+        let mut short = ScanBudget::new(budget.spent() - 1);
+        assert!(matches!(
+            super::scan_page(&base, &writes, b"", None, 1, &mut short),
+            Err(ScanError::OutOfFuel)
+        ));
+    }
 
     fn base(keys: &[&str]) -> Base {
         Base(

@@ -198,7 +198,10 @@ struct RuntimeInner {
     disk: Option<DiskCache>,
     modules: Mutex<MemoryCache<CacheEntry>>,
     counters: Counters,
-    slots: Slots,
+    /// Instances for queries and deploy-time trial instantiations.
+    query_slots: Slots,
+    /// Instances for apply, init and migrate only: queries never hold them.
+    apply_slots: Slots,
     /// Tells the epoch ticker thread to stop.
     ticker_stop: Arc<AtomicBool>,
 }
@@ -234,6 +237,7 @@ impl KvSource for NoKv {
         _start: &[u8],
         _end: Option<&[u8]>,
         _limit: usize,
+        _bytes_max: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, KvError> {
         Ok(Vec::new())
     }
@@ -272,7 +276,8 @@ impl Runtime {
         Ok(Runtime {
             inner: Arc::new(RuntimeInner {
                 modules: Mutex::new(MemoryCache::new(config.modules_cached_max)),
-                slots: Slots::new(config.instances_max),
+                query_slots: Slots::new(config.instances_max - config::APPLY_INSTANCES),
+                apply_slots: Slots::new(config::APPLY_INSTANCES),
                 config,
                 engine,
                 linker,
@@ -320,6 +325,13 @@ impl Runtime {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// The deterministic part of validation: the module against ABI v1 and the
+    /// static limits, by wasmparser alone. The same verdict on every replica, so
+    /// apply may replicate it; compiling and instantiating are the node's own.
+    pub fn check(&self, wasm: &[u8]) -> Result<ModuleInfo, ValidationError> {
+        validate::check(wasm, self.limits())
+    }
+
     /// Deploy-time validation, before the module enters the log: the ABI rules, then a
     /// compilation and a trial instantiation within the instance limits. The compiled
     /// module stays in the memory cache, so the `load` that follows is free.
@@ -350,7 +362,7 @@ impl Runtime {
     }
 
     fn trial_instantiate(&self, module: &LoadedModule) -> Result<(), ValidationError> {
-        let _slot = self.inner.slots.acquire();
+        let _slot = self.inner.query_slots.acquire();
         let setup = self.setup(
             module,
             true,
@@ -554,7 +566,36 @@ impl Runtime {
             outcome = tracing::field::Empty,
         );
         let _entered = span.enter();
-        let report = self.call_in_span(module, call, kv);
+        // Defence in depth: no guest behaviour should reach a panic of the host,
+        // and if one does it must not take the replica (and every other) down.
+        let report = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.call_in_span(module, call, kv)
+        })) {
+            Ok(report) => report,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|text| (*text).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(
+                    module = %module.inner.short,
+                    entry = %call.entry,
+                    panic = %what,
+                    "a wasmraft bug: the host panicked while running a guest call; the call ends as a host fault"
+                );
+                CallReport {
+                    outcome: Outcome::Trap {
+                        kind: TrapKind::HostFault,
+                        message: "the host failed while running the call (a wasmraft bug, \
+                                  logged by the node); the call's writes are dropped"
+                            .to_owned(),
+                    },
+                    fuel_used: call.fuel,
+                    writes: WriteSet::new(),
+                }
+            }
+        };
         span.record("fuel_used", report.fuel_used);
         span.record("outcome", outcome_label(&report.outcome));
         report
@@ -594,7 +635,12 @@ impl Runtime {
             memory_bytes,
         );
 
-        let _slot = self.inner.slots.acquire();
+        let _slot = match call.entry {
+            EntryPoint::Query => self.inner.query_slots.acquire(),
+            EntryPoint::Apply | EntryPoint::Init | EntryPoint::Migrate => {
+                self.inner.apply_slots.acquire()
+            }
+        };
         // The store, and the `KvRef` inside it, are dropped before this function
         // returns, so the erased borrow of `kv` never outlives it.
         let mut store = Store::new(&self.inner.engine, CallState::new(KvRef::new(kv), setup));

@@ -145,6 +145,11 @@ pub enum TrapKind {
     InvalidResultCode,
     /// Any other wasmtime trap code.
     Other,
+    /// The host itself failed (a panic inside wasmraft while it served the call): a
+    /// bug of the host, logged as such. Every replica runs the same code on the same
+    /// input, so it fails alike, and the call ends like a trap instead of stopping
+    /// every node.
+    HostFault,
 }
 
 impl fmt::Display for TrapKind {
@@ -163,6 +168,7 @@ impl fmt::Display for TrapKind {
             TrapKind::ImportMisuse => "import misuse",
             TrapKind::InvalidResultCode => "invalid result code",
             TrapKind::Other => "other",
+            TrapKind::HostFault => "host fault",
         })
     }
 }
