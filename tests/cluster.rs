@@ -9,5 +9,6 @@
 //! acknowledged write and nothing that was never sent.
 
 pub(crate) mod harness;
+mod hostile;
 mod processes;
 mod scenarios;

@@ -501,6 +501,35 @@ pub(crate) fn validation_rows() -> Vec<(&'static str, Vec<u8>, Rejection)> {
             Exactly(E::NotCoreModule),
         ),
         (
+            // Compiling is the host's work: a module of a million empty
+            // functions once took 79 s and 5.5 GB to compile.
+            "10,001 functions",
+            all(&"(func)".repeat(10_001)),
+            Exactly(E::StaticLimit {
+                what: "functions",
+                count: 10_001 + 3,
+                limit: 10_000,
+            }),
+        ),
+        (
+            "a function with 1,001 locals",
+            all(&format!("(func (local{}))", " i32".repeat(1_001))),
+            Exactly(E::StaticLimit {
+                what: "locals in one function",
+                count: 1_001,
+                limit: 1_000,
+            }),
+        ),
+        (
+            "1,001 globals",
+            all(&"(global i32 (i32.const 0))".repeat(1_001)),
+            Exactly(E::StaticLimit {
+                what: "globals",
+                count: 1_001,
+                limit: 1_000,
+            }),
+        ),
+        (
             "a start function that loops",
             all("(func $spin (loop $again (br $again))) (start $spin)"),
             Exactly(E::StartFunction),

@@ -27,6 +27,29 @@ pub(crate) const TABLES_MAX: u32 = 1;
 /// Initial elements of that table; it also cannot grow past this.
 pub(crate) const TABLE_ELEMENTS_MAX: u64 = 65_536;
 
+/// The static limits of ABI v1 (`guest-sdk/ABI.md`), checked before a module is
+/// compiled, so that compiling any module that passes them stays bounded in time
+/// and memory (`benches/src/bin/wasmraft-limits.rs` measures it at every limit).
+pub(crate) const FUNCTIONS_MAX: u32 = 10_000;
+pub(crate) const FUNCTION_BODY_BYTES_MAX: usize = 64 * 1024;
+/// The bytes of all function bodies together.
+pub(crate) const CODE_BYTES_MAX: usize = 2 * 1024 * 1024;
+pub(crate) const LOCALS_PER_FUNCTION_MAX: u64 = 1_000;
+pub(crate) const TYPES_MAX: u32 = 1_000;
+pub(crate) const IMPORTS_MAX: u32 = 64;
+pub(crate) const EXPORTS_MAX: u32 = 128;
+pub(crate) const GLOBALS_MAX: u32 = 1_000;
+pub(crate) const DATA_SEGMENTS_MAX: u32 = 1_000;
+pub(crate) const ELEMENT_SEGMENTS_MAX: u32 = 1_000;
+
+/// Refuses a section whose item count is above `limit`.
+fn at_most(what: &'static str, count: u64, limit: u64) -> Result<(), ValidationError> {
+    if count > limit {
+        return Err(ValidationError::StaticLimit { what, count, limit });
+    }
+    Ok(())
+}
+
 /// The caps validation checks against, from the runtime configuration.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Limits {
@@ -86,6 +109,12 @@ pub enum ValidationError {
     MemoryTooLarge {
         pages_min: u64,
         pages_limit: u64,
+    },
+    /// A static limit of ABI v1 exceeded: `count` of `what` where `limit` are allowed.
+    StaticLimit {
+        what: &'static str,
+        count: u64,
+        limit: u64,
     },
     TooManyTables {
         count: u32,
@@ -150,6 +179,10 @@ impl fmt::Display for ValidationError {
             ValidationError::MemoryTooLarge { pages_min, pages_limit } => write!(
                 f,
                 "declares a minimum memory of {pages_min} pages, above the cap of {pages_limit} pages (64 KiB each)"
+            ),
+            ValidationError::StaticLimit { what, count, limit } => write!(
+                f,
+                "has {count} {what}; ABI v1 allows at most {limit} (see the static limits in ABI.md)"
             ),
             ValidationError::TooManyTables { count, limit } => {
                 write!(f, "declares {count} tables; at most {limit} allowed")
@@ -235,6 +268,7 @@ impl Shape {
                     return Err(ValidationError::NotCoreModule);
                 }
                 Payload::TypeSection(reader) => {
+                    at_most("types", reader.count().into(), TYPES_MAX.into())?;
                     for group in reader {
                         for sub_type in group.map_err(invalid)?.into_types() {
                             shape.types.push(match sub_type.composite_type.inner {
@@ -245,12 +279,14 @@ impl Shape {
                     }
                 }
                 Payload::ImportSection(reader) => {
+                    at_most("imports", reader.count().into(), IMPORTS_MAX.into())?;
                     for import in reader.into_imports() {
                         let import = import.map_err(invalid)?;
                         shape.check_import(import.module, import.name, import.ty)?;
                     }
                 }
                 Payload::FunctionSection(reader) => {
+                    at_most("functions", reader.count().into(), FUNCTIONS_MAX.into())?;
                     for type_index in reader {
                         shape.function_types.push(type_index.map_err(invalid)?);
                     }
@@ -299,11 +335,49 @@ impl Shape {
                 }
                 Payload::StartSection { .. } => return Err(ValidationError::StartFunction),
                 Payload::ExportSection(reader) => {
+                    at_most("exports", reader.count().into(), EXPORTS_MAX.into())?;
                     for export in reader {
                         let export = export.map_err(invalid)?;
                         shape
                             .exports
                             .push((export.name.to_string(), export.kind, export.index));
+                    }
+                }
+                Payload::GlobalSection(reader) => {
+                    at_most("globals", reader.count().into(), GLOBALS_MAX.into())?;
+                }
+                Payload::DataSection(reader) => {
+                    at_most(
+                        "data segments",
+                        reader.count().into(),
+                        DATA_SEGMENTS_MAX.into(),
+                    )?;
+                }
+                Payload::ElementSection(reader) => {
+                    at_most(
+                        "element segments",
+                        reader.count().into(),
+                        ELEMENT_SEGMENTS_MAX.into(),
+                    )?;
+                }
+                Payload::CodeSectionStart { size, .. } => {
+                    at_most(
+                        "bytes of function bodies",
+                        size.into(),
+                        CODE_BYTES_MAX as u64,
+                    )?;
+                }
+                Payload::CodeSectionEntry(body) => {
+                    at_most(
+                        "bytes in one function body",
+                        body.range().len() as u64,
+                        FUNCTION_BODY_BYTES_MAX as u64,
+                    )?;
+                    let mut locals = 0u64;
+                    for group in body.get_locals_reader().map_err(invalid)? {
+                        let (count, _) = group.map_err(invalid)?;
+                        locals = locals.saturating_add(count.into());
+                        at_most("locals in one function", locals, LOCALS_PER_FUNCTION_MAX)?;
                     }
                 }
                 _ => {}
