@@ -10,7 +10,7 @@
 //! same answers and accept new writes; the cluster must elect and take a new
 //! member made by the current code.
 
-mod fixture;
+pub(crate) mod fixture;
 mod generate;
 mod open;
 mod refuse;

@@ -4,6 +4,7 @@
 mod cluster;
 mod compat;
 mod examples;
+mod fuzz_corpus;
 mod node;
 mod state_machine;
 mod storage;

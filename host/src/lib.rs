@@ -9,6 +9,7 @@ pub mod api;
 pub mod cli;
 pub mod client;
 pub mod command;
+pub mod fuzzing;
 pub mod network;
 pub mod node;
 pub mod raft;

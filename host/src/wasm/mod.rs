@@ -16,7 +16,7 @@ mod abi;
 mod cache;
 mod config;
 mod imports;
-mod kv;
+pub(crate) mod kv;
 mod outcome;
 mod validate;
 
