@@ -16,7 +16,7 @@ use crate::network::wire::{self, WIRE_ENCODING_VERSION};
 use crate::node::forward::Forwarded;
 use crate::raft::{Entry, NodeId, SnapshotMeta, TypeConfig, Vote};
 use crate::storage::{ModuleRecord, SnapshotFileReader};
-use crate::wasm::kv::{ScanBudget, WriteSet, scan_page};
+use crate::wasm::kv::{KvEntries, ScanBudget, WriteSet, scan_page};
 use crate::wasm::{MemoryKv, Runtime, RuntimeConfig};
 
 /// Every decoder of what peers send and disks hold refuses bad bytes with an
@@ -137,7 +137,7 @@ pub fn kv_overlay(data: &[u8]) {
                 let mut budget = ScanBudget::new(u64::MAX);
                 let page = scan_page(&base, &writes, &start, end.as_deref(), limit, &mut budget)
                     .expect("an unmetered in-memory scan cannot fail");
-                let in_range: Vec<(Vec<u8>, Vec<u8>)> = model
+                let in_range: KvEntries = model
                     .iter()
                     .filter(|(key, _)| {
                         key.as_slice() >= start.as_slice()
@@ -163,7 +163,7 @@ pub fn kv_overlay(data: &[u8]) {
 
 /// Reads a `kv_scan` page: `more: u8`, then `key_len: u32 LE`, key,
 /// `value_len: u32 LE`, value per entry.
-fn decode_page(page: &[u8]) -> (bool, Vec<(Vec<u8>, Vec<u8>)>) {
+fn decode_page(page: &[u8]) -> (bool, KvEntries) {
     let mut entries = Vec::new();
     let mut rest = &page[1..];
     let take = |rest: &mut &[u8]| {
