@@ -190,43 +190,42 @@ pub async fn digest(node: &wasmraft::node::RunningNode) -> (u64, String) {
     (applied.map_or(0, |log_id| log_id.index), digest.to_string())
 }
 
-/// Waits until every node in `nodes` applied the same, last, index; returns
-/// each one's record.
+/// Waits until every node in `nodes` applied the last index any of them
+/// logged (nothing is written meanwhile), then returns each one's record;
+/// their digests must be equal.
 pub async fn converged(
     nodes: &BTreeMap<u64, wasmraft::node::RunningNode>,
 ) -> BTreeMap<u64, NodeRecord> {
-    let deadline = std::time::Instant::now() + crate::cluster::harness::SETTLE;
-    loop {
-        let mut records = BTreeMap::new();
-        for (id, node) in nodes {
-            let (applied_index, digest) = digest(node).await;
-            let metrics = node.raft().metrics().borrow().clone();
-            records.insert(
-                *id,
-                NodeRecord {
-                    address: node.local_addr().to_string(),
-                    applied_index,
-                    digest,
-                    last_purged_index: metrics.purged.map(|log_id| log_id.index),
-                },
-            );
-        }
-        let last_log = nodes
-            .values()
-            .filter_map(|node| node.handle().cluster_view().last_log_index)
-            .max()
-            .unwrap_or(0);
-        let first = records.values().next().unwrap();
-        if records
-            .values()
-            .all(|record| record.applied_index == last_log && record.digest == first.digest)
-        {
-            return records;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the nodes did not converge: {records:?}, last log index {last_log}"
+    let last_log = nodes
+        .values()
+        .filter_map(|node| node.handle().cluster_view().last_log_index)
+        .max()
+        .unwrap_or(0);
+    let mut records = BTreeMap::new();
+    for (id, node) in nodes {
+        let metrics = node
+            .raft()
+            .wait(Some(crate::cluster::harness::SETTLE))
+            .applied_index_at_least(Some(last_log), "apply the whole log")
+            .await
+            .unwrap_or_else(|error| panic!("node {id} did not apply up to {last_log}: {error}"));
+        let (applied_index, digest) = digest(node).await;
+        records.insert(
+            *id,
+            NodeRecord {
+                address: node.local_addr().to_string(),
+                applied_index,
+                digest,
+                last_purged_index: metrics.purged.map(|log_id| log_id.index),
+            },
         );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+    let first = records.values().next().unwrap();
+    assert!(
+        records
+            .values()
+            .all(|record| record.applied_index == last_log && record.digest == first.digest),
+        "the nodes applied the whole log but differ: {records:?}, last log index {last_log}"
+    );
+    records
 }

@@ -209,24 +209,37 @@ async fn write_after_snapshot(client: &Client) {
 /// it is repeated until it takes.
 async fn snapshot_and_purge(client: &Client, node: &RunningNode) {
     let deadline = Instant::now() + crate::cluster::harness::SETTLE;
-    let mut asked_at = None;
     loop {
-        let metrics = node.raft().metrics().borrow().clone();
-        let applied = metrics.last_applied.map_or(0, |log_id| log_id.index);
-        let snapshot = metrics.snapshot.map_or(0, |log_id| log_id.index);
-        let caught_up = Some(applied) == metrics.last_log_index;
-        if caught_up && snapshot == applied && metrics.purged.is_some() {
+        let caught_up = node
+            .raft()
+            .wait(Some(crate::cluster::harness::SETTLE))
+            .metrics(
+                |metrics| metrics.last_applied.map(|log_id| log_id.index) == metrics.last_log_index,
+                "apply the whole log",
+            )
+            .await
+            .expect("the node applies its log");
+        let applied = caught_up.last_applied.map_or(0, |log_id| log_id.index);
+        client.snapshot().await.unwrap();
+        let done = node
+            .raft()
+            .wait(Some(Duration::from_secs(1)))
+            .metrics(
+                |metrics| {
+                    metrics.snapshot.map(|log_id| log_id.index) == Some(applied)
+                        && metrics.purged.is_some()
+                },
+                "a snapshot of the whole log and a purged log",
+            )
+            .await;
+        if done.is_ok() {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "no snapshot of the whole log with a purged log: {metrics:?}"
+            "no snapshot of the whole log with a purged log: {:?}",
+            node.raft().metrics().borrow()
         );
-        if caught_up && asked_at.is_none_or(|at: Instant| at.elapsed() > Duration::from_secs(1)) {
-            client.snapshot().await.unwrap();
-            asked_at = Some(Instant::now());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

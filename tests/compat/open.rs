@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 use wasmraft::client::Consistency;
@@ -20,15 +19,11 @@ fn expected_of(release: &std::path::Path) -> Expected {
 
 /// Waits until `node` applied at least `index`.
 async fn applied_at_least(node: &RunningNode, index: u64) {
-    let deadline = Instant::now() + SETTLE;
-    while node.handle().applied_index().unwrap_or(0) < index {
-        assert!(
-            Instant::now() < deadline,
-            "node {} did not apply up to {index}",
-            node.id()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    node.raft()
+        .wait(Some(SETTLE))
+        .applied_index_at_least(Some(index), "apply the fixture's log")
+        .await
+        .unwrap_or_else(|error| panic!("node {} did not apply up to {index}: {error}", node.id()));
 }
 
 /// Asserts that every node of `group` holds the recorded state: applied at
