@@ -349,7 +349,7 @@ impl StateMachineStore {
                     None => i64::MIN,
                 },
             };
-            let mut last_timestamp_ms = None;
+            let timestamp_before = clock.last_timestamp_ms;
             for entry in entries {
                 if let Some(previous) = &last_log_id {
                     let previous: &LogId = previous;
@@ -362,15 +362,7 @@ impl StateMachineStore {
                 let response = match &entry.payload {
                     EntryPayload::Blank => Response::Empty,
                     EntryPayload::Normal(request) => {
-                        let response = apply::apply_request(
-                            &txn,
-                            &context,
-                            &mut clock,
-                            &entry.log_id,
-                            request,
-                        )?;
-                        last_timestamp_ms = Some(clock.last_timestamp_ms);
-                        response
+                        apply::apply_request(&txn, &context, &mut clock, &entry.log_id, request)?
                     }
                     EntryPayload::Membership(change) => {
                         membership =
@@ -387,7 +379,8 @@ impl StateMachineStore {
                 if let Some(membership) = membership {
                     meta.insert(MEMBERSHIP, codec::encode(&membership).as_slice())?;
                 }
-                if let Some(timestamp_ms) = last_timestamp_ms {
+                if clock.last_timestamp_ms != timestamp_before {
+                    let timestamp_ms = clock.last_timestamp_ms;
                     meta.insert(LAST_TIMESTAMP, codec::encode(&timestamp_ms).as_slice())?;
                 }
             }
