@@ -29,6 +29,7 @@ async fn start(directory: &Path) -> RunningNode {
         bootstrap: true,
         raft: Default::default(),
         limits: Default::default(),
+        cluster: Default::default(),
     };
     let node = Node::start(config, NodeOptions::default())
         .await
@@ -331,6 +332,25 @@ async fn a_duplicate_command_is_applied_once() {
         .await
         .unwrap();
     let add = r#"{"op":"add","by":10}"#;
+    // A session that was never opened is refused, and nothing is applied.
+    let unopened = api
+        .invoke("counter", add, Some(("client-1", 1)))
+        .await
+        .unwrap_err();
+    assert_eq!(unopened.code(), Code::FailedPrecondition, "{unopened:?}");
+    assert!(
+        unopened.message().contains("the session is not open"),
+        "{unopened:?}"
+    );
+    let opened = api
+        .machine
+        .open_session(proto::OpenSessionRequest {
+            client_id: "client-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!opened.existed);
     let first = api
         .invoke("counter", add, Some(("client-1", 1)))
         .await

@@ -8,10 +8,10 @@ use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 use wasmraft::command::{
     AccessChange, AccessRule, CallOutcome, Command, Deploy, Invoke, ModuleLimits, Refusal, Request,
-    Response, SessionId,
+    Response, SessionId, SettingsCommand, SettingsUpdate,
 };
 use wasmraft::raft::{Entry, EntryPayload, LogId};
-use wasmraft::storage::{CallLimits, StateMachineConfig, StateMachineStore};
+use wasmraft::storage::StateMachineStore;
 use wasmraft::wasm::{Runtime, RuntimeConfig};
 
 fn counter_wasm() -> Vec<u8> {
@@ -41,23 +41,13 @@ struct Replica {
 }
 
 fn replica() -> Replica {
-    replica_with_sessions(CallLimits::SESSIONS_MAX_DEFAULT)
-}
-
-fn replica_with_sessions(sessions_max: u64) -> Replica {
     let directory = TempDir::new().unwrap();
     let config = RuntimeConfig {
         fuel_per_call_max: 1_000_000,
         ..RuntimeConfig::default()
     };
-    let limits = CallLimits {
-        fuel_per_call_max: config.fuel_per_call_max,
-        memory_bytes_max: config.memory_bytes_max,
-        sessions_max,
-    };
     let runtime = Runtime::new(config).unwrap();
-    let store =
-        StateMachineStore::open(directory.path(), runtime, StateMachineConfig { limits }).unwrap();
+    let store = StateMachineStore::open(directory.path(), runtime).unwrap();
     Replica {
         _directory: directory,
         store,
@@ -70,17 +60,46 @@ struct Log {
 
 impl Log {
     fn entry(&mut self, command: Command) -> Entry {
+        self.entry_of("alice", command)
+    }
+
+    fn entry_of(&mut self, caller: &str, command: Command) -> Entry {
         let index = self.next;
         self.next += 1;
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
             payload: EntryPayload::Normal(Request {
                 timestamp_ms: 1_700_000_000_000 + index as i64,
-                caller: "alice".into(),
+                caller: caller.into(),
                 command,
             }),
         }
     }
+}
+
+fn open_session(client_id: &str) -> Command {
+    Command::OpenSession {
+        client_id: client_id.into(),
+    }
+}
+
+fn settings(changes: &[(&str, u64)]) -> Command {
+    let mut update = SettingsUpdate::default();
+    for (field, value) in changes {
+        update.set(field, *value).unwrap();
+    }
+    Command::Settings(SettingsCommand {
+        update,
+        initial: false,
+        engine_fingerprint: String::new(),
+    })
+}
+
+fn is_expired(response: &Response) {
+    assert!(
+        matches!(response, Response::Refused(Refusal::SessionExpired { .. })),
+        "{response:?}"
+    );
 }
 
 fn deploy(name: &str, wasm: Vec<u8>) -> Command {
@@ -122,8 +141,10 @@ fn output(response: &Response) -> u64 {
     }
 }
 
+/// The check of a command's response.
+type Check = Box<dyn Fn(&Response)>;
 /// A command and the check of its response.
-type Row = (Command, Box<dyn Fn(&Response)>);
+type Row = (Command, Check);
 
 /// One scripted history with every kind of command and failure.
 fn history() -> Vec<Row> {
@@ -135,6 +156,11 @@ fn history() -> Vec<Row> {
         limits: ModuleLimits::default(),
     });
     vec![
+        // A cluster records its settings first (the bootstrap does).
+        (
+            settings(&[("fuel_per_call_max", 1_000_000)]),
+            Box::new(|r| assert!(matches!(r, Response::Settings(_)), "{r:?}")),
+        ),
         (
             deploy("counter", counter_wasm()),
             Box::new(|r| assert!(matches!(r, Response::Deployed(d) if d.version == 1))),
@@ -142,6 +168,19 @@ fn history() -> Vec<Row> {
         (
             invoke("counter", &5u64.to_le_bytes(), None),
             Box::new(|r| assert_eq!(output(r), 5)),
+        ),
+        // A session not opened is refused, never applied.
+        (
+            invoke("counter", &10u64.to_le_bytes(), Some(("c1", 1))),
+            Box::new(is_expired),
+        ),
+        (
+            open_session("c1"),
+            Box::new(|r| assert_eq!(r, &Response::SessionOpened { existed: false })),
+        ),
+        (
+            open_session("c1"),
+            Box::new(|r| assert_eq!(r, &Response::SessionOpened { existed: true })),
         ),
         // A session: the retry of sequence 1 answers the first result and does not add again.
         (
@@ -224,6 +263,25 @@ fn history() -> Vec<Row> {
                 name: "trapper".into(),
             },
             Box::new(|r| assert!(matches!(r, Response::Removed { .. }))),
+        ),
+        // Settings: a bad value is refused by name, a good one recorded.
+        (
+            settings(&[("memory_bytes_max", 1000)]),
+            Box::new(|r| {
+                assert!(
+                    matches!(r, Response::Refused(Refusal::InvalidSetting(error)) if error.field == "memory_bytes_max"),
+                    "{r:?}"
+                )
+            }),
+        ),
+        (
+            settings(&[("fuel_per_call_max", 20_000)]),
+            Box::new(|r| {
+                assert!(
+                    matches!(r, Response::Settings(record) if record.settings.fuel_per_call_max == 20_000),
+                    "{r:?}"
+                )
+            }),
         ),
         (
             Command::Remove {
@@ -311,19 +369,9 @@ fn applied_state_survives_reopen() {
             cache_dir: Some(directory.path().join("cache")),
             ..RuntimeConfig::default()
         };
-        let limits = CallLimits {
-            fuel_per_call_max: config.fuel_per_call_max,
-            memory_bytes_max: config.memory_bytes_max,
-            sessions_max: CallLimits::SESSIONS_MAX_DEFAULT,
-        };
         let runtime = Runtime::new(config).unwrap();
         (
-            StateMachineStore::open(
-                directory.path().join("state"),
-                runtime.clone(),
-                StateMachineConfig { limits },
-            )
-            .unwrap(),
+            StateMachineStore::open(directory.path().join("state"), runtime.clone()).unwrap(),
             runtime,
         )
     };
@@ -348,69 +396,88 @@ fn applied_state_survives_reopen() {
     assert_eq!(runtime.stats().compilations, 0, "{:?}", runtime.stats());
 }
 
-/// The session table is bounded: the least recently used session is
-/// forgotten, and a forgotten session's later commands are refused rather
-/// than risk applying one twice.
+/// Each caller's sessions are bounded: opening one more forgets that
+/// caller's least recently used session, never another caller's, and a
+/// forgotten session's later commands are refused rather than risk applying
+/// one twice.
 #[test]
-fn sessions_are_bounded_and_forgotten_ones_are_refused() {
-    let mut replica = replica_with_sessions(2);
+fn sessions_are_bounded_per_caller_and_forgotten_ones_are_refused() {
+    let mut replica = replica();
     let mut log = Log { next: 1 };
     let one = 1u64.to_le_bytes();
-    let rows: Vec<Row> = vec![
+    let rows: Vec<(&str, Command, Check)> = vec![
         (
+            "alice",
+            settings(&[("sessions_per_caller_max", 2)]),
+            Box::new(|r| assert!(matches!(r, Response::Settings(_)), "{r:?}")),
+        ),
+        (
+            "alice",
             deploy("counter", counter_wasm()),
             Box::new(|r| assert!(matches!(r, Response::Deployed(_)))),
         ),
+        ("bob", open_session("b"), Box::new(|_| {})),
+        ("alice", open_session("a1"), Box::new(|_| {})),
+        ("alice", open_session("a2"), Box::new(|_| {})),
         (
-            invoke("counter", &one, Some(("a", 1))),
+            "alice",
+            invoke("counter", &one, Some(("a1", 1))),
             Box::new(|r| assert_eq!(output(r), 1)),
         ),
         (
-            invoke("counter", &one, Some(("b", 1))),
+            "alice",
+            invoke("counter", &one, Some(("a2", 1))),
             Box::new(|r| assert_eq!(output(r), 2)),
         ),
-        // "a" is used again, so "b" becomes the least recently used.
+        // "a1" is used again, so "a2" becomes alice's least recently used.
         (
-            invoke("counter", &one, Some(("a", 2))),
+            "alice",
+            invoke("counter", &one, Some(("a1", 2))),
             Box::new(|r| assert_eq!(output(r), 3)),
         ),
         (
-            invoke("counter", &one, Some(("c", 1))),
+            "bob",
+            invoke("counter", &one, Some(("b", 1))),
             Box::new(|r| assert_eq!(output(r), 4)),
         ),
-        // "b" was evicted: its next command is refused, not applied.
+        // A third session of alice's forgets "a2", not bob's older "b".
+        ("alice", open_session("a3"), Box::new(|_| {})),
         (
-            invoke("counter", &one, Some(("b", 2))),
-            Box::new(|r| {
-                assert!(
-                    matches!(r, Response::Refused(Refusal::SessionExpired { .. })),
-                    "{r:?}"
-                )
-            }),
+            "alice",
+            invoke("counter", &one, Some(("a2", 2))),
+            Box::new(is_expired),
         ),
-        // "a" and "c" are remembered: their retries answer the first result.
+        // A retry of the forgotten session's first command is refused too:
+        // it may have been applied, so it is never applied again.
         (
-            invoke("counter", &one, Some(("a", 2))),
+            "alice",
+            invoke("counter", &one, Some(("a2", 1))),
+            Box::new(is_expired),
+        ),
+        (
+            "bob",
+            invoke("counter", &one, Some(("b", 1))),
+            Box::new(|r| assert_eq!(output(r), 4)),
+        ),
+        (
+            "alice",
+            invoke("counter", &one, Some(("a1", 2))),
             Box::new(|r| assert_eq!(output(r), 3)),
         ),
+        // A session is the caller's own: bob cannot use alice's.
         (
-            invoke("counter", &one, Some(("c", 1))),
-            Box::new(|r| assert_eq!(output(r), 4)),
-        ),
-        // A new session starts at 1; one that claims to be further along is unknown.
-        (
-            invoke("counter", &one, Some(("d", 5))),
-            Box::new(|r| {
-                assert!(
-                    matches!(r, Response::Refused(Refusal::SessionExpired { .. })),
-                    "{r:?}"
-                )
-            }),
+            "bob",
+            invoke("counter", &one, Some(("a1", 3))),
+            Box::new(is_expired),
         ),
     ];
     block_on(async {
-        for (command, check) in rows {
-            let responses = replica.store.apply([log.entry(command)]).await.unwrap();
+        for (caller, command, check) in rows {
+            let responses = replica
+                .store
+                .apply([log.entry_of(caller, command)])
+                .await
+                .unwrap();
             check(&responses[0]);
         }
     });
@@ -422,6 +489,61 @@ fn sessions_are_bounded_and_forgotten_ones_are_refused() {
             .unwrap(),
         Some(4u64.to_le_bytes().to_vec())
     );
+}
+
+/// The whole table is bounded in bytes: past it the least recently used
+/// sessions of every caller go, oldest first, and the same on every replica.
+#[test]
+fn the_session_table_is_bounded_in_bytes() {
+    let mut log = Log { next: 1 };
+    let mut entries = vec![
+        log.entry(settings(&[
+            ("output_bytes_max", 1 << 10),
+            ("session_table_bytes_max", 1 << 20),
+            ("sessions_per_caller_max", 1_000_000),
+        ])),
+        log.entry(deploy("counter", counter_wasm())),
+    ];
+    // About 30 bytes each: 50,000 sessions are half again the 1 MiB bound.
+    for batch in 0..10 {
+        let commands: Vec<Request> = (0..5_000)
+            .map(|number| Request {
+                timestamp_ms: 1,
+                caller: "flood".into(),
+                command: open_session(&format!("session-{batch}-{number}")),
+            })
+            .collect();
+        entries.push(log.entry(Command::Batch(commands)));
+    }
+    let one = 1u64.to_le_bytes();
+    entries.push(log.entry_of("flood", invoke("counter", &one, Some(("session-0-0", 1)))));
+    entries.push(log.entry_of("flood", open_session("last")));
+    entries.push(log.entry_of("flood", invoke("counter", &one, Some(("last", 1)))));
+    entries.push(log.entry_of(
+        "flood",
+        invoke("counter", &one, Some(("session-9-4999", 1))),
+    ));
+    let replicas = [replica(), replica()];
+    let mut digests = Vec::new();
+    for (position, replica) in replicas.iter().enumerate() {
+        let mut store = replica.store.clone();
+        // One replica applies the log at once, the other entry by entry.
+        let responses: Vec<Response> = if position == 0 {
+            block_on(store.apply(entries.clone())).unwrap()
+        } else {
+            entries
+                .iter()
+                .flat_map(|entry| block_on(store.apply([entry.clone()])).unwrap())
+                .collect()
+        };
+        let count = responses.len();
+        // The oldest sessions were forgotten; the newest work.
+        is_expired(&responses[count - 4]);
+        assert_eq!(output(&responses[count - 2]), 1);
+        assert_eq!(output(&responses[count - 1]), 2);
+        digests.push(store.reader().digest().unwrap().1);
+    }
+    assert_eq!(digests[0], digests[1]);
 }
 
 /// One entry carrying several commands: each is applied in order with its

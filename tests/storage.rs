@@ -14,22 +14,11 @@ use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 use wasmraft::command::{Command, Deploy, Invoke, ModuleLimits, Request, Response};
 use wasmraft::raft::{Entry, EntryPayload, LogId, StorageError, TypeConfig};
-use wasmraft::storage::{CallLimits, LogStore, StateMachineConfig, StateMachineStore};
+use wasmraft::storage::{LogStore, StateMachineStore};
 use wasmraft::wasm::{Runtime, RuntimeConfig};
 
 fn runtime() -> Runtime {
     Runtime::new(RuntimeConfig::default()).expect("runtime")
-}
-
-fn state_config() -> StateMachineConfig {
-    let defaults = RuntimeConfig::default();
-    StateMachineConfig {
-        limits: CallLimits {
-            fuel_per_call_max: defaults.fuel_per_call_max,
-            memory_bytes_max: defaults.memory_bytes_max,
-            sessions_max: CallLimits::SESSIONS_MAX_DEFAULT,
-        },
-    }
 }
 
 struct Stores {
@@ -40,12 +29,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for Stores {
     async fn build(&self) -> Result<(TempDir, LogStore, StateMachineStore), StorageError> {
         let directory = TempDir::new().expect("temp dir");
         let log = LogStore::open(directory.path().join("log.redb")).expect("open log");
-        let state = StateMachineStore::open(
-            directory.path().join("state"),
-            self.runtime.clone(),
-            state_config(),
-        )
-        .expect("open state");
+        let state = StateMachineStore::open(directory.path().join("state"), self.runtime.clone())
+            .expect("open state");
         Ok((directory, log, state))
     }
 }
@@ -321,9 +306,7 @@ fn snapshot_round_trip_of_100k_keys() {
     let follower_directory = TempDir::new().unwrap();
     let wasm = wat::parse_str(BULK_WAT).unwrap();
     block_on(async {
-        let mut leader =
-            StateMachineStore::open(leader_directory.path(), runtime.clone(), state_config())
-                .unwrap();
+        let mut leader = StateMachineStore::open(leader_directory.path(), runtime.clone()).unwrap();
         let mut entries = vec![deploy_entry(1, "bulk", wasm)];
         for batch in 0..100u32 {
             entries.push(invoke_entry(
@@ -367,8 +350,7 @@ fn snapshot_round_trip_of_100k_keys() {
 
         // Stream the file into what the follower prepared for receiving.
         let mut follower =
-            StateMachineStore::open(follower_directory.path(), runtime.clone(), state_config())
-                .unwrap();
+            StateMachineStore::open(follower_directory.path(), runtime.clone()).unwrap();
         let mut receiving = follower.begin_receiving_snapshot().await.unwrap();
         let mut source = snapshot.snapshot;
         tokio::io::copy(&mut source, &mut *receiving).await.unwrap();
@@ -409,8 +391,7 @@ fn snapshot_round_trip_of_100k_keys() {
     // The installed state survives a restart.
     block_on(async {
         let mut follower =
-            StateMachineStore::open(follower_directory.path(), runtime.clone(), state_config())
-                .unwrap();
+            StateMachineStore::open(follower_directory.path(), runtime.clone()).unwrap();
         let (applied, _) = follower.applied_state().await.unwrap();
         assert_eq!(applied, Some(log_id(1, 102)));
         let keys: BTreeSet<u64> = [0u64, 50_000, 99_999, 100_000].into_iter().collect();
@@ -434,9 +415,7 @@ fn corrupt_snapshot_is_refused() {
     let leader_directory = TempDir::new().unwrap();
     let follower_directory = TempDir::new().unwrap();
     block_on(async {
-        let mut leader =
-            StateMachineStore::open(leader_directory.path(), runtime.clone(), state_config())
-                .unwrap();
+        let mut leader = StateMachineStore::open(leader_directory.path(), runtime.clone()).unwrap();
         leader
             .apply([
                 deploy_entry(1, "bulk", wat::parse_str(BULK_WAT).unwrap()),
@@ -459,8 +438,7 @@ fn corrupt_snapshot_is_refused() {
         bytes[middle] ^= 1;
 
         let mut follower =
-            StateMachineStore::open(follower_directory.path(), runtime.clone(), state_config())
-                .unwrap();
+            StateMachineStore::open(follower_directory.path(), runtime.clone()).unwrap();
         let before = follower.reader().digest().unwrap();
         let mut receiving = follower.begin_receiving_snapshot().await.unwrap();
         tokio::io::AsyncWriteExt::write_all(&mut *receiving, &bytes)

@@ -65,6 +65,7 @@ fn call(entry: EntryPoint, input: &[u8]) -> Call<'_> {
         seed: [7; 32],
         fuel: 1_000_000,
         memory_bytes: 1 << 20,
+        output_bytes: usize::MAX,
     }
 }
 
@@ -367,6 +368,7 @@ fn call_outcomes() {
         let call = Call {
             fuel: row.fuel,
             memory_bytes: row.memory_bytes,
+            output_bytes: usize::MAX,
             ..call(row.entry, input)
         };
         let report = run(&runtime, &wasm, &call, &MemoryKv::default());

@@ -32,6 +32,7 @@ fn invoke(c: &mut Criterion) {
             seed: [0; 32],
             fuel: runtime.config().fuel_per_call_max,
             memory_bytes: runtime.config().memory_bytes_max,
+            output_bytes: usize::MAX,
         };
         let report = runtime.call(&module, &call, &state);
         assert!(

@@ -134,6 +134,7 @@ impl Cluster {
             bootstrap,
             raft: self.raft.clone(),
             limits: Default::default(),
+            cluster: Default::default(),
         };
         let options = NodeOptions {
             faults: self.links.faults(),

@@ -89,3 +89,91 @@ async fn hostile_calls_leave_every_replica_alive_and_equal() {
     assert_eq!(cluster.counter(leader).await, ROWS.len() as i64);
     cluster.shutdown().await;
 }
+
+/// `cluster settings set` as an operator uses it: sent to a follower, in
+/// force on every node once applied, a bad value refused by name with
+/// nothing changed, and the settings survive a restart of every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_settings_are_replicated_and_checked_by_name() {
+    use wasmraft::client::SettingsUpdate;
+
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = cluster
+        .running()
+        .into_iter()
+        .find(|id| *id != leader)
+        .unwrap();
+    let client = cluster.client_of(follower).await;
+    let before = client.settings().await.unwrap();
+    assert!(
+        before.recorded,
+        "a bootstrapped cluster records its settings"
+    );
+    assert_eq!(
+        before.engine_fingerprint,
+        cluster.node(leader).handle().runtime().engine_fingerprint()
+    );
+
+    let mut bad = SettingsUpdate::default();
+    bad.set("memory_bytes_max", 100_000).unwrap();
+    match client.set_settings(&bad).await {
+        Err(ClientError::Status { code, message, .. }) => {
+            assert_eq!(code, Code::InvalidArgument, "{message}");
+            assert!(message.contains("`memory_bytes_max`"), "{message}");
+        }
+        other => panic!("a bad value must be refused: {other:?}"),
+    }
+
+    let mut update = SettingsUpdate::default();
+    update.set("fuel_per_call_max", 20_000).unwrap();
+    let (settings, index) = client.set_settings(&update).await.unwrap();
+    assert_eq!(settings.fuel_per_call_max, 20_000);
+    assert_eq!(
+        settings.memory_bytes_max, before.settings.memory_bytes_max,
+        "the bad change changed nothing"
+    );
+    for id in cluster.running() {
+        let node = cluster.node(id);
+        node.raft()
+            .wait(Some(std::time::Duration::from_secs(30)))
+            .applied_index_at_least(Some(index), "the settings change is applied")
+            .await
+            .unwrap();
+        assert_eq!(node.handle().settings().unwrap().fuel_per_call_max, 20_000);
+    }
+    // Apply uses them: a spinning call stops at the new ceiling.
+    client
+        .deploy("spinner", &guest(ROWS[2].1), DeployOptions::default())
+        .await
+        .unwrap();
+    match client.invoke("spinner", b"").await {
+        Err(ClientError::Status { code, message, .. }) => {
+            assert_eq!(code, Code::ResourceExhausted, "{message}");
+            assert!(message.contains("limit of 20000"), "{message}");
+        }
+        other => panic!("the call must run out of fuel: {other:?}"),
+    }
+    cluster.assert_converged().await;
+
+    for id in cluster.running() {
+        cluster.stop(id).await;
+    }
+    for id in [1, 2, 3] {
+        cluster.launch(id, false).await;
+    }
+    cluster.wait_for_leader().await;
+    for id in [1, 2, 3] {
+        assert_eq!(
+            cluster
+                .node(id)
+                .handle()
+                .settings()
+                .unwrap()
+                .fuel_per_call_max,
+            20_000
+        );
+    }
+    cluster.assert_converged().await;
+    cluster.shutdown().await;
+}

@@ -123,6 +123,7 @@ pub async fn launch(
         bootstrap,
         raft: raft_settings(),
         limits: Default::default(),
+        cluster: Default::default(),
     };
     let options = wasmraft::node::NodeOptions {
         consensus_timeout: std::time::Duration::from_secs(60),

@@ -60,6 +60,7 @@ async fn start_error(directory: &Path) -> String {
         bootstrap: false,
         raft: fixture::raft_settings(),
         limits: Default::default(),
+        cluster: Default::default(),
     };
     match wasmraft::node::Node::start(config, Default::default()).await {
         Ok(node) => {
@@ -120,15 +121,7 @@ async fn a_log_of_a_newer_format_is_refused() {
 async fn a_snapshot_of_a_newer_format_is_refused() {
     let (_unpacked, directory) = data_directory();
     let runtime = wasmraft::wasm::Runtime::new(Default::default()).unwrap();
-    let config = wasmraft::storage::StateMachineConfig {
-        limits: wasmraft::storage::CallLimits {
-            fuel_per_call_max: 50_000_000,
-            memory_bytes_max: 16 << 20,
-            sessions_max: wasmraft::storage::CallLimits::SESSIONS_MAX_DEFAULT,
-        },
-    };
-    let mut source =
-        StateMachineStore::open(directory.join("state"), runtime.clone(), config.clone()).unwrap();
+    let mut source = StateMachineStore::open(directory.join("state"), runtime.clone()).unwrap();
     let snapshot = source
         .get_snapshot_builder()
         .await
@@ -158,7 +151,7 @@ async fn a_snapshot_of_a_newer_format_is_refused() {
     std::io::Seek::rewind(&mut rewritten).unwrap();
 
     let target = TempDir::new().unwrap();
-    let mut store = StateMachineStore::open(target.path(), runtime, config).unwrap();
+    let mut store = StateMachineStore::open(target.path(), runtime).unwrap();
     let before = store.reader().digest().unwrap();
     let error = store
         .install_snapshot(

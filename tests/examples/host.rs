@@ -53,6 +53,7 @@ impl Host {
             seed: [3; 32],
             fuel: self.runtime.config().fuel_per_call_max,
             memory_bytes: self.runtime.config().memory_bytes_max,
+            output_bytes: usize::MAX,
         };
         let report = self.runtime.call(&self.module, &call, &self.state);
         match report.outcome {

@@ -11,8 +11,15 @@ use wasmraft_proto::v1 as proto;
 use wasmraft_proto::v1::cluster_client::ClusterClient;
 use wasmraft_proto::v1::cluster_server::Cluster;
 
+use tracing::Instrument;
+
+use super::modules::unexpected;
 use super::status::ApiError;
-use super::{blocking, call_timeout};
+use super::validate;
+use super::{blocking, call_timeout, caller};
+use crate::command::{
+    ClusterSettings, Command, Response as Applied, SettingsCommand, SettingsUpdate,
+};
 use crate::node::address::parse_peer_address;
 use crate::node::handle::{ClusterView, Member, NodeHandle, Role};
 use crate::node::membership::Membership;
@@ -221,5 +228,83 @@ impl Cluster for ClusterService {
             },
         };
         Ok(Response::new(response))
+    }
+
+    async fn get_settings(
+        &self,
+        _request: Request<proto::GetSettingsRequest>,
+    ) -> Result<Response<proto::GetSettingsResponse>, Status> {
+        let reader = self.node.reader().clone();
+        let (applied, record) = blocking(move || reader.settings_at())
+            .await?
+            .map_err(ApiError::from)?;
+        let response = match record {
+            Some(record) => proto::GetSettingsResponse {
+                settings: Some(settings_message(&record.settings)),
+                recorded: true,
+                engine_fingerprint: record.engine_fingerprint,
+                changed_at_index: record.changed_index,
+                applied_index: applied,
+            },
+            None => proto::GetSettingsResponse {
+                settings: Some(settings_message(&ClusterSettings::default())),
+                recorded: false,
+                engine_fingerprint: String::new(),
+                changed_at_index: 0,
+                applied_index: applied,
+            },
+        };
+        Ok(Response::new(response))
+    }
+
+    async fn set_settings(
+        &self,
+        request: Request<proto::SetSettingsRequest>,
+    ) -> Result<Response<proto::SetSettingsResponse>, Status> {
+        let caller = caller(&request);
+        let timeout = call_timeout(&request);
+        let request = request.into_inner();
+        let update = SettingsUpdate {
+            fuel_per_call_max: request.fuel_per_call_max,
+            memory_bytes_max: request.memory_bytes_max,
+            output_bytes_max: request.output_bytes_max,
+            module_bytes_max: request.module_bytes_max,
+            session_table_bytes_max: request.session_table_bytes_max,
+            sessions_per_caller_max: request.sessions_per_caller_max,
+        };
+        let current = self.node.settings().map_err(ApiError::from)?;
+        validate::settings_update(&current, &update).map_err(ApiError::from)?;
+        let span = tracing::info_span!("set_settings", ?update);
+        let command = Command::Settings(SettingsCommand {
+            update,
+            initial: false,
+            engine_fingerprint: self.node.runtime().engine_fingerprint(),
+        });
+        let proposed = self
+            .node
+            .propose(caller, command, timeout)
+            .instrument(span)
+            .await
+            .map_err(ApiError::from)?;
+        match proposed.response {
+            Applied::Settings(record) => Ok(Response::new(proto::SetSettingsResponse {
+                settings: Some(settings_message(&record.settings)),
+                applied_index: proposed.index,
+            })),
+            Applied::Refused(refusal) => Err(ApiError::from(refusal).into()),
+            other => Err(unexpected("settings change", &other).into()),
+        }
+    }
+}
+
+/// The API's view of the cluster settings.
+pub(crate) fn settings_message(settings: &ClusterSettings) -> proto::ClusterSettings {
+    proto::ClusterSettings {
+        fuel_per_call_max: settings.fuel_per_call_max,
+        memory_bytes_max: settings.memory_bytes_max,
+        output_bytes_max: settings.output_bytes_max,
+        module_bytes_max: settings.module_bytes_max,
+        session_table_bytes_max: settings.session_table_bytes_max,
+        sessions_per_caller_max: settings.sessions_per_caller_max,
     }
 }

@@ -11,9 +11,11 @@ use wasmraft_proto::v1::modules_server::Modules;
 use super::status::ApiError;
 use super::validate::{self, DeployAssembler, DeployUpload, InputError};
 use super::{blocking, call_timeout, caller};
-use crate::command::{Command, Deploy, Response as Applied};
+use crate::command::settings::module_limits;
+use crate::command::{ClusterSettings, Command, Deploy, Response as Applied};
 use crate::node::handle::NodeHandle;
 use crate::storage::ModuleRecord;
+use crate::storage::deploy_limits;
 
 /// Serves `wasmraft.v1.Modules`.
 #[derive(Debug, Clone)]
@@ -74,8 +76,10 @@ async fn deploy_in_span(
     // Compiling is CPU work: off the async threads. The compiled module
     // stays in the runtime's cache, so apply does not compile it again.
     let runtime = node.runtime().clone();
+    let settings = node.settings().map_err(ApiError::from)?;
+    let limits_in_force = settings.clone();
     let (validated, wasm) = blocking(move || {
-        let validated = runtime.validate(&wasm);
+        let validated = runtime.validate_within(&wasm, deploy_limits(&settings));
         (validated, wasm)
     })
     .await?;
@@ -99,7 +103,7 @@ async fn deploy_in_span(
         .await?;
     match proposed.response {
         Applied::Deployed(deployed) => {
-            let (fuel_per_call_max, memory_bytes_max) = node.call_limits().for_module(&limits);
+            let (fuel_per_call_max, memory_bytes_max) = module_limits(&limits_in_force, &limits);
             Ok(proto::Module {
                 name: deployed.name,
                 version: deployed.version,
@@ -128,13 +132,15 @@ pub(super) fn unexpected(what: &str, response: &Applied) -> ApiError {
         Applied::AccessChanged { .. } => "access changed",
         Applied::Batch(_) => "batch",
         Applied::Refused(_) => "refused",
+        Applied::SessionOpened { .. } => "session opened",
+        Applied::Settings(_) => "settings",
     };
     ApiError::Internal(format!("a {what} was answered with a `{kind}` response"))
 }
 
 /// The API's view of a deployed module.
-fn module_message(node: &NodeHandle, record: ModuleRecord) -> proto::Module {
-    let (fuel_per_call_max, memory_bytes_max) = node.call_limits().for_module(&record.limits);
+fn module_message(settings: &ClusterSettings, record: ModuleRecord) -> proto::Module {
+    let (fuel_per_call_max, memory_bytes_max) = module_limits(settings, &record.limits);
     proto::Module {
         version: record.version,
         sha256_hex: hex::encode(record.hash),
@@ -159,7 +165,8 @@ impl Modules for ModulesService {
         let caller = caller(&request);
         let timeout = call_timeout(&request);
         let mut stream = request.into_inner();
-        let mut assembler = DeployAssembler::new(self.node.limits());
+        let settings = self.node.settings().map_err(ApiError::from)?;
+        let mut assembler = DeployAssembler::new(self.node.limits(), settings.module_bytes_max);
         while let Some(chunk) = stream.message().await? {
             assembler.push(chunk.content).map_err(ApiError::from)?;
         }
@@ -178,9 +185,10 @@ impl Modules for ModulesService {
         let modules = blocking(move || -> Result<_, ApiError> {
             // The table is ordered by name, as the API promises.
             let records = node.reader().modules()?;
+            let settings = node.settings()?;
             Ok(records
                 .into_iter()
-                .map(|record| module_message(&node, record))
+                .map(|record| module_message(&settings, record))
                 .collect())
         })
         .await??;
@@ -196,7 +204,7 @@ impl Modules for ModulesService {
         let node = self.node.clone();
         let module = blocking(move || -> Result<_, ApiError> {
             match node.reader().module(&name)? {
-                Some(record) => Ok(module_message(&node, record)),
+                Some(record) => Ok(module_message(&node.settings()?, record)),
                 None => Err(crate::command::Refusal::ModuleNotFound(name).into()),
             }
         })

@@ -81,6 +81,35 @@ impl StateMachineService {
         }
     }
 
+    async fn open_session(
+        &self,
+        caller: String,
+        request: proto::OpenSessionRequest,
+        timeout: Option<Duration>,
+    ) -> Result<proto::OpenSessionResponse, ApiError> {
+        validate::open_session(&request.client_id)?;
+        let span = tracing::info_span!("open_session", client_id = %request.client_id);
+        let proposed = self
+            .node
+            .propose(
+                caller,
+                Command::OpenSession {
+                    client_id: request.client_id,
+                },
+                timeout,
+            )
+            .instrument(span)
+            .await?;
+        match proposed.response {
+            Applied::SessionOpened { existed } => Ok(proto::OpenSessionResponse {
+                existed,
+                applied_index: proposed.index,
+            }),
+            Applied::Refused(refusal) => Err(refusal.into()),
+            other => Err(unexpected("session opening", &other)),
+        }
+    }
+
     async fn query(
         &self,
         caller: String,
@@ -155,6 +184,17 @@ impl StateMachine for StateMachineService {
         let timeout = call_timeout(&request);
         let response =
             StateMachineService::query(self, caller, request.into_inner(), timeout).await?;
+        Ok(Response::new(response))
+    }
+
+    async fn open_session(
+        &self,
+        request: Request<proto::OpenSessionRequest>,
+    ) -> Result<Response<proto::OpenSessionResponse>, Status> {
+        let caller = caller(&request);
+        let timeout = call_timeout(&request);
+        let response =
+            StateMachineService::open_session(self, caller, request.into_inner(), timeout).await?;
         Ok(Response::new(response))
     }
 }

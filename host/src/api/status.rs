@@ -5,7 +5,7 @@
 //! | error or outcome | gRPC code | message |
 //! |---|---|---|
 //! | bad module name, session, consistency, deploy header or stream; size or sha256 mismatch | `INVALID_ARGUMENT` | the reason |
-//! | input, init argument or module over its cap (`limits.payload_bytes_max`, `limits.module_bytes_max`) | `INVALID_ARGUMENT` | size, limit and setting name |
+//! | input, init argument or module over its cap (`limits.payload_bytes_max`, the cluster setting `module_bytes_max`) | `INVALID_ARGUMENT` | size, limit and setting name |
 //! | module fails validation (not wasm, forbidden import, bad exports, …) | `INVALID_ARGUMENT` | `module rejected: ` + the validator's reason |
 //! | unknown module (`Refusal::ModuleNotFound`, query of an undeployed module) | `NOT_FOUND` | `module `x` is not deployed` |
 //! | `Refusal::InvalidModule`, `Refusal::HashMismatch`, `Refusal::InvalidCommand` (at apply) | `INVALID_ARGUMENT` | the reason |
@@ -16,7 +16,7 @@
 //! | `CallOutcome::MissingExport` (query on a module without `query`) | `FAILED_PRECONDITION` | the missing export |
 //! | `CallOutcome::OutOfFuel` | `RESOURCE_EXHAUSTED` | `out of fuel`, the fuel limit and fuel used |
 //! | `CallOutcome::MemoryLimit` | `RESOURCE_EXHAUSTED` | `memory limit`, the limit in bytes and fuel used |
-//! | `CallOutcome::OutputTooLarge` | `RESOURCE_EXHAUSTED` | the output limit (`limits.output_bytes_max`) |
+//! | `CallOutcome::OutputTooLarge` | `RESOURCE_EXHAUSTED` | the output limit (the cluster setting `output_bytes_max`) |
 //! | `CallOutcome::TimedOut` (query wall clock) | `DEADLINE_EXCEEDED` | the limit (`limits.query_timeout_ms`) |
 //! | `ConsensusError::NotLeader` | `UNAVAILABLE` | the leader's id and address if known (also in metadata `wasmraft-leader-id`, `wasmraft-leader-address`) |
 //! | `ConsensusError::NoQuorum`, `ShuttingDown` | `UNAVAILABLE` | the reason; retry |
@@ -116,7 +116,8 @@ pub fn code(error: &ApiError) -> Code {
             Refusal::InvalidModule(_)
             | Refusal::HashMismatch
             | Refusal::NestedBatch
-            | Refusal::InvalidCommand(_) => Code::InvalidArgument,
+            | Refusal::InvalidCommand(_)
+            | Refusal::InvalidSetting(_) => Code::InvalidArgument,
             Refusal::SetupFailed(_) | Refusal::SessionExpired { .. } => Code::FailedPrecondition,
         },
         ApiError::CallFailed { result, .. } => match &result.outcome {
@@ -229,7 +230,7 @@ fn call_failure(module: &str, result: &CallResult, query_timeout_ms: u64) -> Str
             "module `{module}` hit its memory limit of {limit_bytes} bytes (memory_bytes_max; fuel used {fuel_used})"
         ),
         CallOutcome::OutputTooLarge { limit_bytes } => format!(
-            "module `{module}` produced an output larger than {limit_bytes} bytes (limits.output_bytes_max; fuel used {fuel_used})"
+            "module `{module}` produced an output larger than {limit_bytes} bytes (cluster setting output_bytes_max; fuel used {fuel_used})"
         ),
         CallOutcome::TimedOut => format!(
             "the query of module `{module}` ran longer than {query_timeout_ms} ms (limits.query_timeout_ms; fuel used {fuel_used})"
@@ -390,7 +391,7 @@ mod tests {
             (
                 failed(CallOutcome::OutputTooLarge { limit_bytes: 1024 }),
                 Code::ResourceExhausted,
-                "limits.output_bytes_max",
+                "cluster setting output_bytes_max",
             ),
             (
                 failed(CallOutcome::TimedOut),

@@ -58,6 +58,28 @@ pub enum InputError {
         "an init argument was given but the module exports neither `init` nor `migrate`; leave it unset"
     )]
     UnusedInitArgument,
+    #[error("the request changes no setting; set at least one field")]
+    NoSettings,
+    #[error(transparent)]
+    Setting(#[from] crate::command::SettingError),
+}
+
+/// Checks a settings change against the settings in force at the edge
+/// (apply checks it again against those of its own moment).
+pub fn settings_update(
+    current: &crate::command::ClusterSettings,
+    update: &crate::command::SettingsUpdate,
+) -> Result<(), InputError> {
+    if update.is_empty() {
+        return Err(InputError::NoSettings);
+    }
+    current.updated(update)?;
+    Ok(())
+}
+
+/// The open session request's client id.
+pub fn open_session(client_id: &str) -> Result<(), InputError> {
+    check::client_id(client_id).map_err(InputError::Session)
 }
 
 /// Checks a module name.
@@ -163,9 +185,11 @@ struct Header {
 }
 
 impl DeployAssembler {
-    pub fn new(limits: &LimitSettings) -> Self {
+    /// An assembler for this node's payload limit and the cluster's module
+    /// size limit.
+    pub fn new(limits: &LimitSettings, module_bytes_max: u64) -> Self {
         Self {
-            module_bytes_max: limits.module_bytes_max,
+            module_bytes_max,
             payload_bytes_max: limits.payload_bytes_max,
             header: None,
         }
@@ -209,7 +233,7 @@ impl DeployAssembler {
                 what: "the module",
                 size_bytes: header.size_bytes,
                 limit_bytes: self.module_bytes_max,
-                setting: "limits.module_bytes_max",
+                setting: "cluster setting module_bytes_max",
             });
         }
         if let Some(argument) = &header.init_argument
@@ -361,7 +385,10 @@ mod tests {
     }
 
     fn assemble(chunks: Vec<Option<Content>>) -> Result<DeployUpload, InputError> {
-        let mut assembler = DeployAssembler::new(&LimitSettings::default());
+        let mut assembler = DeployAssembler::new(
+            &LimitSettings::default(),
+            crate::command::ClusterSettings::default().module_bytes_max,
+        );
         for chunk in chunks {
             assembler.push(chunk)?;
         }
@@ -382,7 +409,7 @@ mod tests {
         assert_eq!(upload.name, "counter");
 
         let too_big = DeployHeader {
-            size_bytes: LimitSettings::default().module_bytes_max + 1,
+            size_bytes: crate::command::ClusterSettings::default().module_bytes_max + 1,
             ..good.clone()
         };
         let mut corrupted = wasm.clone();
@@ -402,7 +429,7 @@ mod tests {
             ),
             (
                 vec![Some(Content::Header(too_big))],
-                "limits.module_bytes_max",
+                "cluster setting module_bytes_max",
             ),
             (
                 vec![

@@ -7,12 +7,16 @@
 //! - `add-node ID ADDRESS`: learner, caught up, voter (through the leader).
 //! - `remove-node ID`: out of the membership, by consensus.
 //! - `snapshot`: the endpoint's node builds a snapshot and purges its log.
+//! - `settings get` / `settings set FIELD=VALUE…`: the replicated cluster
+//!   settings, changed through the log.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use super::connection::{self, ConnectionArgs};
-use crate::client::{ClusterStatus, ClusterStatusJson, Member, Membership};
+use crate::client::{
+    ClusterSettings, ClusterStatus, ClusterStatusJson, Member, Membership, SettingsUpdate,
+};
 
 #[derive(Debug, clap::Args)]
 pub struct ClusterArgs {
@@ -35,6 +39,84 @@ enum ClusterCommand {
     /// Make the endpoint's node build a snapshot now and purge its log up
     /// to it.
     Snapshot(SnapshotArgs),
+    /// Read or change the cluster settings: the limits every node applies
+    /// commands with (fuel, memory, output, module size, sessions).
+    Settings(SettingsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct SettingsArgs {
+    #[command(subcommand)]
+    command: SettingsCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum SettingsCommand {
+    /// Show the settings in force.
+    Get(SettingsGetArgs),
+    /// Change settings through the Raft log: `FIELD=VALUE`, one or more.
+    /// Values are whole numbers, optionally with a KiB, MiB or GiB suffix.
+    /// Fields: fuel_per_call_max, memory_bytes_max, output_bytes_max,
+    /// module_bytes_max, session_table_bytes_max, sessions_per_caller_max.
+    Set(SettingsSetArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct SettingsGetArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    connection: ConnectionArgs,
+}
+
+#[derive(Debug, clap::Args)]
+struct SettingsSetArgs {
+    /// The changes, as FIELD=VALUE.
+    #[arg(required = true, value_name = "FIELD=VALUE")]
+    changes: Vec<String>,
+    #[command(flatten)]
+    connection: ConnectionArgs,
+}
+
+/// `FIELD=VALUE` pairs as a settings update; a bad pair is refused by name.
+fn parse_changes(changes: &[String]) -> anyhow::Result<SettingsUpdate> {
+    let mut update = SettingsUpdate::default();
+    for change in changes {
+        let Some((field, value)) = change.split_once('=') else {
+            anyhow::bail!(
+                "`{change}` is not FIELD=VALUE (for example fuel_per_call_max=100000000)"
+            );
+        };
+        let field = field.trim();
+        let value = parse_quantity(value.trim()).ok_or_else(|| {
+            anyhow::anyhow!(
+                "invalid value `{value}` for `{field}`: expected a whole number, optionally with a KiB, MiB or GiB suffix"
+            )
+        })?;
+        update.set(field, value)?;
+    }
+    Ok(update)
+}
+
+/// A whole number with an optional binary-unit suffix.
+fn parse_quantity(text: &str) -> Option<u64> {
+    let (digits, multiplier) = [("KiB", 1u64 << 10), ("MiB", 1 << 20), ("GiB", 1 << 30)]
+        .iter()
+        .find_map(|(suffix, multiplier)| {
+            text.strip_suffix(suffix)
+                .map(|digits| (digits.trim(), *multiplier))
+        })
+        .unwrap_or((text, 1));
+    let digits = digits.replace('_', "");
+    digits.parse::<u64>().ok()?.checked_mul(multiplier)
+}
+
+fn render_settings(settings: &ClusterSettings) -> String {
+    crate::command::settings::FIELDS
+        .iter()
+        .map(|field| format!("{field:<26}{}\n", settings.get(field).unwrap_or_default()))
+        .collect()
 }
 
 #[derive(Debug, clap::Args)]
@@ -120,6 +202,44 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
                 let client = args.connection.client().await?;
                 client.snapshot().await?;
                 println!("snapshot started on {}", client.endpoint());
+                Ok(())
+            }
+            ClusterCommand::Settings(SettingsArgs {
+                command: SettingsCommand::Get(args),
+            }) => {
+                let view = args.connection.client().await?.settings().await?;
+                if args.json {
+                    let mut json = serde_json::to_value(&view.settings)?;
+                    json["recorded"] = view.recorded.into();
+                    json["engine_fingerprint"] = view.engine_fingerprint.clone().into();
+                    json["changed_at_index"] = view.changed_at_index.into();
+                    json["applied_index"] = view.applied_index.into();
+                    println!("{}", serde_json::to_string_pretty(&json)?);
+                    return Ok(());
+                }
+                print!("{}", render_settings(&view.settings));
+                if view.recorded {
+                    println!("{:<26}{}", "engine", view.engine_fingerprint);
+                    println!("{:<26}{}", "changed at index", view.changed_at_index);
+                } else {
+                    println!(
+                        "(the defaults: this cluster has recorded no settings yet; `cluster settings set` records them)"
+                    );
+                }
+                Ok(())
+            }
+            ClusterCommand::Settings(SettingsArgs {
+                command: SettingsCommand::Set(args),
+            }) => {
+                let update = parse_changes(&args.changes)?;
+                let (settings, index) = args
+                    .connection
+                    .client()
+                    .await?
+                    .set_settings(&update)
+                    .await?;
+                println!("settings changed at index {index}; in force on every node from there:");
+                print!("{}", render_settings(&settings));
                 Ok(())
             }
         }
@@ -236,5 +356,35 @@ learners  none
    2  127.0.0.1:7071  unknown           -         -  error: timed out
 ";
         assert_eq!(render(&status), expected);
+    }
+}
+
+#[cfg(test)]
+mod settings_tests {
+    use super::*;
+
+    #[test]
+    fn changes_parse_with_units_and_refuse_by_name() {
+        let update = parse_changes(&[
+            "memory_bytes_max=32MiB".to_owned(),
+            "fuel_per_call_max=100_000_000".to_owned(),
+        ])
+        .unwrap();
+        assert_eq!(update.memory_bytes_max, Some(32 << 20));
+        assert_eq!(update.fuel_per_call_max, Some(100_000_000));
+        let unknown = parse_changes(&["fuel=1".to_owned()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            unknown.starts_with("invalid setting `fuel`: no such setting"),
+            "{unknown}"
+        );
+        let bad = parse_changes(&["fuel_per_call_max=lots".to_owned()])
+            .unwrap_err()
+            .to_string();
+        assert!(bad.contains("`fuel_per_call_max`"), "{bad}");
+        assert!(parse_changes(&["fuel_per_call_max".to_owned()]).is_err());
+        assert_eq!(parse_quantity("1GiB"), Some(1 << 30));
+        assert_eq!(parse_quantity("18446744073709551615GiB"), None);
     }
 }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use openraft::storage::{RaftLogStorage, RaftStateMachine};
 
-use crate::storage::{CallLimits, DataDirectory, LogStore, StateMachineConfig, StateMachineStore};
+use crate::storage::{DataDirectory, LogStore, StateMachineStore};
 use crate::wasm::{Runtime, RuntimeConfig};
 
 #[derive(Debug, clap::Args)]
@@ -30,11 +30,6 @@ fn inspect(data: DataDirectory) -> anyhow::Result<()> {
         cache_dir: Some(data.module_cache_directory()),
         ..RuntimeConfig::default()
     };
-    let limits = CallLimits {
-        fuel_per_call_max: runtime_config.fuel_per_call_max,
-        memory_bytes_max: runtime_config.memory_bytes_max,
-        sessions_max: CallLimits::SESSIONS_MAX_DEFAULT,
-    };
     let runtime = Runtime::new(runtime_config)?;
     let tokio = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -43,11 +38,7 @@ fn inspect(data: DataDirectory) -> anyhow::Result<()> {
         let mut log = LogStore::open(data.log_file())?;
         let log_state = log.get_log_state().await?;
         let vote = log.read_vote().await?;
-        let mut state = StateMachineStore::open(
-            data.state_directory(),
-            runtime,
-            StateMachineConfig { limits },
-        )?;
+        let mut state = StateMachineStore::open(data.state_directory(), runtime)?;
         let (applied, membership) = state.applied_state().await?;
         let reader = state.reader();
         let (_, digest) = reader.digest()?;

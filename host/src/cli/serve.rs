@@ -97,6 +97,7 @@ fn node_config(args: &ServeArgs) -> anyhow::Result<NodeConfig> {
         bootstrap: args.dev || args.bootstrap,
         raft: RaftSettings::default(),
         limits: LimitSettings::default(),
+        cluster: Default::default(),
     };
     // Port 0 picks a free port in dev mode (the endpoint is printed).
     if !(args.dev && config.listen.port() == 0) {

@@ -26,7 +26,10 @@
 //!
 //! # Exactly-once invokes
 //!
-//! Each invoke carries a session: a client id and a sequence number. On
+//! Each invoke carries a session: a client id and a sequence number; the
+//! client opens each session through the log (`OpenSession`) before its
+//! first command, so a session the cluster forgot is refused, never
+//! silently restarted. On
 //! `UNAVAILABLE` (no leader, an election), `DEADLINE_EXCEEDED` (no commit in
 //! time), a client-side timeout or a broken connection, the client sends the
 //! **same** (client id, sequence) again, with exponential backoff and jitter,
@@ -76,16 +79,19 @@ use wasmraft_proto::v1::cluster_client::ClusterClient;
 use wasmraft_proto::v1::modules_client::ModulesClient;
 use wasmraft_proto::v1::state_machine_client::StateMachineClient;
 
+pub use crate::command::{ClusterSettings, SettingsUpdate};
 pub use error::{ClientError, code_name};
 pub use status_json::{
     CLUSTER_STATUS_SCHEMA_VERSION, ClusterStatusJson, MemberJson, NodeStatusJson,
 };
 pub use types::{
     ClusterStatus, Consistency, DeployOptions, DeployProgress, Health, InvokeOutput, Member,
-    Membership, ModuleInfo, NodeRole, NodeStatus, ProgressCallback, QueryOutput,
+    Membership, ModuleInfo, NodeRole, NodeStatus, ProgressCallback, QueryOutput, SettingsView,
 };
 
-use retry::{CallKind, backoff, is_session_expired, jitter, may_have_been_sent, should_retry};
+use retry::{
+    CallKind, backoff, is_answer, is_session_expired, jitter, may_have_been_sent, should_retry,
+};
 use session::SessionPool;
 
 /// The endpoint used when none is given: a `wasmraft serve --dev` node.
@@ -393,6 +399,12 @@ impl Client {
                     .request_timeout
                     .min(deadline.saturating_duration_since(Instant::now()))
             };
+            if !lease.is_open() {
+                // A session is opened through the log before its first
+                // command; opening is idempotent, so it retries freely.
+                self.open_session(lease.client_id()).await?;
+                lease.mark_open();
+            }
             let span = tracing::Span::current();
             span.record("client_id", lease.client_id());
             span.record("sequence", lease.sequence());
@@ -436,7 +448,7 @@ impl Client {
                 lease.unmark_sent();
                 return Err(error);
             }
-            if transient || is_session_expired(&error) {
+            if transient || is_session_expired(&error) || !is_answer(&error) {
                 return Err(ClientError::OutcomeUnknown {
                     client_id: lease.client_id().to_owned(),
                     sequence: lease.sequence(),
@@ -448,9 +460,32 @@ impl Client {
         }
     }
 
-    /// Sends one invoke with a session the caller manages, once, without
-    /// retries: for callers that persist their own sessions, and for tests
-    /// of the server's duplicate detection. Sequence numbers start at 1.
+    /// Opens the session `client_id` of this client's caller, through the
+    /// log, retrying transient failures (opening an open session changes
+    /// nothing). [`Client::invoke`] opens its sessions itself; callers of
+    /// [`Client::invoke_in_session`] open theirs with this. Returns whether
+    /// the session was open already.
+    pub async fn open_session(&self, client_id: &str) -> Result<bool, ClientError> {
+        let response = self
+            .retrying("open session", CallKind::ReadOnly, |timeout| {
+                let mut client = StateMachineClient::new(self.inner.channel.clone());
+                let request = v1::OpenSessionRequest {
+                    client_id: client_id.to_owned(),
+                };
+                async move {
+                    let request = self.request(request, timeout);
+                    self.attempt("open session", timeout, client.open_session(request))
+                        .await
+                }
+            })
+            .await?;
+        Ok(response.existed)
+    }
+
+    /// Sends one invoke with a session the caller manages (opened with
+    /// [`Client::open_session`]), once, without retries: for callers that
+    /// persist their own sessions, and for tests of the server's duplicate
+    /// detection. Sequence numbers start at 1.
     pub async fn invoke_in_session(
         &self,
         module: &str,
@@ -603,6 +638,54 @@ impl Client {
 
     /// Whether the endpoint's node can serve. One attempt, no retries: a
     /// probe should report what it sees.
+    /// The cluster settings, as the answering node's state holds them.
+    pub async fn settings(&self) -> Result<SettingsView, ClientError> {
+        let response = self
+            .retrying("get settings", CallKind::ReadOnly, |timeout| {
+                let mut client = self.cluster();
+                async move {
+                    let request = self.request(v1::GetSettingsRequest {}, timeout);
+                    self.attempt("get settings", timeout, client.get_settings(request))
+                        .await
+                }
+            })
+            .await?;
+        SettingsView::try_from(response)
+    }
+
+    /// Changes the cluster settings named in `update` through the log, and
+    /// returns the settings in force after it. Retried only when nothing was
+    /// sent; setting a value twice is harmless, so a failed call may simply
+    /// be made again.
+    pub async fn set_settings(
+        &self,
+        update: &SettingsUpdate,
+    ) -> Result<(ClusterSettings, u64), ClientError> {
+        let response = self
+            .retrying("set settings", CallKind::Write, |timeout| {
+                let mut client = self.cluster();
+                let request = v1::SetSettingsRequest {
+                    fuel_per_call_max: update.fuel_per_call_max,
+                    memory_bytes_max: update.memory_bytes_max,
+                    output_bytes_max: update.output_bytes_max,
+                    module_bytes_max: update.module_bytes_max,
+                    session_table_bytes_max: update.session_table_bytes_max,
+                    sessions_per_caller_max: update.sessions_per_caller_max,
+                };
+                async move {
+                    let request = self.request(request, timeout);
+                    self.attempt("set settings", timeout, client.set_settings(request))
+                        .await
+                }
+            })
+            .await?;
+        let settings = response.settings.ok_or(ClientError::MissingField {
+            operation: "set settings",
+            field: "settings",
+        })?;
+        Ok((types::settings_of(settings), response.applied_index))
+    }
+
     pub async fn health(&self) -> Result<Health, ClientError> {
         let timeout = self.inner.config.request_timeout;
         let mut client = self.cluster();

@@ -55,6 +55,26 @@ pub(crate) fn may_have_been_sent(error: &ClientError) -> bool {
     )
 }
 
+/// Whether `error` is the cluster's answer to the command itself (applied
+/// with this result, or refused): once an earlier attempt may have reached
+/// the cluster, any other failure leaves the outcome unknown. A node that
+/// is unreachable, unavailable or timed out on a retry says nothing about
+/// whether the first attempt was applied.
+pub(crate) fn is_answer(error: &ClientError) -> bool {
+    match error {
+        ClientError::Status { code, .. } => !matches!(
+            code,
+            Code::Unavailable
+                | Code::Cancelled
+                | Code::DeadlineExceeded
+                | Code::Unknown
+                | Code::Internal
+                | Code::Aborted
+        ),
+        _ => false,
+    }
+}
+
 /// Whether the server refused an invoke because it no longer knows the
 /// session (evicted from its bounded table) — `Refusal::SessionExpired`,
 /// which the API reports as `FAILED_PRECONDITION` with this wording.
@@ -171,8 +191,26 @@ mod tests {
     }
 
     #[test]
+    fn only_the_clusters_verdict_settles_an_outcome() {
+        assert!(is_answer(&status(Code::FailedPrecondition, "trap")));
+        assert!(is_answer(&status(Code::NotFound, "no module")));
+        assert!(is_answer(&status(Code::ResourceExhausted, "fuel")));
+        // A later attempt that found the node down, no leader, or no commit
+        // in time says nothing of whether an earlier one was applied.
+        assert!(!is_answer(&unreachable()));
+        assert!(!is_answer(&timed_out()));
+        assert!(!is_answer(&status(Code::Unavailable, "no leader")));
+        assert!(!is_answer(&status(Code::DeadlineExceeded, "no commit")));
+        assert!(!is_answer(&status(Code::Internal, "storage")));
+    }
+
+    #[test]
     fn session_expiry_is_recognised() {
-        let message = "sequence 3 of client `c1` is not the session's next command: it is older than the last applied one, or the session was forgotten; start a new session";
+        let message = &crate::command::Refusal::SessionExpired {
+            client_id: "c1".to_owned(),
+            sequence: 3,
+        }
+        .to_string();
         assert!(is_session_expired(&status(
             Code::FailedPrecondition,
             message

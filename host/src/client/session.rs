@@ -1,5 +1,6 @@
 //! Client sessions for exactly-once invokes: a pool of (client id, next
-//! sequence) pairs, one lent to each invoke in flight.
+//! sequence) pairs, one lent to each invoke in flight. A session is opened
+//! on the server (through the log) before its first command.
 //!
 //! The server remembers, per client id, only the latest sequence applied and
 //! its result (`storage::apply`): a duplicate of that sequence gets the
@@ -26,6 +27,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 pub(crate) struct Session {
     pub client_id: String,
     pub next_sequence: u64,
+    /// Whether the server confirmed the session open (`OpenSession`).
+    pub open: bool,
 }
 
 /// The sessions of one [`crate::client::Client`] and its clones.
@@ -78,6 +81,7 @@ impl SessionPool {
         Session {
             client_id: format!("{}-{number}", self.client_id_prefix),
             next_sequence: 1,
+            open: false,
         }
     }
 
@@ -121,6 +125,18 @@ impl SessionLease {
 
     pub fn sequence(&self) -> u64 {
         self.session().next_sequence
+    }
+
+    /// Whether the server confirmed this session open.
+    pub fn is_open(&self) -> bool {
+        self.session().open
+    }
+
+    /// Records that the server confirmed the session open.
+    pub fn mark_open(&mut self) {
+        if let Some(session) = &mut self.session {
+            session.open = true;
+        }
     }
 
     /// Records that the current sequence is about to be sent: from now on
@@ -175,7 +191,8 @@ mod tests {
             pool.idle_sessions(),
             vec![Session {
                 client_id: "abc-0".to_owned(),
-                next_sequence: 4
+                next_sequence: 4,
+                open: false,
             }]
         );
     }
@@ -246,7 +263,8 @@ mod tests {
             pool.idle_sessions(),
             vec![Session {
                 client_id: "abc-1".to_owned(),
-                next_sequence: 2
+                next_sequence: 2,
+                open: false,
             }]
         );
     }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use wasmraft_proto::v1;
 
 use super::error::ClientError;
+use crate::command::ClusterSettings;
 
 /// A deployed module, as every node knows it (`wasmraft.v1.Module`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -371,5 +372,49 @@ mod tests {
         assert_eq!(NodeRole::from(1), NodeRole::Leader);
         assert_eq!(NodeRole::from(0), NodeRole::Unknown);
         assert_eq!(NodeRole::from(99), NodeRole::Unknown);
+    }
+}
+
+/// The cluster settings as one node's state holds them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettingsView {
+    pub settings: ClusterSettings,
+    /// False for a cluster that has recorded no settings (its state predates
+    /// them): the defaults shown are in force.
+    pub recorded: bool,
+    /// The wasm engine every member must run; empty when not recorded.
+    pub engine_fingerprint: String,
+    /// The log index that last changed the settings; 0 if none did.
+    pub changed_at_index: u64,
+    /// The applied index of the state that was read.
+    pub applied_index: u64,
+}
+
+pub(crate) fn settings_of(settings: v1::ClusterSettings) -> ClusterSettings {
+    ClusterSettings {
+        fuel_per_call_max: settings.fuel_per_call_max,
+        memory_bytes_max: settings.memory_bytes_max,
+        output_bytes_max: settings.output_bytes_max,
+        module_bytes_max: settings.module_bytes_max,
+        session_table_bytes_max: settings.session_table_bytes_max,
+        sessions_per_caller_max: settings.sessions_per_caller_max,
+    }
+}
+
+impl TryFrom<v1::GetSettingsResponse> for SettingsView {
+    type Error = ClientError;
+
+    fn try_from(response: v1::GetSettingsResponse) -> Result<Self, ClientError> {
+        let settings = response.settings.ok_or(ClientError::MissingField {
+            operation: "get settings",
+            field: "settings",
+        })?;
+        Ok(SettingsView {
+            settings: settings_of(settings),
+            recorded: response.recorded,
+            engine_fingerprint: response.engine_fingerprint,
+            changed_at_index: response.changed_at_index,
+            applied_index: response.applied_index,
+        })
     }
 }

@@ -93,7 +93,8 @@ pub fn request(request: &Request) -> Result<(), String> {
         Command::Access(AccessChange::Grant(rule) | AccessChange::Revoke(rule)) => {
             caller(&rule.subject)
         }
-        Command::Batch(_) => Ok(()),
+        Command::OpenSession { client_id: id } => client_id(id),
+        Command::Batch(_) | Command::Settings(_) => Ok(()),
     }
 }
 

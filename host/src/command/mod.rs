@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 
 pub mod check;
 pub mod codec;
+pub mod settings;
+
+pub use settings::{ClusterSettings, SettingError, SettingsRecord, SettingsUpdate};
 
 /// A content hash (sha256) of a module's wasm bytes.
 pub type ModuleHash = [u8; 32];
@@ -43,6 +46,26 @@ pub enum Command {
     /// that arrive while the previous entry is being written, so a burst of
     /// clients costs one fsync, not one each. Batches never nest.
     Batch(Vec<Request>),
+    /// Register a client session of the caller (Raft dissertation, §6.3):
+    /// invokes name only registered sessions, so one the cluster forgot is
+    /// refused as expired, never applied a second time. Opening a session
+    /// that exists changes nothing (a retried open is harmless).
+    OpenSession { client_id: String },
+    /// Change the cluster settings.
+    Settings(SettingsCommand),
+}
+
+/// A change of the cluster settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettingsCommand {
+    pub update: SettingsUpdate,
+    /// The first settings of a new cluster, proposed by the node that
+    /// bootstrapped it: applied only when the state has none yet, so that
+    /// proposing them again after a crash changes nothing.
+    pub initial: bool,
+    /// The proposing node's wasm engine fingerprint, recorded when the
+    /// state has no settings yet (the cluster's engine from then on).
+    pub engine_fingerprint: String,
 }
 
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,6 +153,13 @@ pub enum Response {
     /// The command was valid when proposed but could not be applied to the
     /// state it met (every replica refuses it the same way; nothing changed).
     Refused(Refusal),
+    SessionOpened {
+        /// The session was open already: nothing changed.
+        existed: bool,
+    },
+    /// The settings in force after a [`Command::Settings`] (unchanged when
+    /// the command was an initial one and the cluster had settings).
+    Settings(SettingsRecord),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -156,13 +186,15 @@ pub enum Refusal {
     #[error("a batch of commands cannot contain another batch")]
     NestedBatch,
     #[error(
-        "sequence {sequence} of client `{client_id}` is not the session's next command: it is older than the last applied one, or the session was forgotten; start a new session"
+        "sequence {sequence} of client `{client_id}` is not the session's next command: it is older than the last applied one, or the session is not open (never opened, or forgotten by the cluster); open a new session"
     )]
     SessionExpired { client_id: String, sequence: u64 },
     /// A command that breaks a rule the edge checks (it did not pass the
     /// edge: forwarded by a faulty peer, or written by hand).
     #[error("invalid command: {0}")]
     InvalidCommand(String),
+    #[error(transparent)]
+    InvalidSetting(SettingError),
 }
 
 /// The result of one guest call, as replicated: identical on every replica.

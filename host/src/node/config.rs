@@ -29,6 +29,11 @@ pub struct NodeConfig {
     pub raft: RaftSettings,
     #[serde(default)]
     pub limits: LimitSettings,
+    /// The cluster settings a cluster bootstrapped by this node starts with.
+    /// Read only when this node bootstraps: from then on the settings live in
+    /// the replicated state and change with `wasmraft cluster settings set`.
+    #[serde(default)]
+    pub cluster: crate::command::ClusterSettings,
 }
 
 /// Raft timing and log compaction. The defaults suit a LAN.
@@ -84,32 +89,23 @@ const _: () = assert!(
         && ELECTION_TIMEOUT_MS_MIN_DEFAULT < ELECTION_TIMEOUT_MS_MAX_DEFAULT
 );
 
-/// Ceilings of guest calls and client payloads, the same on every node.
+/// This node's own limits: what it accepts at its edge. None of them reaches
+/// apply (the replicated limits are the cluster settings), so nodes may
+/// differ in them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitSettings {
-    pub fuel_per_call_max: u64,
-    pub memory_bytes_max: u64,
-    pub module_bytes_max: u64,
-    pub output_bytes_max: u64,
     /// The largest invoke or query input a client may send.
     pub payload_bytes_max: u64,
     /// Wall-clock limit of one query (apply is limited by fuel alone).
     pub query_timeout_ms: u64,
-    /// Client sessions remembered for exactly-once commands.
-    pub sessions_max: u64,
 }
 
 impl Default for LimitSettings {
     fn default() -> Self {
         Self {
-            fuel_per_call_max: 50_000_000,
-            memory_bytes_max: 16 * 1024 * 1024,
-            module_bytes_max: 8 * 1024 * 1024,
-            output_bytes_max: 1024 * 1024,
             payload_bytes_max: 1024 * 1024,
             query_timeout_ms: 5_000,
-            sessions_max: crate::storage::CallLimits::SESSIONS_MAX_DEFAULT,
         }
     }
 }
@@ -229,45 +225,34 @@ impl RaftSettings {
 impl LimitSettings {
     pub fn validate(&self) -> Result<(), ConfigError> {
         within(
-            "limits.fuel_per_call_max",
-            self.fuel_per_call_max,
-            10_000,
-            100_000_000_000,
-        )?;
-        within(
-            "limits.memory_bytes_max",
-            self.memory_bytes_max,
-            64 * 1024,
-            4 * 1024 * 1024 * 1024,
-        )?;
-        within(
-            "limits.module_bytes_max",
-            self.module_bytes_max,
-            1024,
-            64 * 1024 * 1024,
-        )?;
-        within(
-            "limits.output_bytes_max",
-            self.output_bytes_max,
-            1024,
-            64 * 1024 * 1024,
-        )?;
-        within(
             "limits.payload_bytes_max",
             self.payload_bytes_max,
             1024,
             64 * 1024 * 1024,
         )?;
         within("limits.query_timeout_ms", self.query_timeout_ms, 1, 600_000)?;
-        within("limits.sessions_max", self.sessions_max, 1, 100_000_000)?;
-        if !self.memory_bytes_max.is_multiple_of(65_536) {
-            return Err(invalid(
-                "limits.memory_bytes_max",
-                "must be a whole number of 64 KiB wasm pages",
-            ));
-        }
         Ok(())
     }
+}
+
+/// The `[cluster]` table's fields, as a [`ConfigError`] names them.
+const CLUSTER_FIELDS: [&str; 6] = [
+    "cluster.fuel_per_call_max",
+    "cluster.memory_bytes_max",
+    "cluster.output_bytes_max",
+    "cluster.module_bytes_max",
+    "cluster.session_table_bytes_max",
+    "cluster.sessions_per_caller_max",
+];
+
+fn validate_cluster(settings: &crate::command::ClusterSettings) -> Result<(), ConfigError> {
+    settings.validate().map_err(|error| {
+        let field = crate::command::settings::FIELDS
+            .iter()
+            .position(|name| *name == error.field)
+            .map_or("cluster", |position| CLUSTER_FIELDS[position]);
+        invalid(field, error.reason)
+    })
 }
 
 impl NodeConfig {
@@ -302,6 +287,7 @@ impl NodeConfig {
         }
         self.raft.validate()?;
         self.limits.validate()?;
+        validate_cluster(&self.cluster)?;
         Ok(())
     }
 
@@ -395,6 +381,12 @@ mod tests {
         assert_eq!(
             config.raft.snapshot_after_entries,
             RaftSettings::default().snapshot_after_entries
+        );
+        let cluster = format!("{text}\n[cluster]\nfuel_per_call_max = 5\n");
+        let config: NodeConfig = toml::from_str(&cluster).unwrap();
+        assert_eq!(
+            config.validate().unwrap_err().to_string(),
+            "invalid setting `cluster.fuel_per_call_max`: 5 is outside 10000..=100000000000"
         );
         let typo = text.replace("heartbeat_interval_ms", "heartbeat_ms");
         assert!(

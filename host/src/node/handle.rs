@@ -22,11 +22,11 @@ use wasmraft_proto::v1::{RaftReply, RaftRequest};
 
 use super::forward::{ForwardFailure, Forwarded, Forwarder, millis};
 use super::membership::{self, Membership, MembershipError};
-use crate::command::{Command, Request, Response};
+use crate::command::{ClusterSettings, Command, Request, Response};
 use crate::network::wire::{self, WireError};
 use crate::node::config::LimitSettings;
 use crate::raft::{Node, NodeId, Raft};
-use crate::storage::{CallLimits, StateReader};
+use crate::storage::StateReader;
 use crate::wasm::Runtime;
 
 /// A running node as the API sees it. Cheap to clone.
@@ -258,13 +258,16 @@ impl NodeHandle {
         &self.inner.limits
     }
 
-    /// The cluster-wide call ceilings, as apply uses them.
-    pub fn call_limits(&self) -> CallLimits {
-        CallLimits {
-            fuel_per_call_max: self.inner.limits.fuel_per_call_max,
-            memory_bytes_max: self.inner.limits.memory_bytes_max,
-            sessions_max: self.inner.limits.sessions_max,
-        }
+    /// The cluster settings in force in this node's state (the defaults
+    /// until the cluster records some). The edge checks requests against
+    /// them; apply checks again against the settings of its own moment.
+    pub fn settings(&self) -> Result<ClusterSettings, redb::Error> {
+        Ok(self
+            .inner
+            .reader
+            .settings()?
+            .map(|record| record.settings)
+            .unwrap_or_default())
     }
 
     pub(crate) fn begin_shutdown(&self) {
@@ -444,8 +447,11 @@ impl NodeHandle {
             caller,
             command,
         };
-        if !matches!(request.command, Command::Invoke(_)) {
-            // Deploys are large and rare, membership and access changes rare:
+        if !matches!(
+            request.command,
+            Command::Invoke(_) | Command::OpenSession { .. }
+        ) {
+            // Deploys are large and rare, settings and access changes rare:
             // each gets its own entry.
             return self.write(request, timeout).await;
         }

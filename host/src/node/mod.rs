@@ -4,8 +4,8 @@
 //!
 //! Start order: bind the listener (so port 0 works and the bound address is
 //! known), open the data directory (log, state, module cache), build Raft,
-//! bootstrap a one-member cluster if asked and the log is empty, then
-//! serve. Shutdown reverses it: stop accepting, stop Raft, release the
+//! bootstrap a one-member cluster if asked and the log is empty (and record
+//! its first cluster settings), then serve. Shutdown reverses it: stop accepting, stop Raft, release the
 //! files (every acknowledged write was already committed durably).
 
 pub mod address;
@@ -32,11 +32,12 @@ use tracing::Instrument;
 use self::config::{ConfigError, NodeConfig};
 use self::forward::Forwarder;
 use self::handle::NodeHandle;
+use crate::command::settings;
+use crate::command::{ClusterSettings, Command, SettingsCommand, SettingsUpdate};
 use crate::network::{Faults, NetworkFactory, NetworkSettings};
 use crate::raft::{Node as Member, NodeId, Raft};
 use crate::storage::{
-    CallLimits, DataDirectory, LogStore, OpenLogError, OpenStateError, StateMachineConfig,
-    StateMachineStore,
+    DataDirectory, LogStore, OpenLogError, OpenStateError, StateMachineStore, StateReader,
 };
 use crate::wasm::{Runtime, RuntimeConfig, RuntimeError};
 
@@ -94,6 +95,13 @@ pub enum StartError {
     Raft(String),
     #[error("cannot bootstrap the cluster: {0}")]
     Bootstrap(String),
+    #[error("cannot read the cluster settings: {0}")]
+    Settings(#[from] redb::Error),
+    #[error(
+        "this node's wasm engine ({ours}) is not the cluster's ({cluster}): fuel and traps \
+         would differ from the other members'; run the release the rest of the cluster runs"
+    )]
+    Engine { cluster: String, ours: String },
 }
 
 /// Why a node did not stop cleanly.
@@ -124,7 +132,7 @@ pub struct RunningNode {
 /// The largest Raft message: one deploy of the largest module with its
 /// largest init argument, or one snapshot chunk, with room to spare.
 pub fn raft_message_bytes_max(config: &NodeConfig) -> usize {
-    let entry = config.limits.module_bytes_max + config.limits.payload_bytes_max;
+    let entry = settings::MODULE_BYTES_MAX_RANGE.1 + config.limits.payload_bytes_max;
     let bytes = entry.max(config.raft.snapshot_chunk_bytes) + RAFT_MESSAGE_OVERHEAD_BYTES;
     usize::try_from(bytes).unwrap_or(usize::MAX)
 }
@@ -173,29 +181,23 @@ impl Node {
             path: data.root().to_path_buf(),
             source,
         })?;
-        let limits = &config.limits;
+        // The runtime is built for the largest values the cluster settings
+        // may take; each call is capped by the settings in force.
         let runtime = Runtime::new(RuntimeConfig {
-            fuel_per_call_max: limits.fuel_per_call_max,
-            memory_bytes_max: limits.memory_bytes_max,
-            module_bytes_max: usize::try_from(limits.module_bytes_max).unwrap_or(usize::MAX),
-            output_bytes_max: usize::try_from(limits.output_bytes_max).unwrap_or(usize::MAX),
+            fuel_per_call_max: settings::FUEL_PER_CALL_MAX_RANGE.1,
+            memory_bytes_max: settings::MEMORY_BYTES_MAX_RANGE.1,
+            module_bytes_max: usize::try_from(settings::MODULE_BYTES_MAX_RANGE.1)
+                .unwrap_or(usize::MAX),
+            output_bytes_max: usize::try_from(settings::OUTPUT_BYTES_MAX_RANGE.1)
+                .unwrap_or(usize::MAX),
             cache_dir: Some(data.module_cache_directory()),
-            query_timeout: Duration::from_millis(limits.query_timeout_ms),
+            query_timeout: Duration::from_millis(config.limits.query_timeout_ms),
             ..RuntimeConfig::default()
         })?;
         let log = LogStore::open(data.log_file()).map_err(StartError::Log)?;
-        let state = StateMachineStore::open(
-            data.state_directory(),
-            runtime.clone(),
-            StateMachineConfig {
-                limits: CallLimits {
-                    fuel_per_call_max: limits.fuel_per_call_max,
-                    memory_bytes_max: limits.memory_bytes_max,
-                    sessions_max: limits.sessions_max,
-                },
-            },
-        )?;
+        let state = StateMachineStore::open(data.state_directory(), runtime.clone())?;
         let reader = state.reader();
+        check_engine(&reader, &runtime)?;
         let (log, log_released) = lease::lease(log);
         let (state, state_released) = lease::lease(state);
 
@@ -233,6 +235,9 @@ impl Node {
             options.consensus_timeout,
             forwarder,
         );
+        if config.bootstrap {
+            propose_initial_settings(&handle, &config.cluster).await;
+        }
         let router = crate::api::router(&handle, raft_message_bytes_max);
         let (stop_serving, stopped) = oneshot::channel::<()>();
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -249,6 +254,49 @@ impl Node {
             server,
             released: vec![log_released, state_released],
         })
+    }
+}
+
+/// Refuses to run a member whose wasm engine is not the cluster's: fuel and
+/// traps are equal only between equal engines.
+fn check_engine(reader: &StateReader, runtime: &Runtime) -> Result<(), StartError> {
+    let Some(record) = reader.settings()? else {
+        return Ok(());
+    };
+    let ours = runtime.engine_fingerprint();
+    if record.engine_fingerprint.is_empty() || record.engine_fingerprint == ours {
+        return Ok(());
+    }
+    Err(StartError::Engine {
+        cluster: record.engine_fingerprint,
+        ours,
+    })
+}
+
+/// Records the bootstrapping node's `[cluster]` settings as the cluster's
+/// first ones, unless the state has some. Retried at every start with
+/// `--bootstrap` while none are recorded (a crash before they committed).
+async fn propose_initial_settings(handle: &NodeHandle, initial: &ClusterSettings) {
+    match handle.reader().settings() {
+        Ok(Some(_)) => return,
+        Ok(None) => {}
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the cluster settings");
+            return;
+        }
+    }
+    let command = Command::Settings(SettingsCommand {
+        update: SettingsUpdate::all(initial),
+        initial: true,
+        engine_fingerprint: handle.runtime().engine_fingerprint(),
+    });
+    match handle.propose("", command, None).await {
+        Ok(_) => tracing::info!("cluster settings recorded"),
+        Err(error) => tracing::warn!(
+            %error,
+            "the cluster settings are not recorded yet (the defaults apply); \
+             the next start with --bootstrap proposes them again"
+        ),
     }
 }
 

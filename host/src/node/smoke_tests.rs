@@ -23,6 +23,7 @@ fn config(dir: &std::path::Path) -> NodeConfig {
         bootstrap: true,
         raft: Default::default(),
         limits: Default::default(),
+        cluster: Default::default(),
     }
 }
 
@@ -117,6 +118,12 @@ async fn deploy_invoke_query_restart_over_grpc() {
     );
 
     let mut machine = StateMachineClient::connect(endpoint.clone()).await.unwrap();
+    machine
+        .open_session(wasmraft_proto::v1::OpenSessionRequest {
+            client_id: "client-a".into(),
+        })
+        .await
+        .unwrap();
     let first = machine
         .invoke(invoke(r#"{"op":"add","by":5}"#, "client-a", 1))
         .await

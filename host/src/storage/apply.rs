@@ -7,21 +7,23 @@
 //! included, identical on every replica — or a [`redb::Error`], which is a
 //! broken storage and stops the node.
 
-use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
-use serde::{Deserialize, Serialize};
+use redb::{ReadableTable, WriteTransaction};
 use sha2::{Digest, Sha256};
 
+use super::sessions::{self, SessionRecord};
 use super::state::{
-    ACCESS, BLOBS, KV, MODULES, ModuleRecord, SESSIONS, SESSIONS_BY_USE, module_key,
+    ACCESS, BLOBS, CLUSTER_SETTINGS, KV, MODULES, ModuleRecord, SETTINGS, module_key,
     module_key_range,
 };
+use crate::command::settings::module_limits;
 use crate::command::{
-    AccessChange, CallOutcome, CallResult, Command, Deploy, Deployed, Invoke, ModuleHash,
-    ModuleLimits, Refusal, Request, Response, SessionId, check, codec,
+    AccessChange, CallOutcome, CallResult, ClusterSettings, Command, Deploy, Deployed, Invoke,
+    ModuleHash, Refusal, Request, Response, SessionId, SettingsCommand, SettingsRecord, check,
+    codec,
 };
 use crate::raft::LogId;
 use crate::wasm::{
-    Call, CallReport, EntryPoint, KvError, KvSource, LoadedModule, Outcome, Runtime,
+    Call, CallReport, DeployLimits, EntryPoint, KvError, KvSource, LoadedModule, Outcome, Runtime,
 };
 
 /// How many times apply retries a call the node could not start (the host
@@ -32,50 +34,28 @@ const UNAVAILABLE_RETRIES: u32 = 5_000;
 /// What a handler needs besides the transaction.
 pub(crate) struct ApplyContext<'a> {
     pub runtime: &'a Runtime,
-    pub limits: &'a CallLimits,
 }
 
-/// The cluster-wide ceilings of guest calls. Part of what makes apply
-/// deterministic: every replica must use the same values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CallLimits {
-    pub fuel_per_call_max: u64,
-    pub memory_bytes_max: u64,
-    /// Client sessions remembered for exactly-once; the least recently used
-    /// is forgotten past it.
-    pub sessions_max: u64,
-}
-
-impl CallLimits {
-    /// The default number of remembered client sessions.
-    pub const SESSIONS_MAX_DEFAULT: u64 = 100_000;
-}
-
-impl CallLimits {
-    /// A module's own limits, clamped by the cluster's.
-    pub fn for_module(&self, requested: &ModuleLimits) -> (u64, u64) {
-        (
-            requested
-                .fuel_per_call
-                .map_or(self.fuel_per_call_max, |fuel| {
-                    fuel.min(self.fuel_per_call_max)
-                }),
-            requested
-                .memory_bytes
-                .map_or(self.memory_bytes_max, |bytes| {
-                    bytes.min(self.memory_bytes_max)
-                }),
-        )
+/// The settings in force for one command: the recorded ones, or the
+/// defaults while the cluster has none recorded (the first entries of a new
+/// cluster, or a cluster whose state predates the settings).
+pub(crate) fn settings_in_force(
+    record: Option<&SettingsRecord>,
+) -> std::borrow::Cow<'_, ClusterSettings> {
+    match record {
+        Some(record) => std::borrow::Cow::Borrowed(&record.settings),
+        None => std::borrow::Cow::Owned(ClusterSettings::default()),
     }
 }
 
-/// The last command applied for one client, kept to answer its retries.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct SessionRecord {
-    pub sequence: u64,
-    /// The log index that last used the session, for least-recently-used eviction.
-    pub last_used_index: u64,
-    pub response: Response,
+/// The cluster settings recorded in the state, if any.
+pub(crate) fn read_settings<T: ReadableTable<&'static [u8], &'static [u8]>>(
+    table: &T,
+) -> Result<Option<SettingsRecord>, redb::Error> {
+    match table.get(CLUSTER_SETTINGS)? {
+        Some(bytes) => decode(bytes.value()).map(Some),
+        None => Ok(None),
+    }
 }
 
 /// The seed a module sees for command `position` of the entry at `log_id`
@@ -181,13 +161,87 @@ fn apply_one(
         caller: &request.caller,
         timestamp_ms: clock.stamp(request.timestamp_ms),
     };
+    // Read for every command: an earlier command of the same batch may have
+    // changed them.
+    let record = read_settings(&txn.open_table(SETTINGS)?)?;
+    let rules = &Rules {
+        runtime: context.runtime,
+        settings: &settings_in_force(record.as_ref()),
+        legacy_sessions: record.is_none(),
+    };
     match &request.command {
-        Command::Deploy(deploy) => apply_deploy(txn, context, place, origin, deploy),
+        Command::Deploy(deploy) => apply_deploy(txn, rules, place, origin, deploy),
         Command::Remove { name } => apply_remove(txn, name),
-        Command::Invoke(invoke) => apply_invoke_once(txn, context, place, origin, invoke),
+        Command::Invoke(invoke) => apply_invoke_once(txn, rules, place, origin, invoke),
         Command::Access(change) => apply_access(txn, change),
         Command::Batch(_) => Ok(Response::Refused(Refusal::NestedBatch)),
+        Command::OpenSession { client_id } => sessions::open(
+            txn,
+            rules.settings,
+            place.log_id.index,
+            origin.caller,
+            client_id,
+        ),
+        Command::Settings(command) => apply_settings(txn, context.runtime, place, record, command),
     }
+}
+
+/// What the handlers of one command apply it with.
+struct Rules<'a> {
+    runtime: &'a Runtime,
+    settings: &'a ClusterSettings,
+    /// The state has no settings record: a cluster that started before
+    /// settings and opened sessions existed (state format 1), whose log may
+    /// still hold commands of that time. Their sessions are applied by the
+    /// rules they were written under, so that a replica replaying them
+    /// (from an older snapshot) reaches the state the others reached: an
+    /// unknown session's sequence 1 opens it, and the table keeps the
+    /// 100,000 most recently used. Recording settings (`cluster settings
+    /// set`) ends it; a cluster bootstrapped today records them first.
+    legacy_sessions: bool,
+}
+
+/// The session table's bound under [`Rules::legacy_sessions`].
+const LEGACY_SESSIONS_MAX: u64 = 100_000;
+
+fn apply_settings(
+    txn: &WriteTransaction,
+    runtime: &Runtime,
+    place: Place<'_>,
+    current: Option<SettingsRecord>,
+    command: &SettingsCommand,
+) -> Result<Response, redb::Error> {
+    if command.initial
+        && let Some(current) = current
+    {
+        return Ok(Response::Settings(current));
+    }
+    let base = settings_in_force(current.as_ref());
+    let settings = match base.updated(&command.update) {
+        Ok(settings) => settings,
+        Err(error) => return Ok(Response::Refused(Refusal::InvalidSetting(error))),
+    };
+    let engine_fingerprint = match current {
+        Some(current) => current.engine_fingerprint,
+        None => command.engine_fingerprint.clone(),
+    };
+    // The record names the engine every member must run. A node whose own
+    // engine differs would compute other fuel figures than its peers: it is
+    // this node that cannot go on, not the command that is wrong.
+    let ours = runtime.engine_fingerprint();
+    if !engine_fingerprint.is_empty() && engine_fingerprint != ours {
+        return Err(redb::Error::Corrupted(format!(
+            "the cluster runs wasm engine {engine_fingerprint}, this node runs {ours}:              fuel and traps would differ between them; run this node with the release              the rest of the cluster runs"
+        )));
+    }
+    let record = SettingsRecord {
+        settings,
+        engine_fingerprint,
+        changed_index: place.log_id.index,
+    };
+    txn.open_table(SETTINGS)?
+        .insert(CLUSTER_SETTINGS, codec::encode(&record).as_slice())?;
+    Ok(Response::Settings(record))
 }
 
 impl Command {
@@ -199,6 +253,8 @@ impl Command {
             Command::Invoke(_) => "invoke",
             Command::Access(_) => "access",
             Command::Batch(_) => "batch",
+            Command::OpenSession { .. } => "open_session",
+            Command::Settings(_) => "settings",
         }
     }
 }
@@ -216,7 +272,7 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, 
 
 fn apply_deploy(
     txn: &WriteTransaction,
-    context: &ApplyContext<'_>,
+    context: &Rules<'_>,
     place: Place<'_>,
     request: &Origin<'_>,
     deploy: &Deploy,
@@ -229,7 +285,10 @@ fn apply_deploy(
     // module compiled on the node that proposed it; failing to compile or
     // instantiate it here is this node's failure (memory, the compiler), and
     // recording a refusal would make this replica differ from the others.
-    let info = match context.runtime.check(&deploy.wasm) {
+    let info = match context
+        .runtime
+        .check_within(&deploy.wasm, deploy_limits(context.settings))
+    {
         Ok(info) => info,
         Err(error) => return Ok(Response::Refused(Refusal::InvalidModule(error.to_string()))),
     };
@@ -241,7 +300,7 @@ fn apply_deploy(
         ))
     })?;
     let previous = read_module(txn, &deploy.name)?;
-    let (fuel, memory_bytes) = context.limits.for_module(&deploy.limits);
+    let (fuel, memory_bytes) = module_limits(context.settings, &deploy.limits);
 
     let setup_entry = match previous {
         None if info.has_init => Some(EntryPoint::Init),
@@ -259,6 +318,7 @@ fn apply_deploy(
                 seed: place.seed(),
                 fuel,
                 memory_bytes,
+                output_bytes: output_bytes(context.settings),
             };
             let (result, report) = run(txn, context.runtime, &module, &deploy.name, &call)?;
             if !result.outcome.is_ok() {
@@ -331,11 +391,11 @@ fn apply_remove(txn: &WriteTransaction, name: &str) -> Result<Response, redb::Er
     })
 }
 
-/// Exactly-once: a command of a known session is answered from the session
+/// Exactly-once: a command of an open session is answered from the session
 /// table when it was applied already.
 fn apply_invoke_once(
     txn: &WriteTransaction,
-    context: &ApplyContext<'_>,
+    context: &Rules<'_>,
     place: Place<'_>,
     request: &Origin<'_>,
     invoke: &Invoke,
@@ -347,78 +407,74 @@ fn apply_invoke_once(
     else {
         return apply_invoke(txn, context, place, request, invoke);
     };
-    // A session belongs to the subject that opened it: another caller using
-    // the same client id gets a session of its own.
-    let key = session_key(request.caller, client_id);
-    let previous: Option<SessionRecord> = {
-        let sessions = txn.open_table(SESSIONS)?;
-        let record = sessions.get(key.as_slice())?;
-        record.map(|bytes| decode(bytes.value())).transpose()?
-    };
-    // Sessions start at sequence 1. An unknown session further along was
-    // forgotten (evicted): its command may have been applied already, so it
-    // is refused rather than risk a second apply.
-    if previous.is_none() && *sequence > 1 {
-        return Ok(Response::Refused(Refusal::SessionExpired {
+    let expired = || {
+        Ok(Response::Refused(Refusal::SessionExpired {
             client_id: client_id.clone(),
             sequence: *sequence,
-        }));
+        }))
+    };
+    // A session belongs to the subject that opened it: another caller using
+    // the same client id does not see it.
+    let session = match sessions::find(txn, request.caller, client_id)? {
+        Some(session) => session,
+        None if context.legacy_sessions && *sequence == 1 => {
+            let unbounded = ClusterSettings {
+                session_table_bytes_max: u64::MAX,
+                sessions_per_caller_max: u64::MAX,
+                ..context.settings.clone()
+            };
+            sessions::open(
+                txn,
+                &unbounded,
+                place.log_id.index,
+                request.caller,
+                client_id,
+            )?;
+            sessions::evict_to_count(txn, LEGACY_SESSIONS_MAX, request.caller, client_id)?;
+            sessions::find(txn, request.caller, client_id)?.ok_or_else(|| {
+                redb::Error::Corrupted("a session just opened is not in the table".into())
+            })?
+        }
+        // Never opened, or forgotten: the command may have been applied
+        // before the session was forgotten, so it is refused, not applied.
+        None => return expired(),
+    };
+    if session.record.sequence == *sequence {
+        return Ok(session.record.response.clone());
     }
-    if let Some(previous) = &previous {
-        if previous.sequence == *sequence {
-            return Ok(previous.response.clone());
-        }
-        if previous.sequence > *sequence {
-            return Ok(Response::Refused(Refusal::SessionExpired {
-                client_id: client_id.clone(),
-                sequence: *sequence,
-            }));
-        }
+    if session.record.sequence > *sequence {
+        return expired();
     }
     let response = apply_invoke(txn, context, place, request, invoke)?;
-    let record = SessionRecord {
-        sequence: *sequence,
-        last_used_index: place.log_id.index,
-        response: response.clone(),
-    };
-    let mut by_use = txn.open_table(SESSIONS_BY_USE)?;
-    if let Some(previous) = previous {
-        by_use.remove(use_key(previous.last_used_index, &key).as_slice())?;
-    }
-    by_use.insert(use_key(place.log_id.index, &key).as_slice(), [].as_slice())?;
-    let mut sessions = txn.open_table(SESSIONS)?;
-    sessions.insert(key.as_slice(), codec::encode(&record).as_slice())?;
-    // The table is bounded: past the cap, the least recently used session
-    // goes. Its client then gets `SessionExpired` for a retry of an old
-    // command, never a second apply.
-    while sessions.len()? > context.limits.sessions_max {
-        let Some((oldest, _)) = by_use.pop_first()? else {
-            break;
-        };
-        let oldest = oldest.value();
-        sessions.remove(&oldest[8..])?;
-    }
+    sessions::record(
+        txn,
+        context.settings,
+        session,
+        SessionRecord {
+            sequence: *sequence,
+            last_used_index: place.log_id.index,
+            response: response.clone(),
+        },
+    )?;
     Ok(response)
 }
 
-fn session_key(caller: &str, client_id: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(caller.len() + 1 + client_id.len());
-    key.extend_from_slice(caller.as_bytes());
-    key.push(0);
-    key.extend_from_slice(client_id.as_bytes());
-    key
+/// The static limits a deploy is checked against at apply.
+pub fn deploy_limits(settings: &ClusterSettings) -> DeployLimits {
+    DeployLimits {
+        module_bytes_max: usize::try_from(settings.module_bytes_max).unwrap_or(usize::MAX),
+        memory_bytes_max: settings.memory_bytes_max,
+    }
 }
 
-fn use_key(index: u64, session: &[u8]) -> Vec<u8> {
-    let mut key = Vec::with_capacity(8 + session.len());
-    key.extend_from_slice(&index.to_be_bytes());
-    key.extend_from_slice(session);
-    key
+/// The output cap of a call under `settings`.
+pub(crate) fn output_bytes(settings: &ClusterSettings) -> usize {
+    usize::try_from(settings.output_bytes_max).unwrap_or(usize::MAX)
 }
 
 fn apply_invoke(
     txn: &WriteTransaction,
-    context: &ApplyContext<'_>,
+    context: &Rules<'_>,
     place: Place<'_>,
     request: &Origin<'_>,
     invoke: &Invoke,
@@ -429,7 +485,7 @@ fn apply_invoke(
         )));
     };
     let module = load(txn, context.runtime, &record)?;
-    let (fuel, memory_bytes) = context.limits.for_module(&record.limits);
+    let (fuel, memory_bytes) = module_limits(context.settings, &record.limits);
     let call = Call {
         entry: EntryPoint::Apply,
         input: &invoke.input,
@@ -438,6 +494,7 @@ fn apply_invoke(
         seed: place.seed(),
         fuel,
         memory_bytes,
+        output_bytes: output_bytes(context.settings),
     };
     let (result, report) = run(txn, context.runtime, &module, &invoke.module, &call)?;
     commit_writes(txn, &invoke.module, report)?;

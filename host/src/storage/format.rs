@@ -11,8 +11,13 @@
 //! - a version this build does not know is refused, never misread.
 
 /// The state database's format (`state/state.redb`, and the snapshots that
-/// carry it). 1: the first release.
-pub const STATE_FORMAT: u32 = 1;
+/// carry it). 1: the first release. 2: cluster settings (`settings` table),
+/// sessions indexed per caller and bounded in bytes (`sessions_by_caller`,
+/// the `session_bytes` meta record).
+pub const STATE_FORMAT: u32 = 2;
+
+/// The oldest state format this build migrates.
+pub const STATE_FORMAT_OLDEST: u32 = 1;
 
 /// The Raft log database's format (`log.redb`). 1: the first release, which
 /// wrote no format record (a log without one is format 1).
@@ -81,16 +86,19 @@ impl UnknownFormat {
     }
 }
 
-/// What to do with a database of format `found`.
+/// What to do with a database of format `found`, when this build writes
+/// `supported` and migrates every version from `oldest`: `Ok(None)` to use it
+/// as it is, `Ok(Some(version))` to migrate it from `version` first.
 pub fn check(
     database: Database,
     found: FormatVersion,
     supported: u32,
-) -> Result<(), UnknownFormat> {
-    // No migration exists yet: format 1 is the only one. A new format adds
-    // its step here, from `supported - 1`, and keeps the older ones.
+    oldest: u32,
+) -> Result<Option<u32>, UnknownFormat> {
     if found.version == supported {
-        Ok(())
+        Ok(None)
+    } else if (oldest..supported).contains(&found.version) {
+        Ok(Some(found.version))
     } else {
         Err(UnknownFormat {
             database,
@@ -113,13 +121,14 @@ mod tests {
                 written_by: Some("wasmraft 3.1.0".into()),
             },
             STATE_FORMAT,
+            STATE_FORMAT_OLDEST,
         )
         .unwrap_err();
         assert_eq!(
             error.to_string(),
             format!(
                 "the state (state/state.redb) has format 7 (written by wasmraft 3.1.0); this build \
-                 ({RELEASE}) reads format 1. A newer release wrote it: run that release (or a \
+                 ({RELEASE}) reads format 2. A newer release wrote it: run that release (or a \
                  later one) on this data directory."
             )
         );
@@ -127,13 +136,30 @@ mod tests {
             version: LOG_FORMAT,
             written_by: None,
         };
-        assert_eq!(check(Database::Log, current, LOG_FORMAT), Ok(()));
+        assert_eq!(
+            check(Database::Log, current, LOG_FORMAT, LOG_FORMAT),
+            Ok(None)
+        );
+        let migratable = FormatVersion {
+            version: 1,
+            written_by: None,
+        };
+        assert_eq!(
+            check(
+                Database::State,
+                migratable,
+                STATE_FORMAT,
+                STATE_FORMAT_OLDEST
+            ),
+            Ok(Some(1))
+        );
         let older = check(
             Database::Log,
             FormatVersion {
                 version: 0,
                 written_by: None,
             },
+            LOG_FORMAT,
             LOG_FORMAT,
         )
         .unwrap_err();

@@ -60,7 +60,7 @@ impl LogStore {
     pub fn open(path: impl AsRef<Path>) -> Result<Self, OpenLogError> {
         let db = Database::create(path.as_ref()).map_err(redb::Error::from)?;
         let found = read_format(&db)?;
-        format::check(format::Database::Log, found.clone(), LOG_FORMAT)?;
+        format::check(format::Database::Log, found.clone(), LOG_FORMAT, LOG_FORMAT)?;
         let txn = db.begin_write().map_err(redb::Error::from)?;
         {
             txn.open_table(ENTRIES).map_err(redb::Error::from)?;

@@ -14,17 +14,16 @@
 mod apply;
 pub mod format;
 mod log_store;
+mod sessions;
 mod snapshot;
 mod state;
 mod state_machine;
 
-pub use apply::{CallLimits, entry_seed};
+pub use apply::{deploy_limits, entry_seed};
 pub use log_store::{LogStore, OpenLogError};
 pub use snapshot::{SnapshotError, SnapshotFileReader, SnapshotFileWriter};
 pub use state::{ModuleRecord, StateDigest, module_key_range};
-pub use state_machine::{
-    OpenStateError, QueryAnswer, QueryError, StateMachineConfig, StateMachineStore, StateReader,
-};
+pub use state_machine::{OpenStateError, QueryAnswer, QueryError, StateMachineStore, StateReader};
 
 use openraft::{AnyError, ErrorSubject, ErrorVerb, StorageIOError};
 

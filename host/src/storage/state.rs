@@ -23,17 +23,23 @@ pub(crate) const MODULES: Table = TableDefinition::new("modules");
 pub(crate) const BLOBS: Table = TableDefinition::new("blobs");
 /// `module name, 0x00, key` → value: every module's own key-value state.
 pub(crate) const KV: Table = TableDefinition::new("kv");
-/// `caller, 0x00, client id` → the session's last command and its response.
+/// `caller, 0x00, client id` → the session's last command and its response
+/// (`sessions.rs`).
 pub(crate) const SESSIONS: Table = TableDefinition::new("sessions");
 /// `last used index (u64 big-endian), session key` → empty: the sessions in
 /// the order they were last used, so the oldest is evicted first.
 pub(crate) const SESSIONS_BY_USE: Table = TableDefinition::new("sessions_by_use");
 /// Encoded access rule → empty value.
 pub(crate) const ACCESS: Table = TableDefinition::new("access");
+/// [`CLUSTER_SETTINGS`] → the cluster settings record (format 2).
+pub(crate) const SETTINGS: Table = TableDefinition::new("settings");
+/// `caller, 0x00, last used index (u64 big-endian), client id` → empty: each
+/// caller's sessions in the order they were last used (format 2).
+pub(crate) const SESSIONS_BY_CALLER: Table = TableDefinition::new("sessions_by_caller");
 
 /// Every table with its id in snapshot files. The ids are part of the
 /// snapshot format: never renumber, only append.
-pub(crate) const TABLES: [(u8, Table); 7] = [
+pub(crate) const TABLES: [(u8, Table); 9] = [
     (0, META),
     (1, MODULES),
     (2, BLOBS),
@@ -41,17 +47,26 @@ pub(crate) const TABLES: [(u8, Table); 7] = [
     (4, SESSIONS),
     (5, ACCESS),
     (6, SESSIONS_BY_USE),
+    (7, SETTINGS),
+    (8, SESSIONS_BY_CALLER),
 ];
 
 /// Tables whose content is the replicated state proper, as digested.
-/// `meta` is left out: it records how far the node got, not what the state is.
-pub(crate) const DIGESTED_TABLES: [(u8, Table); 5] = [
+/// `meta` is left out: it records how far the node got, not what the state
+/// is; the session indexes are derived from `sessions`.
+pub(crate) const DIGESTED_TABLES: [(u8, Table); 6] = [
     (1, MODULES),
     (2, BLOBS),
     (3, KV),
     (4, SESSIONS),
     (5, ACCESS),
+    (7, SETTINGS),
 ];
+
+/// The one key of the `settings` table.
+pub(crate) const CLUSTER_SETTINGS: &[u8] = b"cluster";
+/// The size of the session table as bounded by `session_table_bytes_max`.
+pub(crate) const SESSION_BYTES: &[u8] = b"session_bytes";
 
 pub(crate) const LAST_APPLIED: &[u8] = b"last_applied";
 pub(crate) const MEMBERSHIP: &[u8] = b"membership";

@@ -22,15 +22,18 @@ use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{ErrorSubject, ErrorVerb};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 
-use super::apply::{self, ApplyContext, CallLimits, Clock, TableKv};
-use super::format::{self, FormatVersion, RELEASE, STATE_FORMAT, UnknownFormat};
+use super::apply::{self, ApplyContext, Clock, TableKv};
+use super::format::{
+    self, FormatVersion, RELEASE, STATE_FORMAT, STATE_FORMAT_OLDEST, UnknownFormat,
+};
 use super::snapshot::{SnapshotError, SnapshotFileReader, SnapshotFileWriter};
 use super::state::{
     self, FORMAT, LAST_APPLIED, LAST_TIMESTAMP, MEMBERSHIP, META, ModuleRecord, StateDigest,
     TABLES, WRITTEN_BY,
 };
 use super::{storage_error, store_error};
-use crate::command::{CallResult, Response, codec};
+use crate::command::settings::module_limits;
+use crate::command::{CallResult, Response, SettingsRecord, codec};
 use crate::raft::{
     Entry, EntryPayload, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
@@ -45,12 +48,6 @@ const SNAPSHOT_META_RECORD: u8 = 0xfe;
 /// so a large state never sits whole in a transaction's memory.
 const INSTALL_COMMIT_BYTES: usize = 32 * 1024 * 1024;
 
-/// How the state machine runs guest calls.
-#[derive(Debug, Clone)]
-pub struct StateMachineConfig {
-    pub limits: CallLimits,
-}
-
 /// The state machine. Cloning is cheap: clones share everything.
 #[derive(Clone)]
 pub struct StateMachineStore {
@@ -63,7 +60,6 @@ struct Shared {
     /// snapshot is installed; readers keep the database they started with.
     db: RwLock<Arc<Database>>,
     runtime: Runtime,
-    config: StateMachineConfig,
     /// Serialises snapshot builds and installs: each replaces `snapshot.bin`.
     snapshot_lock: Mutex<()>,
     /// Distinguishes snapshots built at the same log id.
@@ -94,11 +90,7 @@ pub enum OpenStateError {
 
 impl StateMachineStore {
     /// Opens (or creates) the state in `directory`.
-    pub fn open(
-        directory: impl AsRef<Path>,
-        runtime: Runtime,
-        config: StateMachineConfig,
-    ) -> Result<Self, OpenStateError> {
+    pub fn open(directory: impl AsRef<Path>, runtime: Runtime) -> Result<Self, OpenStateError> {
         let directory = directory.as_ref().to_path_buf();
         let directory_error = |source| OpenStateError::Directory {
             path: directory.clone(),
@@ -114,14 +106,20 @@ impl StateMachineStore {
         let db = Database::create(directory.join(STATE_FILE)).map_err(redb::Error::from)?;
         initialise_tables(&db)?;
         let found = read_format(&db.begin_read().map_err(redb::Error::from)?)?;
-        format::check(format::Database::State, found, STATE_FORMAT)?;
+        if let Some(from) = format::check(
+            format::Database::State,
+            found,
+            STATE_FORMAT,
+            STATE_FORMAT_OLDEST,
+        )? {
+            migrate(&db, from)?;
+        }
         record_writer(&db)?;
         Ok(Self {
             shared: Arc::new(Shared {
                 directory,
                 db: RwLock::new(Arc::new(db)),
                 runtime,
-                config,
                 snapshot_lock: Mutex::new(()),
                 snapshot_counter: AtomicU64::new(0),
             }),
@@ -296,7 +294,15 @@ impl StateMachineStore {
                 version: found_format,
                 written_by: found_writer,
             };
-            format::check(format::Database::Snapshot, found, STATE_FORMAT)?;
+            let migrate_from = format::check(
+                format::Database::Snapshot,
+                found,
+                STATE_FORMAT,
+                STATE_FORMAT_OLDEST,
+            )?;
+            if let Some(from) = migrate_from {
+                migration_steps(&txn, from)?;
+            }
             // The snapshot's own view of what was applied is authoritative.
             {
                 let mut table = txn.open_table(META)?;
@@ -336,7 +342,6 @@ impl StateMachineStore {
         let db = self.db();
         let context = ApplyContext {
             runtime: &self.shared.runtime,
-            limits: &self.shared.config.limits,
         };
         let mut responses = Vec::new();
         let mut last_log_id = None;
@@ -446,6 +451,31 @@ fn initialise_tables(db: &Database) -> Result<(), redb::Error> {
     Ok(())
 }
 
+/// Migrates a state database of format `from` to [`STATE_FORMAT`] in one
+/// write transaction that also records the new format: a crash leaves the
+/// old format, and the migration runs again at the next open.
+fn migrate(db: &Database, from: u32) -> Result<(), redb::Error> {
+    let txn = db.begin_write()?;
+    migration_steps(&txn, from)?;
+    txn.open_table(META)?
+        .insert(FORMAT, codec::encode(&STATE_FORMAT).as_slice())?;
+    txn.commit()?;
+    tracing::info!(from, to = STATE_FORMAT, "state migrated");
+    Ok(())
+}
+
+/// The steps from format `from` up to this build's, in `txn`.
+fn migration_steps(txn: &redb::WriteTransaction, from: u32) -> Result<(), redb::Error> {
+    // Format 1 → 2: the new tables exist already (every open creates them);
+    // the per-caller index and the byte count are built from the sessions.
+    // Settings stay unrecorded: apply uses the defaults until
+    // `cluster settings set` records some.
+    if from <= 1 {
+        super::sessions::index_format_1(txn)?;
+    }
+    Ok(())
+}
+
 fn read_format(txn: &redb::ReadTransaction) -> Result<FormatVersion, redb::Error> {
     let table = txn.open_table(META)?;
     let version = table
@@ -475,6 +505,10 @@ fn record_writer(db: &Database) -> Result<(), redb::Error> {
     }
     txn.commit()?;
     Ok(())
+}
+
+fn read_settings(txn: &redb::ReadTransaction) -> Result<Option<SettingsRecord>, redb::Error> {
+    apply::read_settings(&txn.open_table(state::SETTINGS)?)
 }
 
 fn read_applied(
@@ -637,6 +671,26 @@ impl StateReader {
         Ok((applied, state::digest(&txn)?))
     }
 
+    /// The cluster settings recorded in the state; `None` until the first
+    /// settings command applied (the defaults are in force until then).
+    pub fn settings(&self) -> Result<Option<SettingsRecord>, redb::Error> {
+        let db = self.store.db();
+        let txn = db.begin_read()?;
+        read_settings(&txn)
+    }
+
+    /// [`Self::settings`] with the applied index of the state read (0 for
+    /// none).
+    pub fn settings_at(&self) -> Result<(u64, Option<SettingsRecord>), redb::Error> {
+        let db = self.store.db();
+        let txn = db.begin_read()?;
+        let (applied, _) = read_applied(&txn)?;
+        Ok((
+            applied.map_or(0, |log_id| log_id.index),
+            read_settings(&txn)?,
+        ))
+    }
+
     pub fn module(&self, name: &str) -> Result<Option<ModuleRecord>, redb::Error> {
         let db = self.store.db();
         let txn = db.begin_read()?;
@@ -705,7 +759,9 @@ impl StateReader {
                 })?
             }
         };
-        let (fuel, memory_bytes) = self.store.shared.config.limits.for_module(&record.limits);
+        let settings = read_settings(&txn)?;
+        let settings = apply::settings_in_force(settings.as_ref());
+        let (fuel, memory_bytes) = module_limits(&settings, &record.limits);
         let table = txn.open_table(state::KV)?;
         let call = Call {
             entry: EntryPoint::Query,
@@ -715,6 +771,7 @@ impl StateReader {
             seed: [0; 32],
             fuel,
             memory_bytes,
+            output_bytes: apply::output_bytes(&settings),
         };
         let report = runtime.call(
             &loaded,

@@ -30,7 +30,7 @@ use wasmtime::{Engine, InstancePre, Linker, Module, ModuleExport, Store, Trap};
 pub use self::config::RuntimeConfig;
 pub use self::kv::{KvEntries, KvError, KvSource, MemoryKv, WriteSet};
 pub use self::outcome::{Call, CallReport, EntryPoint, Outcome, TrapKind};
-pub use self::validate::{ModuleInfo, ValidationError};
+pub use self::validate::{DeployLimits, ModuleInfo, ValidationError};
 
 use self::cache::{DiskCache, MemoryCache};
 use self::imports::{CallSetup, CallState, HostExit, KvRef};
@@ -310,10 +310,23 @@ impl Runtime {
         }
     }
 
-    fn limits(&self) -> validate::Limits {
-        validate::Limits {
+    /// The runtime's own ceilings, for callers that pass no cluster limits.
+    fn limits(&self) -> DeployLimits {
+        DeployLimits {
             module_bytes_max: self.inner.config.module_bytes_max,
             memory_bytes_max: self.inner.config.memory_bytes_max,
+        }
+    }
+
+    /// `limits` within the runtime's ceilings.
+    fn clamped(&self, limits: DeployLimits) -> DeployLimits {
+        DeployLimits {
+            module_bytes_max: limits
+                .module_bytes_max
+                .min(self.inner.config.module_bytes_max),
+            memory_bytes_max: limits
+                .memory_bytes_max
+                .min(self.inner.config.memory_bytes_max),
         }
     }
 
@@ -332,11 +345,30 @@ impl Runtime {
         validate::check(wasm, self.limits())
     }
 
+    /// [`Runtime::check`] against the cluster's limits (clamped by the runtime's).
+    pub fn check_within(
+        &self,
+        wasm: &[u8],
+        limits: DeployLimits,
+    ) -> Result<ModuleInfo, ValidationError> {
+        validate::check(wasm, self.clamped(limits))
+    }
+
     /// Deploy-time validation, before the module enters the log: the ABI rules, then a
     /// compilation and a trial instantiation within the instance limits. The compiled
     /// module stays in the memory cache, so the `load` that follows is free.
     pub fn validate(&self, wasm: &[u8]) -> Result<ModuleInfo, ValidationError> {
-        let info = validate::check(wasm, self.limits())?;
+        self.validate_within(wasm, self.limits())
+    }
+
+    /// [`Runtime::validate`] against the cluster's limits (clamped by the runtime's).
+    pub fn validate_within(
+        &self,
+        wasm: &[u8],
+        limits: DeployLimits,
+    ) -> Result<ModuleInfo, ValidationError> {
+        let limits = self.clamped(limits);
+        let info = validate::check(wasm, limits)?;
         let cached = self.modules().get(&info.hash);
         let module = match cached {
             Some(entry) => entry.module,
@@ -357,20 +389,17 @@ impl Runtime {
                 module
             }
         };
-        self.trial_instantiate(&module)?;
+        self.trial_instantiate(&module, limits.memory_bytes_max)?;
         Ok(info)
     }
 
-    fn trial_instantiate(&self, module: &LoadedModule) -> Result<(), ValidationError> {
+    fn trial_instantiate(
+        &self,
+        module: &LoadedModule,
+        memory_bytes_max: u64,
+    ) -> Result<(), ValidationError> {
         let _slot = self.inner.query_slots.acquire();
-        let setup = self.setup(
-            module,
-            true,
-            "",
-            0,
-            [0; 32],
-            self.inner.config.memory_bytes_max,
-        );
+        let setup = self.setup(module, true, "", 0, [0; 32], (memory_bytes_max, 0));
         let mut store = Store::new(&self.inner.engine, CallState::new(KvRef::new(&NoKv), setup));
         store.limiter(|state| &mut state.memory_cap);
         store.set_epoch_deadline(EPOCH_DEADLINE_NEVER);
@@ -384,7 +413,7 @@ impl Runtime {
                 let pages_min = module_memory_pages_min(module);
                 Err(ValidationError::MemoryTooLarge {
                     pages_min,
-                    pages_limit: self.inner.config.memory_bytes_max / abi::PAGE_BYTES,
+                    pages_limit: memory_bytes_max / abi::PAGE_BYTES,
                 })
             }
             Err(error) => Err(ValidationError::DoesNotFit(error.to_string())),
@@ -540,7 +569,7 @@ impl Runtime {
         caller: &'a str,
         timestamp_ms: i64,
         seed: [u8; 32],
-        memory_bytes: u64,
+        (memory_bytes, output_bytes): (u64, usize),
     ) -> CallSetup<'a> {
         CallSetup {
             read_only,
@@ -548,7 +577,7 @@ impl Runtime {
             caller,
             timestamp_ms,
             seed,
-            output_bytes_max: self.inner.config.output_bytes_max,
+            output_bytes_max: output_bytes,
             memory_bytes_max: usize::try_from(memory_bytes).unwrap_or(usize::MAX),
             module: Arc::clone(&module.inner.short),
         }
@@ -623,6 +652,7 @@ impl Runtime {
         let config = &self.inner.config;
         let fuel = call.fuel.min(config.fuel_per_call_max);
         let memory_bytes = call.memory_bytes.min(config.memory_bytes_max);
+        let output_bytes = call.output_bytes.min(config.output_bytes_max);
         let read_only = call.entry.is_read_only();
         // A query sees zero seed bytes whatever the caller passed (ABI v1).
         let seed = if read_only { [0; 32] } else { call.seed };
@@ -632,7 +662,7 @@ impl Runtime {
             call.caller,
             call.timestamp_ms,
             seed,
-            memory_bytes,
+            (memory_bytes, output_bytes),
         );
 
         let _slot = match call.entry {
@@ -673,7 +703,7 @@ impl Runtime {
             Err(RunError::AllocationFailed) => Outcome::GuestError("allocation failed".to_string()),
             Err(RunError::Instantiate(_)) if memory_hit => Outcome::MemoryLimit,
             Err(RunError::Instantiate(error)) => Outcome::Unavailable(error.to_string()),
-            Err(RunError::Guest(error)) => classify(&error, config.output_bytes_max),
+            Err(RunError::Guest(error)) => classify(&error, output_bytes),
         };
         let outcome = match outcome {
             // A trap after a refused `memory.grow` is the memory cap's doing (ABI v1).

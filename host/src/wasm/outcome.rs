@@ -57,6 +57,9 @@ pub struct Call<'a> {
     pub fuel: u64,
     /// The memory cap of the instance, clamped to `RuntimeConfig::memory_bytes_max`.
     pub memory_bytes: u64,
+    /// The largest output the call may produce, clamped to
+    /// `RuntimeConfig::output_bytes_max`.
+    pub output_bytes: usize,
 }
 
 /// The result of one call: deterministic for apply, init and migrate.

@@ -50,11 +50,12 @@ fn at_most(what: &'static str, count: u64, limit: u64) -> Result<(), ValidationE
     Ok(())
 }
 
-/// The caps validation checks against, from the runtime configuration.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Limits {
-    pub(crate) module_bytes_max: usize,
-    pub(crate) memory_bytes_max: u64,
+/// The caps a deploy is checked against besides the static limits of ABI v1:
+/// the cluster settings' module size and memory maxima.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeployLimits {
+    pub module_bytes_max: usize,
+    pub memory_bytes_max: u64,
 }
 
 /// What the host learned about a module that passed validation.
@@ -211,7 +212,7 @@ impl fmt::Display for ValidationError {
 impl std::error::Error for ValidationError {}
 
 /// Checks `wasm` against ABI v1 and the caps, without compiling it.
-pub(crate) fn check(wasm: &[u8], limits: Limits) -> Result<ModuleInfo, ValidationError> {
+pub(crate) fn check(wasm: &[u8], limits: DeployLimits) -> Result<ModuleInfo, ValidationError> {
     if wasm.len() > limits.module_bytes_max {
         return Err(ValidationError::TooLarge {
             size_bytes: wasm.len(),
@@ -259,7 +260,7 @@ fn invalid(error: impl fmt::Display) -> ValidationError {
 }
 
 impl Shape {
-    fn read(wasm: &[u8], limits: Limits) -> Result<Shape, ValidationError> {
+    fn read(wasm: &[u8], limits: DeployLimits) -> Result<Shape, ValidationError> {
         let mut shape = Shape::default();
         let pages_limit = limits.memory_bytes_max / abi::PAGE_BYTES;
         for payload in Parser::new(0).parse_all(wasm) {
