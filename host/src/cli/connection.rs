@@ -152,6 +152,18 @@ mod tests {
                 .into(),
                 EXIT_SERVER_ERROR,
             ),
+            // The retry found the node gone, but an earlier attempt may
+            // have been applied: not "unreachable".
+            (
+                ClientError::OutcomeUnknown {
+                    client_id: "c".to_owned(),
+                    sequence: 1,
+                    attempts: 2,
+                    last: Box::new(unreachable()),
+                }
+                .into(),
+                EXIT_SERVER_ERROR,
+            ),
             (
                 ClientError::InvalidEndpoint {
                     endpoint: "ftp://x".to_owned(),

@@ -105,8 +105,9 @@ impl ClientError {
     /// Whether the endpoint could not be reached at all (nothing was sent).
     pub fn is_unreachable(&self) -> bool {
         match self {
+            // An earlier attempt may have been applied: the endpoint being
+            // unreachable now does not make the command "not sent".
             ClientError::Unreachable { .. } => true,
-            ClientError::OutcomeUnknown { last, .. } => last.is_unreachable(),
             _ => false,
         }
     }
