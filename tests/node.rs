@@ -565,3 +565,53 @@ async fn concurrent_clients_are_batched_and_applied_once() {
     );
     node.shutdown().await.unwrap();
 }
+
+/// A deploy reports its phases in order, then the module; a module that
+/// fails validation ends after "validating" with the validator's reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_reports_its_phases() {
+    use std::sync::{Arc, Mutex};
+    use wasmraft::client::{Client, DeployOptions, DeployPhase, DeployProgress};
+
+    let directory = TempDir::new().unwrap();
+    let node = start(directory.path()).await;
+    let client = Client::connect(&node.endpoint()).await.unwrap();
+    let phases = Arc::new(Mutex::new(Vec::new()));
+    let options = || DeployOptions {
+        progress: Some({
+            let phases = Arc::clone(&phases);
+            Arc::new(move |progress: DeployProgress| {
+                let mut phases = phases.lock().unwrap();
+                if phases.last() != Some(&progress.phase) {
+                    phases.push(progress.phase);
+                }
+            })
+        }),
+        ..DeployOptions::default()
+    };
+    let module = client
+        .deploy("counter", wasmraft_examples::COUNTER_WASM, options())
+        .await
+        .unwrap();
+    assert_eq!(module.version, 1);
+    assert_eq!(
+        *phases.lock().unwrap(),
+        [
+            DeployPhase::Uploading,
+            DeployPhase::Validating,
+            DeployPhase::Compiling,
+            DeployPhase::Replicating
+        ]
+    );
+    phases.lock().unwrap().clear();
+    let error = client
+        .deploy("junk", b"\0asm\x01\0\0\0garbage", options())
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some(Code::InvalidArgument), "{error}");
+    assert_eq!(
+        *phases.lock().unwrap(),
+        [DeployPhase::Uploading, DeployPhase::Validating]
+    );
+    node.shutdown().await.unwrap();
+}

@@ -15,6 +15,7 @@ use wasmraft::network::{FaultDecision, Faults};
 use wasmraft::node::config::{NodeConfig, RaftSettings};
 use wasmraft::node::handle::Role;
 use wasmraft::node::{Node, NodeOptions, RunningNode};
+use wasmraft::wasm::CompileFaults;
 
 pub type NodeId = u64;
 
@@ -84,6 +85,8 @@ struct Slot {
     directory: TempDir,
     address: Option<SocketAddr>,
     running: Option<RunningNode>,
+    /// Kept across restarts: a test turns it off before restarting.
+    compile_faults: CompileFaults,
 }
 
 /// An in-process cluster.
@@ -122,6 +125,7 @@ impl Cluster {
             directory: TempDir::new().unwrap(),
             address: None,
             running: None,
+            compile_faults: CompileFaults::default(),
         });
         assert!(slot.running.is_none(), "node {id} runs already");
         let config = NodeConfig {
@@ -141,6 +145,7 @@ impl Cluster {
             // Tests check what happens, not how fast: a debug build on a
             // busy machine may take long to compile a deployed module.
             consensus_timeout: Duration::from_secs(60),
+            compile_faults: slot.compile_faults.clone(),
             ..NodeOptions::default()
         };
         let node = Node::start(config, options)
@@ -148,6 +153,11 @@ impl Cluster {
             .unwrap_or_else(|error| panic!("node {id} starts: {error}"));
         slot.address = Some(node.local_addr());
         slot.running = Some(node);
+    }
+
+    /// The switch that makes node `id`'s compilations fail.
+    pub fn compile_faults(&self, id: NodeId) -> CompileFaults {
+        self.slots[&id].compile_faults.clone()
     }
 
     /// Replaces node `id`'s data directory with an empty one (its address
@@ -202,6 +212,13 @@ impl Cluster {
             .shutdown()
             .await
             .unwrap_or_else(|error| panic!("node {id} stops: {error}"));
+    }
+
+    /// Stops node `id` whose Raft already stopped on a fatal error: its
+    /// shutdown may report that error, which is expected here.
+    pub async fn stop_failed(&mut self, id: NodeId) {
+        let node = self.slots.get_mut(&id).unwrap().running.take();
+        let _ = node.expect("the node runs").shutdown().await;
     }
 
     /// Forgets a removed node entirely.

@@ -177,3 +177,45 @@ async fn cluster_settings_are_replicated_and_checked_by_name() {
     cluster.assert_converged().await;
     cluster.shutdown().await;
 }
+
+/// A host failure at apply is the node's, not the log's: a follower whose
+/// compiler fails on a deployed module stops and says why, the others
+/// carry on, and once restarted (the fault gone) it applies the deploy and
+/// catches up to an equal digest. Nothing is recorded as a refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_that_cannot_compile_a_deployed_module_stops_then_recovers() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let broken = cluster
+        .running()
+        .into_iter()
+        .find(|id| *id != leader)
+        .unwrap();
+    cluster.compile_faults(broken).fail(true);
+    cluster.deploy_counter(leader).await;
+    let stopped = cluster
+        .node(broken)
+        .raft()
+        .wait(Some(std::time::Duration::from_secs(60)))
+        .metrics(|metrics| metrics.running_state.is_err(), "Raft stops")
+        .await;
+    assert!(stopped.is_ok(), "node {broken} went on applying");
+    let health = cluster.node(broken).handle().cluster_view().health;
+    let reason = health.expect_err("a stopped node is not healthy");
+    assert!(
+        reason.contains("cannot compile module `counter`"),
+        "the node says why: {reason}"
+    );
+    let client = cluster.client_of(leader).await;
+    client
+        .invoke("counter", br#"{"op":"add","by":2}"#)
+        .await
+        .expect("two of three nodes carry on");
+
+    cluster.compile_faults(broken).fail(false);
+    cluster.stop_failed(broken).await;
+    cluster.launch(broken, false).await;
+    cluster.assert_converged().await;
+    assert_eq!(cluster.counter(broken).await, 2);
+    cluster.shutdown().await;
+}

@@ -17,6 +17,9 @@ use crate::node::handle::NodeHandle;
 use crate::storage::ModuleRecord;
 use crate::storage::deploy_limits;
 
+/// The messages of one `DeployWithProgress` answer: three phases and the result.
+const DEPLOY_EVENTS_MAX: usize = 4;
+
 /// Serves `wasmraft.v1.Modules`.
 #[derive(Debug, Clone)]
 pub struct ModulesService {
@@ -36,6 +39,7 @@ pub async fn deploy_module(
     caller: &str,
     upload: DeployUpload,
     timeout: Option<Duration>,
+    report: &(dyn Fn(proto::DeployPhase) + Send + Sync),
 ) -> Result<proto::Module, ApiError> {
     let span = tracing::info_span!(
         "deploy",
@@ -44,7 +48,7 @@ pub async fn deploy_module(
         version = tracing::field::Empty,
         outcome = tracing::field::Empty,
     );
-    let result = deploy_in_span(node, caller, upload, timeout)
+    let result = deploy_in_span(node, caller, upload, timeout, report)
         .instrument(span.clone())
         .await;
     match &result {
@@ -64,6 +68,7 @@ async fn deploy_in_span(
     caller: &str,
     upload: DeployUpload,
     timeout: Option<Duration>,
+    report: &(dyn Fn(proto::DeployPhase) + Send + Sync),
 ) -> Result<proto::Module, ApiError> {
     let DeployUpload {
         name,
@@ -78,12 +83,20 @@ async fn deploy_in_span(
     let runtime = node.runtime().clone();
     let settings = node.settings().map_err(ApiError::from)?;
     let limits_in_force = settings.clone();
+    let static_limits = deploy_limits(&settings);
+    let (checked, wasm) = {
+        let runtime = runtime.clone();
+        blocking(move || (runtime.check_within(&wasm, static_limits), wasm)).await?
+    };
+    checked.map_err(ApiError::InvalidModule)?;
+    report(proto::DeployPhase::Validated);
     let (validated, wasm) = blocking(move || {
-        let validated = runtime.validate_within(&wasm, deploy_limits(&settings));
+        let validated = runtime.validate_within(&wasm, static_limits);
         (validated, wasm)
     })
     .await?;
     let info = validated.map_err(ApiError::InvalidModule)?;
+    report(proto::DeployPhase::Replicating);
     if init_argument.is_some() && !info.has_init && !info.has_migrate {
         return Err(InputError::UnusedInitArgument.into());
     }
@@ -171,10 +184,52 @@ impl Modules for ModulesService {
             assembler.push(chunk.content).map_err(ApiError::from)?;
         }
         let upload = assembler.finish().map_err(ApiError::from)?;
-        let module = deploy_module(&self.node, &caller, upload, timeout).await?;
+        let module = deploy_module(&self.node, &caller, upload, timeout, &|_| {}).await?;
         Ok(Response::new(proto::DeployResponse {
             module: Some(module),
         }))
+    }
+
+    type DeployWithProgressStream = std::pin::Pin<
+        Box<dyn futures::Stream<Item = Result<proto::DeployEvent, Status>> + Send + 'static>,
+    >;
+
+    async fn deploy_with_progress(
+        &self,
+        request: Request<Streaming<proto::DeployChunk>>,
+    ) -> Result<Response<Self::DeployWithProgressStream>, Status> {
+        let caller = caller(&request);
+        let timeout = call_timeout(&request);
+        let mut stream = request.into_inner();
+        let settings = self.node.settings().map_err(ApiError::from)?;
+        let mut assembler = DeployAssembler::new(self.node.limits(), settings.module_bytes_max);
+        while let Some(chunk) = stream.message().await? {
+            assembler.push(chunk.content).map_err(ApiError::from)?;
+        }
+        let upload = assembler.finish().map_err(ApiError::from)?;
+        // Room for every phase and the result: sending never waits, and a
+        // client that went away only makes the sends fail.
+        let (events, received) = tokio::sync::mpsc::channel(DEPLOY_EVENTS_MAX);
+        let node = self.node.clone();
+        tokio::spawn(async move {
+            let phase = |phase: proto::DeployPhase| {
+                let _ = events.try_send(Ok(proto::DeployEvent {
+                    event: Some(proto::deploy_event::Event::Phase(phase as i32)),
+                }));
+            };
+            phase(proto::DeployPhase::Received);
+            let last = match deploy_module(&node, &caller, upload, timeout, &phase).await {
+                Ok(module) => Ok(proto::DeployEvent {
+                    event: Some(proto::deploy_event::Event::Module(module)),
+                }),
+                Err(error) => Err(Status::from(error)),
+            };
+            let _ = events.try_send(last);
+        });
+        let events = futures::stream::unfold(received, |mut received| async move {
+            received.recv().await.map(|event| (event, received))
+        });
+        Ok(Response::new(Box::pin(events)))
     }
 
     async fn list(

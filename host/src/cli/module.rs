@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use super::connection::{self, ConnectionArgs, UsageError};
-use crate::client::{DEPLOY_CHUNK_BYTES, DeployOptions, DeployProgress, ModuleInfo};
+use crate::client::{DeployOptions, DeployProgress, ModuleInfo};
 
 #[derive(Debug, clap::Args)]
 pub struct ModuleArgs {
@@ -105,15 +105,14 @@ async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         ))
     })?;
     let client = args.connection.client().await?;
-    // A bar only for uploads long enough to watch, and only for a person.
-    let bar = (wasm.len() > DEPLOY_CHUNK_BYTES && std::io::stderr().is_terminal())
+    // The phases (and a bar for the upload) only for a person.
+    let bar = std::io::stderr()
+        .is_terminal()
         .then(|| progress_bar(wasm.len() as u64));
     let progress = bar.clone().map(|bar| {
         Arc::new(move |progress: DeployProgress| {
             bar.set_position(progress.sent_bytes);
-            if progress.sent_bytes == progress.total_bytes {
-                bar.set_message("validating and committing");
-            }
+            bar.set_message(progress.phase.to_string());
         }) as crate::client::ProgressCallback
     });
     let options = DeployOptions {

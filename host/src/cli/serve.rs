@@ -164,7 +164,7 @@ async fn deploy_examples(handle: &NodeHandle) -> anyhow::Result<()> {
             init_argument: None,
             limits: ModuleLimits::default(),
         };
-        let module = api::deploy_module(handle, api::ANONYMOUS_CALLER, upload, None)
+        let module = api::deploy_module(handle, api::ANONYMOUS_CALLER, upload, None, &|_| {})
             .await
             .with_context(|| format!("cannot deploy the example module `{name}`"))?;
         println!(

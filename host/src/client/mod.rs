@@ -85,8 +85,9 @@ pub use status_json::{
     CLUSTER_STATUS_SCHEMA_VERSION, ClusterStatusJson, MemberJson, NodeStatusJson,
 };
 pub use types::{
-    ClusterStatus, Consistency, DeployOptions, DeployProgress, Health, InvokeOutput, Member,
-    Membership, ModuleInfo, NodeRole, NodeStatus, ProgressCallback, QueryOutput, SettingsView,
+    ClusterStatus, Consistency, DeployOptions, DeployPhase, DeployProgress, Health, InvokeOutput,
+    Member, Membership, ModuleInfo, NodeRole, NodeStatus, ProgressCallback, QueryOutput,
+    SettingsView,
 };
 
 use retry::{
@@ -294,30 +295,50 @@ impl Client {
             fuel_per_call_max: options.fuel_per_call_max,
             memory_bytes_max: options.memory_bytes_max,
         };
+        let total_bytes = wasm.len() as u64;
         let wasm: Arc<[u8]> = Arc::from(wasm);
         let progress = options.progress;
         let timeout = self.inner.config.deploy_timeout;
-        let response = self
+        let module = self
             .retrying("deploy", CallKind::Write, |_| {
                 let stream = deploy_stream(header.clone(), Arc::clone(&wasm), progress.clone());
                 let mut client = self.modules();
+                let progress = progress.clone();
                 async move {
-                    self.attempt(
-                        "deploy",
-                        timeout,
-                        client.deploy(self.request(stream, timeout)),
-                    )
-                    .await
+                    let call = async move {
+                        let mut events = client
+                            .deploy_with_progress(self.request(stream, timeout))
+                            .await?
+                            .into_inner();
+                        while let Some(event) = events.message().await? {
+                            match event.event {
+                                Some(v1::deploy_event::Event::Phase(phase)) => {
+                                    let phase = v1::DeployPhase::try_from(phase)
+                                        .ok()
+                                        .and_then(DeployPhase::after);
+                                    if let (Some(progress), Some(phase)) = (&progress, phase) {
+                                        progress(DeployProgress {
+                                            phase,
+                                            sent_bytes: total_bytes,
+                                            total_bytes,
+                                        });
+                                    }
+                                }
+                                Some(v1::deploy_event::Event::Module(module)) => {
+                                    return Ok(tonic::Response::new(module));
+                                }
+                                None => {}
+                            }
+                        }
+                        Err(tonic::Status::unknown(
+                            "the deploy's answer ended without its result; `module get` shows whether it was deployed",
+                        ))
+                    };
+                    self.attempt("deploy", timeout, call).await
                 }
             })
             .await?;
-        response
-            .module
-            .map(ModuleInfo::from)
-            .ok_or(ClientError::MissingField {
-                operation: "deploy",
-                field: "module",
-            })
+        Ok(ModuleInfo::from(module))
     }
 
     /// Every deployed module, ordered by name.
@@ -804,6 +825,7 @@ fn deploy_stream(
         let end = (start + DEPLOY_CHUNK_BYTES).min(wasm.len());
         if let Some(progress) = &progress {
             progress(DeployProgress {
+                phase: DeployPhase::Uploading,
                 sent_bytes: end as u64,
                 total_bytes,
             });

@@ -54,14 +54,54 @@ impl From<v1::Module> for ModuleInfo {
 /// Progress of a deploy's upload, for [`DeployOptions::progress`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeployProgress {
+    /// What the deploy is doing.
+    pub phase: DeployPhase,
     /// Module bytes handed to the connection so far.
     pub sent_bytes: u64,
     /// The module's size.
     pub total_bytes: u64,
 }
 
-/// Called as a deploy's chunks are sent. Once `sent_bytes == total_bytes`,
-/// the server is validating and committing the module.
+/// The phases of a deploy, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeployPhase {
+    /// Sending the module's chunks.
+    Uploading,
+    /// The node received the whole module and checks it against ABI v1 and
+    /// the static limits.
+    Validating,
+    /// The module passed the checks; the node compiles it.
+    Compiling,
+    /// The module compiled; the deploy goes through the Raft log and every
+    /// node applies it.
+    Replicating,
+}
+
+impl fmt::Display for DeployPhase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DeployPhase::Uploading => "uploading",
+            DeployPhase::Validating => "validating",
+            DeployPhase::Compiling => "compiling",
+            DeployPhase::Replicating => "replicating",
+        })
+    }
+}
+
+impl DeployPhase {
+    /// The phase that begins with the server's event.
+    pub(crate) fn after(event: v1::DeployPhase) -> Option<DeployPhase> {
+        match event {
+            v1::DeployPhase::Received => Some(DeployPhase::Validating),
+            v1::DeployPhase::Validated => Some(DeployPhase::Compiling),
+            v1::DeployPhase::Replicating => Some(DeployPhase::Replicating),
+            v1::DeployPhase::Unspecified => None,
+        }
+    }
+}
+
+/// Called as a deploy's chunks are sent, then at each phase the server
+/// reports.
 pub type ProgressCallback = Arc<dyn Fn(DeployProgress) + Send + Sync>;
 
 /// The optional parts of a deploy (`wasmraft.v1.DeployHeader`).

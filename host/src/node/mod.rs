@@ -39,7 +39,7 @@ use crate::raft::{Node as Member, NodeId, Raft};
 use crate::storage::{
     DataDirectory, LogStore, OpenLogError, OpenStateError, StateMachineStore, StateReader,
 };
-use crate::wasm::{Runtime, RuntimeConfig, RuntimeError};
+use crate::wasm::{CompileFaults, Runtime, RuntimeConfig, RuntimeError};
 
 /// Room around the largest log entry in one Raft message.
 const RAFT_MESSAGE_OVERHEAD_BYTES: u64 = 1024 * 1024;
@@ -57,6 +57,8 @@ pub struct NodeOptions {
     pub consensus_timeout: Duration,
     /// How long connecting to a peer may take.
     pub connect_timeout: Duration,
+    /// Compilation failures injected into this node's runtime (tests only).
+    pub compile_faults: CompileFaults,
 }
 
 impl Default for NodeOptions {
@@ -66,6 +68,7 @@ impl Default for NodeOptions {
             cluster_name: "wasmraft".to_owned(),
             consensus_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(2),
+            compile_faults: CompileFaults::default(),
         }
     }
 }
@@ -192,6 +195,7 @@ impl Node {
                 .unwrap_or(usize::MAX),
             cache_dir: Some(data.module_cache_directory()),
             query_timeout: Duration::from_millis(config.limits.query_timeout_ms),
+            compile_faults: options.compile_faults.clone(),
             ..RuntimeConfig::default()
         })?;
         let log = LogStore::open(data.log_file()).map_err(StartError::Log)?;

@@ -40,6 +40,26 @@ pub struct RuntimeConfig {
     pub query_timeout: Duration,
     /// Compiled modules kept in memory; the least recently used is evicted past it.
     pub modules_cached_max: usize,
+    /// Makes compilation fail on demand, as a broken host would (tests).
+    pub compile_faults: CompileFaults,
+}
+
+/// The seam where tests make this runtime's compilations fail, as a host
+/// out of memory or a compiler bug would: apply must then stop the node,
+/// never record a refusal the other replicas would not. Clones share the
+/// switch; off unless a test turns it on.
+#[derive(Clone, Debug, Default)]
+pub struct CompileFaults(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl CompileFaults {
+    /// Turns the failure on or off.
+    pub fn fail(&self, failing: bool) {
+        self.0.store(failing, std::sync::atomic::Ordering::Release);
+    }
+
+    pub fn failing(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
 }
 
 impl Default for RuntimeConfig {
@@ -53,6 +73,7 @@ impl Default for RuntimeConfig {
             instances_max: 64,
             query_timeout: Duration::from_secs(5),
             modules_cached_max: 64,
+            compile_faults: CompileFaults::default(),
         }
     }
 }

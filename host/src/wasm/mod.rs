@@ -27,7 +27,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use sha2::{Digest, Sha256};
 use wasmtime::{Engine, InstancePre, Linker, Module, ModuleExport, Store, Trap};
 
-pub use self::config::RuntimeConfig;
+pub use self::config::{CompileFaults, RuntimeConfig};
 pub use self::kv::{KvEntries, KvError, KvSource, MemoryKv, WriteSet};
 pub use self::outcome::{Call, CallReport, EntryPoint, Outcome, TrapKind};
 pub use self::validate::{DeployLimits, ModuleInfo, ValidationError};
@@ -507,6 +507,11 @@ impl Runtime {
     }
 
     fn compile(&self, hash: &[u8; 32], wasm: &[u8]) -> Result<LoadedModule, RuntimeError> {
+        if self.inner.config.compile_faults.failing() {
+            return Err(RuntimeError::Compile(
+                "the compiler failed (a fault injected by a test)".to_owned(),
+            ));
+        }
         let module = Module::from_binary(&self.inner.engine, wasm)
             .map_err(|error| RuntimeError::Compile(error.to_string()))?;
         self.inner
