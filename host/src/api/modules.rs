@@ -169,6 +169,21 @@ fn module_message(settings: &ClusterSettings, record: ModuleRecord) -> proto::Mo
     }
 }
 
+impl ModulesService {
+    /// Reads a deploy stream whole, refusing it as early as it can.
+    async fn receive(
+        &self,
+        mut stream: Streaming<proto::DeployChunk>,
+    ) -> Result<DeployUpload, Status> {
+        let settings = self.node.settings().map_err(ApiError::from)?;
+        let mut assembler = DeployAssembler::new(self.node.limits(), settings.module_bytes_max);
+        while let Some(chunk) = stream.message().await? {
+            assembler.push(chunk.content).map_err(ApiError::from)?;
+        }
+        Ok(assembler.finish().map_err(ApiError::from)?)
+    }
+}
+
 #[tonic::async_trait]
 impl Modules for ModulesService {
     async fn deploy(
@@ -177,13 +192,7 @@ impl Modules for ModulesService {
     ) -> Result<Response<proto::DeployResponse>, Status> {
         let caller = caller(&request);
         let timeout = call_timeout(&request);
-        let mut stream = request.into_inner();
-        let settings = self.node.settings().map_err(ApiError::from)?;
-        let mut assembler = DeployAssembler::new(self.node.limits(), settings.module_bytes_max);
-        while let Some(chunk) = stream.message().await? {
-            assembler.push(chunk.content).map_err(ApiError::from)?;
-        }
-        let upload = assembler.finish().map_err(ApiError::from)?;
+        let upload = self.receive(request.into_inner()).await?;
         let module = deploy_module(&self.node, &caller, upload, timeout, &|_| {}).await?;
         Ok(Response::new(proto::DeployResponse {
             module: Some(module),
@@ -200,13 +209,7 @@ impl Modules for ModulesService {
     ) -> Result<Response<Self::DeployWithProgressStream>, Status> {
         let caller = caller(&request);
         let timeout = call_timeout(&request);
-        let mut stream = request.into_inner();
-        let settings = self.node.settings().map_err(ApiError::from)?;
-        let mut assembler = DeployAssembler::new(self.node.limits(), settings.module_bytes_max);
-        while let Some(chunk) = stream.message().await? {
-            assembler.push(chunk.content).map_err(ApiError::from)?;
-        }
-        let upload = assembler.finish().map_err(ApiError::from)?;
+        let upload = self.receive(request.into_inner()).await?;
         // Room for every phase and the result: sending never waits, and a
         // client that went away only makes the sends fail.
         let (events, received) = tokio::sync::mpsc::channel(DEPLOY_EVENTS_MAX);
