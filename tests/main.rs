@@ -5,6 +5,7 @@ mod cluster;
 mod compat;
 mod examples;
 mod fuzz_corpus;
+mod history;
 mod node;
 mod state_machine;
 mod storage;
