@@ -105,7 +105,7 @@ async fn client_loop(
     recorder: Arc<Recorder>,
     stop: Arc<AtomicBool>,
 ) {
-    let mut random = Random(0x9e37_79b9_7f4a_7c15 ^ (number as u64 + 1) * 0x1234_5678_9abc);
+    let mut random = Random(0x9e37_79b9_7f4a_7c15 ^ ((number as u64 + 1) * 0x1234_5678_9abc));
     let mut written = 0u64;
     let mut last_seen: Option<String> = None;
     while !stop.load(Ordering::Relaxed) {
@@ -143,10 +143,7 @@ async fn client_loop(
             }
         };
         let result = match cut_off {
-            Some(after) => match tokio::time::timeout(after, attempt).await {
-                Ok(result) => Some(result),
-                Err(_) => None,
-            },
+            Some(after) => tokio::time::timeout(after, attempt).await.ok(),
             None => Some(attempt.await),
         };
         let returned = recorder.now();

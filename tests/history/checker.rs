@@ -170,32 +170,31 @@ fn check_key(operations: &[Operation]) -> Result<u64, ()> {
             .map(returned_at)
             .min()
             .unwrap_or(u64::MAX);
-        let mut advanced = false;
-        for position in next_candidate..count {
-            if linearized.contains(position) || operations[position].call > horizon {
-                continue;
+        let candidate = (next_candidate..count).find_map(|position| {
+            let operation = &operations[position];
+            if linearized.contains(position) || operation.call > horizon {
+                return None;
             }
-            let (after, output) = step(&state, &operations[position].input);
-            if let Some((_, expected)) = &operations[position].returned
+            let (after, output) = step(&state, &operation.input);
+            if let Some((_, expected)) = &operation.returned
                 && *expected != output
             {
-                continue;
+                return None;
             }
+            let mut placed = linearized.clone();
+            placed.insert(position);
+            // Lowe's memo: this (set, state) was explored already.
+            seen.insert((placed, after.clone()))
+                .then_some((position, after))
+        });
+        if let Some((position, after)) = candidate {
             linearized.insert(position);
-            if !seen.insert((linearized.clone(), after.clone())) {
-                linearized.remove(position);
-                continue;
-            }
             visited += 1;
             path.push((position, std::mem::replace(&mut state, after)));
             if operations[position].returned.is_some() {
                 placed_known += 1;
             }
             next_candidate = 0;
-            advanced = true;
-            break;
-        }
-        if advanced {
             continue;
         }
         // Nothing fits here: undo the last placement and try its successors.
