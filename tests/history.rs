@@ -200,36 +200,9 @@ async fn clients(cluster: &Cluster) -> Vec<Client> {
     clients
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn kv_histories_under_faults_are_linearizable() {
-    let mut cluster = Cluster::start(3).await;
-    let leader = cluster.wait_for_leader().await;
-    cluster
-        .client_of(leader)
-        .await
-        .deploy("kv", wasmraft_examples::KV_WASM, DeployOptions::default())
-        .await
-        .expect("kv deploys");
-    let recorder = Arc::new(Recorder {
-        start: Instant::now(),
-        operations: Mutex::new(Vec::new()),
-        answered: tokio::sync::watch::Sender::new(0),
-    });
-    let stop = Arc::new(AtomicBool::new(false));
-    let nodes = clients(&cluster).await;
-    let workers: Vec<_> = (0..6)
-        .map(|number| {
-            tokio::spawn(client_loop(
-                number,
-                nodes.clone(),
-                Arc::clone(&recorder),
-                Arc::clone(&stop),
-            ))
-        })
-        .collect();
-
-    // The faults, one after another, each lasting for some answered
-    // operations, with traffic before and after.
+/// One round of every fault, each lasting for some answered operations,
+/// with traffic before and after.
+async fn fault_cycle(cluster: &mut Cluster, recorder: &Recorder) {
     recorder.traffic(40, "before the faults").await;
     let leader = cluster.wait_for_leader().await;
     let others: Vec<_> = cluster
@@ -264,7 +237,43 @@ async fn kv_histories_under_faults_are_linearizable() {
     recorder.traffic(30, "the leader down").await;
     cluster.launch(leader, false).await;
     recorder.traffic(30, "after the faults").await;
+}
 
+/// A run with `cycles` rounds of faults, or as many as fit in `soak`.
+async fn run(soak: Option<Duration>) {
+    let started = Instant::now();
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    cluster
+        .client_of(leader)
+        .await
+        .deploy("kv", wasmraft_examples::KV_WASM, DeployOptions::default())
+        .await
+        .expect("kv deploys");
+    let recorder = Arc::new(Recorder {
+        start: Instant::now(),
+        operations: Mutex::new(Vec::new()),
+        answered: tokio::sync::watch::Sender::new(0),
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let nodes = clients(&cluster).await;
+    let workers: Vec<_> = (0..6)
+        .map(|number| {
+            tokio::spawn(client_loop(
+                number,
+                nodes.clone(),
+                Arc::clone(&recorder),
+                Arc::clone(&stop),
+            ))
+        })
+        .collect();
+
+    loop {
+        fault_cycle(&mut cluster, &recorder).await;
+        if soak.is_none_or(|soak| started.elapsed() >= soak) {
+            break;
+        }
+    }
     stop.store(true, Ordering::Relaxed);
     for worker in workers {
         worker.await.unwrap();
@@ -295,4 +304,22 @@ async fn kv_histories_under_faults_are_linearizable() {
         ),
     }
     cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kv_histories_under_faults_are_linearizable() {
+    run(None).await;
+}
+
+/// The long version: fault rounds for `WASMRAFT_SOAK_MINUTES` (10 by
+/// default), one history checked at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "a soak of several minutes; run by hand (README, Proof under faults)"]
+async fn soak() {
+    let minutes = std::env::var("WASMRAFT_SOAK_MINUTES")
+        .ok()
+        .map_or(10, |minutes| {
+            minutes.parse::<u64>().expect("minutes as a whole number")
+        });
+    run(Some(Duration::from_secs(minutes * 60))).await;
 }
