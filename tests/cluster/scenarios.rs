@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::Code;
-use wasmraft::client::ClientError;
+use wasmraft::client::{ClientError, Consistency};
 use wasmraft::node::config::RaftSettings;
 
 use super::harness::{Cluster, SETTLE, Tally, increment, test_raft_settings};
@@ -433,6 +433,30 @@ async fn refused_membership_changes_change_nothing() {
     assert_eq!(code(&error), Some(Code::FailedPrecondition), "{error}");
     assert!(error.to_string().contains("last voter"), "{error}");
     cluster.discard(other).await;
+    cluster.assert_converged().await;
+    cluster.shutdown().await;
+}
+
+/// `add-node` returns once the new voter applied the log up to its own
+/// promotion: a stale read on it right after sees what the cluster had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_voter_serves_what_the_cluster_had_when_add_node_returns() {
+    let mut cluster = Cluster::start(1).await;
+    cluster.deploy_counter(1).await;
+    let tally = Tally::default();
+    increment(&cluster.client_of(1).await, 5, &tally).await;
+    for id in [2, 3] {
+        cluster.launch(id, false).await;
+        cluster.add(id).await.expect("the node joins");
+        let answer = cluster
+            .client_of(id)
+            .await
+            .query("counter", br#"{"op":"get"}"#, Consistency::Stale)
+            .await
+            .unwrap_or_else(|error| panic!("node {id} right after add-node: {error}"));
+        let value: serde_json::Value = serde_json::from_slice(&answer.output).unwrap();
+        assert_eq!(value["value"], 5, "node {id} right after add-node");
+    }
     cluster.assert_converged().await;
     cluster.shutdown().await;
 }

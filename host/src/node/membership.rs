@@ -4,8 +4,10 @@
 //! not a voter, address not taken), introduce the two nodes (`Handshake`:
 //! the node answers at that address with that id, runs the same wasm
 //! engine, and has empty Raft storage), add it as a learner, wait until it
-//! has caught up, then promote it to voter with `change_membership`. A node
-//! that did not catch up in time stays a learner; asking again resumes.
+//! has caught up, then promote it to voter with `change_membership`, and
+//! return once it applied the log up to its promotion (so a read it serves
+//! right after sees what the cluster had). A node that did not catch up in
+//! time stays a learner; asking again resumes.
 //! Removing a node is one `change_membership`. One change at a time: a
 //! second request while one runs is refused, not queued.
 
@@ -17,6 +19,7 @@ use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use serde::{Deserialize, Serialize};
 use tonic::transport::Endpoint;
 use wasmraft_proto::v1 as proto;
+use wasmraft_proto::v1::cluster_client::ClusterClient;
 use wasmraft_proto::v1::raft_client::RaftClient;
 
 use super::forward::millis;
@@ -178,7 +181,7 @@ pub(crate) async fn add_node(
     // Even a learner being resumed is introduced again: it may have
     // restarted empty, and an empty node takes Raft messages only from a
     // leader that introduced itself.
-    introduce(handle, id, &address, url, deadline, resume).await?;
+    introduce(handle, id, &address, url.clone(), deadline, resume).await?;
     if !resume {
         let added = within(
             deadline,
@@ -220,9 +223,50 @@ pub(crate) async fn add_node(
         raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false),
     )
     .await?;
-    promoted.map_err(|error| change_failed(handle, error))?;
+    let promoted = promoted.map_err(|error| change_failed(handle, error))?;
     tracing::info!(id, "node promoted to voter");
+    // The new voter serves reads as soon as this returns: let it apply the
+    // log up to its own promotion first, so it knows every module and
+    // write the cluster acknowledged before it joined.
+    let index = promoted.log_id.index;
+    if !applied_on(&url, index, deadline).await {
+        tracing::warn!(
+            id,
+            index,
+            "the new voter had not applied up to its promotion by the deadline"
+        );
+    }
     Ok(current(handle))
+}
+
+/// How often the leader asks a new voter how far it applied.
+const APPLIED_POLL: Duration = Duration::from_millis(20);
+
+/// Whether the node at `url` reports having applied `index` before
+/// `deadline`, asking it every [`APPLIED_POLL`].
+async fn applied_on(url: &str, index: u64, deadline: Instant) -> bool {
+    let Ok(endpoint) = Endpoint::from_shared(url.to_owned()) else {
+        return false;
+    };
+    let endpoint = endpoint.connect_timeout(HANDSHAKE_TIMEOUT);
+    while Instant::now() < deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let asked = tokio::time::timeout(left.min(HANDSHAKE_TIMEOUT), async {
+            let channel = endpoint.connect().await.ok()?;
+            let status = ClusterClient::new(channel)
+                .status(proto::StatusRequest { local_only: true })
+                .await
+                .ok()?
+                .into_inner();
+            status.nodes.first().and_then(|node| node.applied_index)
+        })
+        .await;
+        if asked.ok().flatten().is_some_and(|applied| applied >= index) {
+            return true;
+        }
+        tokio::time::sleep(APPLIED_POLL.min(left)).await;
+    }
+    false
 }
 
 /// Removes member `id` by consensus. Runs on the leader.
