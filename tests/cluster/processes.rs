@@ -245,3 +245,96 @@ async fn a_sigkilled_leader_is_replaced_and_restarts_from_its_data() {
     .unwrap();
     tally.check(value["value"].as_i64().unwrap());
 }
+
+/// Waits until `tally` counts at least `target` acknowledged increments.
+async fn acknowledged_at_least(tally: &Tally, target: u64, during: &str) {
+    let deadline = Instant::now() + SETTLE;
+    while tally.acknowledged.load(Ordering::SeqCst) < target {
+        assert!(Instant::now() < deadline, "no writes acknowledged {during}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Invariant 5 for the whole cluster: every node SIGKILLed at the same
+/// moment, under load, then restarted from its data directory, several
+/// times. Every acknowledged write survives and the replicas agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_node_sigkilled_at_once_keeps_every_acknowledged_write() {
+    let root = TempDir::new().unwrap();
+    let mut nodes: Vec<ProcessNode> = (1..=3)
+        .map(|id| ProcessNode {
+            id,
+            port: free_port(),
+            directory: directory(root.path(), id),
+            process: None,
+        })
+        .collect();
+    for node in &mut nodes {
+        node.start(node.id == 1);
+    }
+    wait_serving(&nodes[0].endpoint()).await;
+    for node in &nodes[1..] {
+        client(&nodes[0].endpoint())
+            .await
+            .add_node(node.id, &format!("127.0.0.1:{}", node.port), SETTLE)
+            .await
+            .unwrap();
+    }
+    client(&nodes[0].endpoint())
+        .await
+        .deploy(
+            "counter",
+            wasmraft_examples::COUNTER_WASM,
+            DeployOptions::default(),
+        )
+        .await
+        .unwrap();
+
+    let tally = Arc::new(Tally::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for node in &nodes {
+        let endpoint = node.endpoint();
+        let (tally, stop) = (tally.clone(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            let client = client(&endpoint).await;
+            while !stop.load(Ordering::SeqCst) {
+                increment(&client, 1, &tally).await;
+            }
+        }));
+    }
+    for round in 1..=3 {
+        let before = tally.acknowledged.load(Ordering::SeqCst);
+        acknowledged_at_least(&tally, before + 30, &format!("before crash {round}")).await;
+        for node in &mut nodes {
+            node.kill();
+        }
+        for node in &mut nodes {
+            node.start(false);
+        }
+        for node in &nodes {
+            wait_serving(&node.endpoint()).await;
+        }
+    }
+    let before = tally.acknowledged.load(Ordering::SeqCst);
+    acknowledged_at_least(&tally, before + 10, "after the last crash").await;
+    stop.store(true, Ordering::SeqCst);
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    wait_converged(&nodes[0].endpoint(), 3).await;
+    let value: serde_json::Value = serde_json::from_slice(
+        &client(&nodes[2].endpoint())
+            .await
+            .query(
+                "counter",
+                br#"{"op":"get"}"#,
+                wasmraft::client::Consistency::Linearizable,
+            )
+            .await
+            .unwrap()
+            .output,
+    )
+    .unwrap();
+    tally.check(value["value"].as_i64().unwrap());
+}
