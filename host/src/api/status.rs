@@ -94,6 +94,7 @@ impl From<QueryError> for ApiError {
         match error {
             QueryError::Storage(error) => error.into(),
             QueryError::Busy(reason) => ApiError::Busy(reason),
+            QueryError::Host(failure) => ApiError::Internal(failure.to_string()),
         }
     }
 }

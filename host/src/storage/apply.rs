@@ -31,6 +31,52 @@ use crate::wasm::{
 /// node failure.
 const UNAVAILABLE_RETRIES: u32 = 5_000;
 
+/// Why apply stopped on this node. Never a property of the command (those
+/// are responses, the same on every replica): the storage failed, or the
+/// host could not do what every other replica does.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Storage(#[from] redb::Error),
+    #[error(transparent)]
+    Host(#[from] HostFailure),
+}
+
+/// A failure of this host where the other replicas succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum HostFailure {
+    #[error(
+        "this node cannot compile module `{module}`, which passed validation: {reason}; \
+         the node stops, and applies the entry again when restarted"
+    )]
+    Compile { module: String, reason: String },
+    #[error(
+        "the cluster runs wasm engine {cluster}, this node runs {ours}: fuel and traps \
+         would differ between them; run this node with the release the rest of the \
+         cluster runs"
+    )]
+    EngineMismatch { cluster: String, ours: String },
+    #[error("this node cannot run guest calls: {0}")]
+    CannotRun(String),
+}
+
+// redb reports each step with its own error type; all are storage failures.
+macro_rules! apply_storage_error {
+    ($($error:ty),*) => {$(
+        impl From<$error> for ApplyError {
+            fn from(error: $error) -> Self {
+                ApplyError::Storage(error.into())
+            }
+        }
+    )*};
+}
+apply_storage_error!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
 /// What a handler needs besides the transaction.
 pub(crate) struct ApplyContext<'a> {
     pub runtime: &'a Runtime,
@@ -115,7 +161,7 @@ pub(crate) fn apply_request(
     clock: &mut Clock,
     log_id: &LogId,
     request: &Request,
-) -> Result<Response, redb::Error> {
+) -> Result<Response, ApplyError> {
     let span = tracing::debug_span!("apply", index = log_id.index, kind = request.command.kind());
     let _entered = span.enter();
     let Command::Batch(requests) = &request.command else {
@@ -152,7 +198,7 @@ fn apply_one(
     clock: &mut Clock,
     place: Place<'_>,
     request: &Request,
-) -> Result<Response, redb::Error> {
+) -> Result<Response, ApplyError> {
     if let Err(reason) = check::request(request) {
         return Ok(Response::Refused(Refusal::InvalidCommand(reason)));
     }
@@ -171,17 +217,17 @@ fn apply_one(
     };
     match &request.command {
         Command::Deploy(deploy) => apply_deploy(txn, rules, place, origin, deploy),
-        Command::Remove { name } => apply_remove(txn, name),
+        Command::Remove { name } => Ok(apply_remove(txn, name)?),
         Command::Invoke(invoke) => apply_invoke_once(txn, rules, place, origin, invoke),
-        Command::Access(change) => apply_access(txn, change),
+        Command::Access(change) => Ok(apply_access(txn, change)?),
         Command::Batch(_) => Ok(Response::Refused(Refusal::NestedBatch)),
-        Command::OpenSession { client_id } => sessions::open(
+        Command::OpenSession { client_id } => Ok(sessions::open(
             txn,
             rules.settings,
             place.log_id.index,
             origin.caller,
             client_id,
-        ),
+        )?),
         Command::Settings(command) => apply_settings(txn, context.runtime, place, record, command),
     }
 }
@@ -210,7 +256,7 @@ fn apply_settings(
     place: Place<'_>,
     current: Option<SettingsRecord>,
     command: &SettingsCommand,
-) -> Result<Response, redb::Error> {
+) -> Result<Response, ApplyError> {
     if command.initial
         && let Some(current) = current
     {
@@ -230,9 +276,11 @@ fn apply_settings(
     // this node that cannot go on, not the command that is wrong.
     let ours = runtime.engine_fingerprint();
     if !engine_fingerprint.is_empty() && engine_fingerprint != ours {
-        return Err(redb::Error::Corrupted(format!(
-            "the cluster runs wasm engine {engine_fingerprint}, this node runs {ours}:              fuel and traps would differ between them; run this node with the release              the rest of the cluster runs"
-        )));
+        return Err(HostFailure::EngineMismatch {
+            cluster: engine_fingerprint,
+            ours,
+        }
+        .into());
     }
     let record = SettingsRecord {
         settings,
@@ -276,7 +324,7 @@ fn apply_deploy(
     place: Place<'_>,
     request: &Origin<'_>,
     deploy: &Deploy,
-) -> Result<Response, redb::Error> {
+) -> Result<Response, ApplyError> {
     let hash: ModuleHash = Sha256::digest(&deploy.wasm).into();
     if hash != deploy.hash {
         return Ok(Response::Refused(Refusal::HashMismatch));
@@ -292,13 +340,14 @@ fn apply_deploy(
         Ok(info) => info,
         Err(error) => return Ok(Response::Refused(Refusal::InvalidModule(error.to_string()))),
     };
-    let module = context.runtime.load(&hash, &deploy.wasm).map_err(|error| {
-        redb::Error::Corrupted(format!(
-            "this node cannot compile module `{}`, which passed validation: {error}; \
-             the node stops, and applies the deploy again when restarted",
-            deploy.name
-        ))
-    })?;
+    let module =
+        context
+            .runtime
+            .load(&hash, &deploy.wasm)
+            .map_err(|error| HostFailure::Compile {
+                module: deploy.name.clone(),
+                reason: error.to_string(),
+            })?;
     let previous = read_module(txn, &deploy.name)?;
     let (fuel, memory_bytes) = module_limits(context.settings, &deploy.limits);
 
@@ -399,7 +448,7 @@ fn apply_invoke_once(
     place: Place<'_>,
     request: &Origin<'_>,
     invoke: &Invoke,
-) -> Result<Response, redb::Error> {
+) -> Result<Response, ApplyError> {
     let Some(SessionId {
         client_id,
         sequence,
@@ -478,7 +527,7 @@ fn apply_invoke(
     place: Place<'_>,
     request: &Origin<'_>,
     invoke: &Invoke,
-) -> Result<Response, redb::Error> {
+) -> Result<Response, ApplyError> {
     let Some(record) = read_module(txn, &invoke.module)? else {
         return Ok(Response::Refused(Refusal::ModuleNotFound(
             invoke.module.clone(),
@@ -507,7 +556,7 @@ pub(crate) fn load(
     txn: &WriteTransaction,
     runtime: &Runtime,
     record: &ModuleRecord,
-) -> Result<LoadedModule, redb::Error> {
+) -> Result<LoadedModule, ApplyError> {
     if let Some(module) = runtime.cached(&record.hash) {
         return Ok(module);
     }
@@ -517,11 +566,12 @@ pub(crate) fn load(
     })?;
     // The module was validated and compiled when it was deployed, by this same
     // engine configuration: failing now means the node itself is broken.
-    runtime.load(&record.hash, blob.value()).map_err(|e| {
-        redb::Error::Corrupted(format!(
-            "deployed module `{}` failed to load: {e}",
-            record.name
-        ))
+    runtime.load(&record.hash, blob.value()).map_err(|error| {
+        HostFailure::Compile {
+            module: record.name.clone(),
+            reason: error.to_string(),
+        }
+        .into()
     })
 }
 
@@ -532,7 +582,7 @@ fn run(
     module: &LoadedModule,
     name: &str,
     call: &Call<'_>,
-) -> Result<(CallResult, CallReport), redb::Error> {
+) -> Result<(CallResult, CallReport), ApplyError> {
     let table = txn.open_table(KV)?;
     let source = TableKv {
         table: &table,
@@ -547,9 +597,7 @@ fn run(
     while let Outcome::Unavailable(reason) = &report.outcome {
         attempts += 1;
         if attempts > UNAVAILABLE_RETRIES {
-            return Err(redb::Error::Corrupted(format!(
-                "cannot run guest calls: {reason}"
-            )));
+            return Err(HostFailure::CannotRun(reason.clone()).into());
         }
         std::thread::sleep(std::time::Duration::from_millis(1));
         report = runtime.call(module, call, &source);
@@ -566,7 +614,7 @@ fn run(
 
 /// The replicated form of a call's outcome. A failed KV read is not a guest
 /// outcome: it is the node's storage failing.
-pub(crate) fn call_result(report: &CallReport, call: &Call<'_>) -> Result<CallResult, redb::Error> {
+pub(crate) fn call_result(report: &CallReport, call: &Call<'_>) -> Result<CallResult, ApplyError> {
     let outcome = match &report.outcome {
         Outcome::Ok(output) => CallOutcome::Ok(output.clone()),
         Outcome::GuestError(message) => CallOutcome::GuestError(message.clone()),
@@ -584,14 +632,10 @@ pub(crate) fn call_result(report: &CallReport, call: &Call<'_>) -> Result<CallRe
         Outcome::TimedOut => CallOutcome::TimedOut,
         Outcome::MissingExport(export) => CallOutcome::MissingExport((*export).to_owned()),
         Outcome::Host(error) => {
-            return Err(redb::Error::Corrupted(format!(
-                "module KV read failed: {error}"
-            )));
+            return Err(redb::Error::Corrupted(format!("module KV read failed: {error}")).into());
         }
         Outcome::Unavailable(reason) => {
-            return Err(redb::Error::Corrupted(format!(
-                "cannot run guest calls: {reason}"
-            )));
+            return Err(HostFailure::CannotRun(reason.clone()).into());
         }
     };
     Ok(CallResult {

@@ -19,7 +19,7 @@ mod snapshot;
 mod state;
 mod state_machine;
 
-pub use apply::{deploy_limits, entry_seed};
+pub use apply::{ApplyError, HostFailure, deploy_limits, entry_seed};
 pub use log_store::{LogStore, OpenLogError};
 pub use snapshot::{SnapshotError, SnapshotFileReader, SnapshotFileWriter};
 pub use state::{ModuleRecord, StateDigest, module_key_range};

@@ -345,7 +345,7 @@ impl StateMachineStore {
         };
         let mut responses = Vec::new();
         let mut last_log_id = None;
-        let result = (|| -> Result<(), redb::Error> {
+        let result = (|| -> Result<(), apply::ApplyError> {
             let txn = db.begin_write()?;
             let mut membership = None;
             let mut clock = Clock {
@@ -641,6 +641,18 @@ pub enum QueryError {
     /// No instance was free to run it: retryable, nothing is wrong.
     #[error("the node is too busy to run the query now: {0}")]
     Busy(String),
+    /// This node failed where the others would not (a module it cannot compile).
+    #[error(transparent)]
+    Host(#[from] apply::HostFailure),
+}
+
+impl From<apply::ApplyError> for QueryError {
+    fn from(error: apply::ApplyError) -> Self {
+        match error {
+            apply::ApplyError::Storage(error) => QueryError::Storage(error),
+            apply::ApplyError::Host(failure) => QueryError::Host(failure),
+        }
+    }
 }
 
 // redb reports each step with its own error type; all are storage failures.
@@ -752,10 +764,11 @@ impl StateReader {
                 let blob = blobs.get(record.hash.as_slice())?.ok_or_else(|| {
                     redb::Error::Corrupted(format!("module `{module}` has no stored wasm"))
                 })?;
-                runtime.load(&record.hash, blob.value()).map_err(|e| {
-                    redb::Error::Corrupted(format!(
-                        "deployed module `{module}` failed to load: {e}"
-                    ))
+                runtime.load(&record.hash, blob.value()).map_err(|error| {
+                    apply::HostFailure::Compile {
+                        module: module.to_owned(),
+                        reason: error.to_string(),
+                    }
                 })?
             }
         };
