@@ -14,8 +14,6 @@ pub mod forward;
 pub mod handle;
 mod lease;
 pub mod membership;
-#[cfg(test)]
-mod smoke_tests;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
