@@ -14,4 +14,5 @@ pub mod network;
 pub mod node;
 pub mod raft;
 pub mod storage;
+pub mod telemetry;
 pub mod wasm;

@@ -20,6 +20,9 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "wasmraft", version, about, long_about = None)]
 pub struct Cli {
+    /// How the node and the commands write their logs (on stderr).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: crate::telemetry::logs::LogFormat,
     #[command(subcommand)]
     command: Commands,
 }
