@@ -64,6 +64,10 @@ struct Shared {
     snapshot_lock: Mutex<()>,
     /// Distinguishes snapshots built at the same log id.
     snapshot_counter: AtomicU64,
+    /// The digest of the state at one applied log id: every member's status
+    /// asks for it, and hashing the whole state each time costs as much as
+    /// the state is large. One log id is one state (Raft), so it keys it.
+    digest_cache: Mutex<Option<(LogId, StateDigest)>>,
 }
 
 impl std::fmt::Debug for StateMachineStore {
@@ -122,6 +126,7 @@ impl StateMachineStore {
                 runtime,
                 snapshot_lock: Mutex::new(()),
                 snapshot_counter: AtomicU64::new(0),
+                digest_cache: Mutex::new(None),
             }),
         })
     }
@@ -676,11 +681,27 @@ pub struct StateReader {
 
 impl StateReader {
     /// The last applied log id and the digest of the state at that point.
+    /// Computed once per applied log id.
     pub fn digest(&self) -> Result<(Option<LogId>, StateDigest), redb::Error> {
         let db = self.store.db();
         let txn = db.begin_read()?;
         let (applied, _) = read_applied(&txn)?;
-        Ok((applied, state::digest(&txn)?))
+        let cache = &self.store.shared.digest_cache;
+        let cached = *cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let (Some(applied), Some((at, digest))) = (applied, cached)
+            && applied == at
+        {
+            return Ok((Some(applied), digest));
+        }
+        let digest = state::digest(&txn)?;
+        if let Some(applied) = applied {
+            *cache
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((applied, digest));
+        }
+        Ok((applied, digest))
     }
 
     /// The cluster settings recorded in the state; `None` until the first
