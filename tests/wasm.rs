@@ -1281,3 +1281,112 @@ fn calls_run_concurrently_from_many_threads() {
         }
     });
 }
+
+/// A key-value source whose reads wait until the test opens its gate, so a
+/// query can be held inside its instance for as long as the test needs.
+struct GatedKv {
+    state: std::sync::Mutex<(bool, bool)>,
+    changed: std::sync::Condvar,
+}
+
+impl GatedKv {
+    fn new() -> GatedKv {
+        GatedKv {
+            state: std::sync::Mutex::new((false, false)),
+            changed: std::sync::Condvar::new(),
+        }
+    }
+
+    /// Waits until a read is waiting at the gate.
+    fn wait_for_reader(&self) {
+        let state = self.state.lock().unwrap();
+        let (_state, timeout) = self
+            .changed
+            .wait_timeout_while(state, Duration::from_secs(60), |(entered, _)| !*entered)
+            .unwrap();
+        assert!(!timeout.timed_out(), "the query never read");
+    }
+
+    fn open(&self) {
+        self.state.lock().unwrap().1 = true;
+        self.changed.notify_all();
+    }
+}
+
+impl KvSource for GatedKv {
+    fn get(&self, _key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
+        let mut state = self.state.lock().unwrap();
+        state.0 = true;
+        self.changed.notify_all();
+        while !state.1 {
+            state = self.changed.wait(state).unwrap();
+        }
+        Ok(None)
+    }
+
+    fn scan(
+        &self,
+        _start: &[u8],
+        _end: Option<&[u8]>,
+        _limit: usize,
+        _bytes_max: usize,
+    ) -> Result<wasmraft::wasm::KvEntries, KvError> {
+        Ok(Vec::new())
+    }
+}
+
+/// Apply has instances of its own: with every query instance held by a
+/// query that does not finish, an apply still runs at once.
+#[test]
+fn apply_runs_while_queries_hold_every_query_instance() {
+    let runtime = Runtime::new(RuntimeConfig {
+        instances_max: wasmraft::wasm::APPLY_INSTANCES + 1,
+        ..test_config()
+    })
+    .unwrap();
+    let wasm = wat::parse_str(
+        r#"(module
+            (import "wasmraft" "kv_get" (func $kv_get (param i32 i32) (result i64)))
+            (memory (export "memory") 1)
+            (data (i32.const 0) "k")
+            (func (export "wasmraft_abi_version_1"))
+            (func (export "wasmraft_alloc") (param i32) (result i32) (i32.const 1024))
+            (func (export "apply") (param i32 i32) (result i32) (i32.const 0))
+            (func (export "query") (param i32 i32) (result i32)
+              (drop (call $kv_get (i32.const 0) (i32.const 1)))
+              (i32.const 0)))"#,
+    )
+    .unwrap();
+    let info = runtime.validate(&wasm).unwrap();
+    let module = runtime.load(&info.hash, &wasm).unwrap();
+    let gate = std::sync::Arc::new(GatedKv::new());
+    let held = {
+        let (runtime, module, gate) = (runtime.clone(), module.clone(), gate.clone());
+        std::thread::spawn(move || {
+            runtime
+                .call(&module, &call(EntryPoint::Query, b""), gate.as_ref())
+                .outcome
+        })
+    };
+    gate.wait_for_reader();
+    assert_eq!(runtime.stats().query_instances_in_use, 1);
+    let (done, applied) = std::sync::mpsc::channel();
+    {
+        let (runtime, module) = (runtime.clone(), module.clone());
+        std::thread::spawn(move || {
+            let report = runtime.call(&module, &call(EntryPoint::Apply, b""), &MemoryKv::new());
+            let _ = done.send(report.outcome);
+        });
+    }
+    let outcome = applied
+        .recv_timeout(Duration::from_secs(60))
+        .expect("apply waited for the query's instance");
+    assert!(matches!(outcome, Outcome::Ok(_)), "{outcome:?}");
+    assert_eq!(
+        runtime.stats().query_instances_in_use,
+        1,
+        "the query was still running"
+    );
+    gate.open();
+    assert!(matches!(held.join().unwrap(), Outcome::Ok(_)));
+}

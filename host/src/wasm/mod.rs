@@ -27,7 +27,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use sha2::{Digest, Sha256};
 use wasmtime::{Engine, InstancePre, Linker, Module, ModuleExport, Store, Trap};
 
-pub use self::config::{CompileFaults, RuntimeConfig};
+pub use self::config::{APPLY_INSTANCES, CompileFaults, RuntimeConfig};
 pub use self::kv::{KvEntries, KvError, KvSource, MemoryKv, WriteSet};
 pub use self::outcome::{Call, CallReport, EntryPoint, Outcome, TrapKind};
 pub use self::validate::{DeployLimits, ModuleInfo, ValidationError};
@@ -97,6 +97,10 @@ pub struct RuntimeStats {
     pub disk_cache_hits: u64,
     /// Disk cache files found corrupted or incompatible (removed and recompiled).
     pub disk_cache_rejections: u64,
+    /// Instances running queries (and deploy trials) now.
+    pub query_instances_in_use: u32,
+    /// Instances running apply, init or migrate now.
+    pub apply_instances_in_use: u32,
 }
 
 #[derive(Debug, Default)]
@@ -307,6 +311,8 @@ impl Runtime {
             memory_cache_hits: counters.memory_cache_hits.load(Ordering::Relaxed),
             disk_cache_hits: counters.disk_cache_hits.load(Ordering::Relaxed),
             disk_cache_rejections: counters.disk_cache_rejections.load(Ordering::Relaxed),
+            query_instances_in_use: self.inner.query_slots.in_use(),
+            apply_instances_in_use: self.inner.apply_slots.in_use(),
         }
     }
 
@@ -880,6 +886,7 @@ fn spawn_epoch_ticker(engine: &Engine, stop: Arc<AtomicBool>) -> Result<(), Runt
 /// instead of failing nondeterministically when the pool is exhausted.
 #[derive(Debug)]
 struct Slots {
+    capacity: u32,
     free: Mutex<u32>,
     released: Condvar,
 }
@@ -889,9 +896,18 @@ struct SlotGuard<'a>(&'a Slots);
 impl Slots {
     fn new(count: u32) -> Slots {
         Slots {
+            capacity: count,
             free: Mutex::new(count),
             released: Condvar::new(),
         }
+    }
+
+    fn in_use(&self) -> u32 {
+        let free = *self
+            .free
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.capacity - free
     }
 
     fn acquire(&self) -> SlotGuard<'_> {
