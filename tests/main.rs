@@ -6,6 +6,7 @@ mod compat;
 mod examples;
 mod fuzz_corpus;
 mod history;
+mod model;
 mod node;
 mod state_machine;
 mod storage;

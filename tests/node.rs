@@ -350,13 +350,14 @@ async fn a_duplicate_command_is_applied_once() {
         .await
         .unwrap()
         .into_inner();
-    assert!(!opened.existed);
+    let session = opened.client_id;
+    assert!(session.starts_with("client-1."), "{session}");
     let first = api
-        .invoke("counter", add, Some(("client-1", 1)))
+        .invoke("counter", add, Some((session.as_str(), 1)))
         .await
         .unwrap();
     let retry = api
-        .invoke("counter", add, Some(("client-1", 1)))
+        .invoke("counter", add, Some((session.as_str(), 1)))
         .await
         .unwrap();
     assert_eq!(first, r#"{"value":10}"#);
@@ -369,13 +370,13 @@ async fn a_duplicate_command_is_applied_once() {
     );
     // The next sequence applies; an older one is refused, not applied.
     assert_eq!(
-        api.invoke("counter", add, Some(("client-1", 2)))
+        api.invoke("counter", add, Some((session.as_str(), 2)))
             .await
             .unwrap(),
         r#"{"value":20}"#
     );
     let stale = api
-        .invoke("counter", add, Some(("client-1", 1)))
+        .invoke("counter", add, Some((session.as_str(), 1)))
         .await
         .unwrap_err();
     assert_eq!(

@@ -174,29 +174,45 @@ fn history() -> Vec<Row> {
             invoke("counter", &10u64.to_le_bytes(), Some(("c1", 1))),
             Box::new(is_expired),
         ),
+        // The cluster names a session after the request and its log place:
+        // a second open of the same name is another session.
         (
-            open_session("c1"),
-            Box::new(|r| assert_eq!(r, &Response::SessionOpened { existed: false })),
+            open_session("c"),
+            Box::new(|r| {
+                assert_eq!(
+                    r,
+                    &Response::SessionOpened {
+                        client_id: "c.5.0".into()
+                    }
+                )
+            }),
         ),
         (
-            open_session("c1"),
-            Box::new(|r| assert_eq!(r, &Response::SessionOpened { existed: true })),
+            open_session("c"),
+            Box::new(|r| {
+                assert_eq!(
+                    r,
+                    &Response::SessionOpened {
+                        client_id: "c.6.0".into()
+                    }
+                )
+            }),
         ),
         // A session: the retry of sequence 1 answers the first result and does not add again.
         (
-            invoke("counter", &10u64.to_le_bytes(), Some(("c1", 1))),
+            invoke("counter", &10u64.to_le_bytes(), Some(("c.5.0", 1))),
             Box::new(|r| assert_eq!(output(r), 15)),
         ),
         (
-            invoke("counter", &10u64.to_le_bytes(), Some(("c1", 1))),
+            invoke("counter", &10u64.to_le_bytes(), Some(("c.5.0", 1))),
             Box::new(|r| assert_eq!(output(r), 15)),
         ),
         (
-            invoke("counter", &1u64.to_le_bytes(), Some(("c1", 2))),
+            invoke("counter", &1u64.to_le_bytes(), Some(("c.5.0", 2))),
             Box::new(|r| assert_eq!(output(r), 16)),
         ),
         (
-            invoke("counter", &1u64.to_le_bytes(), Some(("c1", 1))),
+            invoke("counter", &1u64.to_le_bytes(), Some(("c.5.0", 1))),
             Box::new(|r| {
                 assert!(
                     matches!(
@@ -421,53 +437,53 @@ fn sessions_are_bounded_per_caller_and_forgotten_ones_are_refused() {
         ("alice", open_session("a2"), Box::new(|_| {})),
         (
             "alice",
-            invoke("counter", &one, Some(("a1", 1))),
+            invoke("counter", &one, Some(("a1.4.0", 1))),
             Box::new(|r| assert_eq!(output(r), 1)),
         ),
         (
             "alice",
-            invoke("counter", &one, Some(("a2", 1))),
+            invoke("counter", &one, Some(("a2.5.0", 1))),
             Box::new(|r| assert_eq!(output(r), 2)),
         ),
         // "a1" is used again, so "a2" becomes alice's least recently used.
         (
             "alice",
-            invoke("counter", &one, Some(("a1", 2))),
+            invoke("counter", &one, Some(("a1.4.0", 2))),
             Box::new(|r| assert_eq!(output(r), 3)),
         ),
         (
             "bob",
-            invoke("counter", &one, Some(("b", 1))),
+            invoke("counter", &one, Some(("b.3.0", 1))),
             Box::new(|r| assert_eq!(output(r), 4)),
         ),
         // A third session of alice's forgets "a2", not bob's older "b".
         ("alice", open_session("a3"), Box::new(|_| {})),
         (
             "alice",
-            invoke("counter", &one, Some(("a2", 2))),
+            invoke("counter", &one, Some(("a2.5.0", 2))),
             Box::new(is_expired),
         ),
         // A retry of the forgotten session's first command is refused too:
         // it may have been applied, so it is never applied again.
         (
             "alice",
-            invoke("counter", &one, Some(("a2", 1))),
+            invoke("counter", &one, Some(("a2.5.0", 1))),
             Box::new(is_expired),
         ),
         (
             "bob",
-            invoke("counter", &one, Some(("b", 1))),
+            invoke("counter", &one, Some(("b.3.0", 1))),
             Box::new(|r| assert_eq!(output(r), 4)),
         ),
         (
             "alice",
-            invoke("counter", &one, Some(("a1", 2))),
+            invoke("counter", &one, Some(("a1.4.0", 2))),
             Box::new(|r| assert_eq!(output(r), 3)),
         ),
         // A session is the caller's own: bob cannot use alice's.
         (
             "bob",
-            invoke("counter", &one, Some(("a1", 3))),
+            invoke("counter", &one, Some(("a1.4.0", 3))),
             Box::new(is_expired),
         ),
     ];
@@ -516,12 +532,15 @@ fn the_session_table_is_bounded_in_bytes() {
         entries.push(log.entry(Command::Batch(commands)));
     }
     let one = 1u64.to_le_bytes();
-    entries.push(log.entry_of("flood", invoke("counter", &one, Some(("session-0-0", 1)))));
-    entries.push(log.entry_of("flood", open_session("last")));
-    entries.push(log.entry_of("flood", invoke("counter", &one, Some(("last", 1)))));
     entries.push(log.entry_of(
         "flood",
-        invoke("counter", &one, Some(("session-9-4999", 1))),
+        invoke("counter", &one, Some(("session-0-0.3.0", 1))),
+    ));
+    entries.push(log.entry_of("flood", open_session("last")));
+    entries.push(log.entry_of("flood", invoke("counter", &one, Some(("last.14.0", 1)))));
+    entries.push(log.entry_of(
+        "flood",
+        invoke("counter", &one, Some(("session-9-4999.12.4999", 1))),
     ));
     let replicas = [replica(), replica()];
     let mut digests = Vec::new();

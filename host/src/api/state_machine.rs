@@ -101,8 +101,8 @@ impl StateMachineService {
             .instrument(span)
             .await?;
         match proposed.response {
-            Applied::SessionOpened { existed } => Ok(proto::OpenSessionResponse {
-                existed,
+            Applied::SessionOpened { client_id } => Ok(proto::OpenSessionResponse {
+                client_id,
                 applied_index: proposed.index,
             }),
             Applied::Refused(refusal) => Err(refusal.into()),

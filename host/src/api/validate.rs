@@ -79,7 +79,7 @@ pub fn settings_update(
 
 /// The open session request's client id.
 pub fn open_session(client_id: &str) -> Result<(), InputError> {
-    check::client_id(client_id).map_err(InputError::Session)
+    check::session_prefix(client_id).map_err(InputError::Session)
 }
 
 /// Checks a module name.

@@ -422,9 +422,9 @@ impl Client {
             };
             if !lease.is_open() {
                 // A session is opened through the log before its first
-                // command; opening is idempotent, so it retries freely.
-                self.open_session(lease.client_id()).await?;
-                lease.mark_open();
+                // command, and named by the cluster.
+                let name = self.open_session(lease.client_id()).await?;
+                lease.mark_open(name);
             }
             let span = tracing::Span::current();
             span.record("client_id", lease.client_id());
@@ -481,12 +481,13 @@ impl Client {
         }
     }
 
-    /// Opens the session `client_id` of this client's caller, through the
-    /// log, retrying transient failures (opening an open session changes
-    /// nothing). [`Client::invoke`] opens its sessions itself; callers of
-    /// [`Client::invoke_in_session`] open theirs with this. Returns whether
-    /// the session was open already.
-    pub async fn open_session(&self, client_id: &str) -> Result<bool, ClientError> {
+    /// Opens a session of this client's caller through the log, named after
+    /// `client_id` (1 to 96 bytes), and returns its name, for the session's
+    /// invokes. Retried on transient failures: a retry opens another
+    /// session, and the unused one is forgotten in time. [`Client::invoke`]
+    /// opens its sessions itself; callers of [`Client::invoke_in_session`]
+    /// open theirs with this.
+    pub async fn open_session(&self, client_id: &str) -> Result<String, ClientError> {
         let response = self
             .retrying("open session", CallKind::ReadOnly, |timeout| {
                 let mut client = StateMachineClient::new(self.inner.channel.clone());
@@ -500,7 +501,7 @@ impl Client {
                 }
             })
             .await?;
-        Ok(response.existed)
+        Ok(response.client_id)
     }
 
     /// Sends one invoke with a session the caller manages (opened with

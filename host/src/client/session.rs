@@ -21,8 +21,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// One session: the client id the server keys it by and the sequence the
-/// next new command gets.
+/// One session: the client id the server keys it by (until it is open, the
+/// name asked for) and the sequence the next new command gets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Session {
     pub client_id: String,
@@ -132,9 +132,10 @@ impl SessionLease {
         self.session().open
     }
 
-    /// Records that the server confirmed the session open.
-    pub fn mark_open(&mut self) {
+    /// Records that the server opened the session under `name`.
+    pub fn mark_open(&mut self, name: String) {
         if let Some(session) = &mut self.session {
+            session.client_id = name;
             session.open = true;
         }
     }

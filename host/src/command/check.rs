@@ -50,6 +50,27 @@ pub fn client_id(client_id: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The longest name a client may ask a session to be opened under: room is
+/// left for the log position the cluster appends.
+pub const SESSION_PREFIX_BYTES_MAX: usize = 96;
+
+/// Why a requested session name is refused, or `Ok`.
+pub fn session_prefix(prefix: &str) -> Result<(), String> {
+    client_id(prefix)?;
+    if prefix.len() > SESSION_PREFIX_BYTES_MAX {
+        return Err(format!(
+            "client_id is {} bytes, longer than {SESSION_PREFIX_BYTES_MAX} for a session to open",
+            prefix.len()
+        ));
+    }
+    Ok(())
+}
+
+/// The name of the session opened by the command at `index`, `position`.
+pub fn session_name(prefix: &str, index: u64, position: u32) -> String {
+    format!("{prefix}.{index}.{position}")
+}
+
 /// Why a caller identity is refused, or `Ok`. Session keys join the caller
 /// and the client id with a zero byte, so the caller may not contain one.
 pub fn caller(caller: &str) -> Result<(), String> {
@@ -93,7 +114,7 @@ pub fn request(request: &Request) -> Result<(), String> {
         Command::Access(AccessChange::Grant(rule) | AccessChange::Revoke(rule)) => {
             caller(&rule.subject)
         }
-        Command::OpenSession { client_id: id } => client_id(id),
+        Command::OpenSession { client_id: id } => session_prefix(id),
         Command::Batch(_) | Command::Settings(_) => Ok(()),
     }
 }

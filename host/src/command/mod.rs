@@ -48,8 +48,9 @@ pub enum Command {
     Batch(Vec<Request>),
     /// Register a client session of the caller (Raft dissertation, §6.3):
     /// invokes name only registered sessions, so one the cluster forgot is
-    /// refused as expired, never applied a second time. Opening a session
-    /// that exists changes nothing (a retried open is harmless).
+    /// refused as expired, never applied a second time. The cluster names
+    /// the session after `client_id` and the command's log position, so a
+    /// retried open makes a new, unused session rather than reopening one.
     OpenSession { client_id: String },
     /// Change the cluster settings.
     Settings(SettingsCommand),
@@ -154,8 +155,11 @@ pub enum Response {
     /// state it met (every replica refuses it the same way; nothing changed).
     Refused(Refusal),
     SessionOpened {
-        /// The session was open already: nothing changed.
-        existed: bool,
+        /// The session's name, to put in the invokes of the session: the
+        /// requested name and the place of the command in the log, so every
+        /// open makes a session no other open made (a late duplicate of an
+        /// open cannot bring back a session the cluster forgot).
+        client_id: String,
     },
     /// The settings in force after a [`Command::Settings`] (unchanged when
     /// the command was an initial one and the cluster had settings).

@@ -226,7 +226,7 @@ fn apply_one(
             rules.settings,
             place.log_id.index,
             origin.caller,
-            client_id,
+            &check::session_name(client_id, place.log_id.index, place.position),
         )?),
         Command::Settings(command) => apply_settings(txn, context.runtime, place, record, command),
     }

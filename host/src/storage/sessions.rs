@@ -157,8 +157,9 @@ pub(crate) fn find(
     }))
 }
 
-/// Opens a session of `caller`, forgetting the caller's oldest ones past its
-/// bound. Opening an open session changes nothing.
+/// Opens the session `client_id` of `caller`, forgetting the caller's oldest
+/// ones past its bound. Names are unique to their log position
+/// (`command::check::session_name`), so the session is new.
 pub(crate) fn open(
     txn: &WriteTransaction,
     settings: &ClusterSettings,
@@ -167,7 +168,9 @@ pub(crate) fn open(
     client_id: &str,
 ) -> Result<Response, redb::Error> {
     if find(txn, caller, client_id)?.is_some() {
-        return Ok(Response::SessionOpened { existed: true });
+        return Ok(Response::SessionOpened {
+            client_id: client_id.to_owned(),
+        });
     }
     // Room for one more of the caller's sessions: its oldest go first.
     let held = caller_count(txn, caller.as_bytes())?;
@@ -209,7 +212,9 @@ pub(crate) fn open(
     };
     let record = session.record.clone();
     write(txn, settings, session, record, false)?;
-    Ok(Response::SessionOpened { existed: false })
+    Ok(Response::SessionOpened {
+        client_id: client_id.to_owned(),
+    })
 }
 
 /// Records `record` as `session`'s last command.
