@@ -338,3 +338,22 @@ async fn every_node_sigkilled_at_once_keeps_every_acknowledged_write() {
     .unwrap();
     tally.check(value["value"].as_i64().unwrap());
 }
+
+/// A command whose reader went away (`… | head -1`) stops quietly, with the
+/// exit code of a tool stopped by SIGPIPE, rather than panicking.
+#[test]
+fn a_closed_stdout_stops_the_cli_quietly() {
+    let directory = TempDir::new().unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let output = Command::new(WASMRAFT)
+        .args(["examples", "export"])
+        .arg(directory.path())
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(output.status.code(), Some(141), "{stderr}");
+}
