@@ -355,9 +355,27 @@ impl Cluster {
 pub struct Tally {
     pub acknowledged: AtomicU64,
     pub failed: AtomicU64,
+    /// Woken at every outcome, for [`Tally::acknowledged_at_least`].
+    counted: tokio::sync::Notify,
 }
 
 impl Tally {
+    /// Waits until at least `target` increments were acknowledged.
+    pub async fn acknowledged_at_least(&self, target: u64, during: &str) {
+        let reached = async {
+            loop {
+                let counted = self.counted.notified();
+                if self.acknowledged.load(Ordering::SeqCst) >= target {
+                    return;
+                }
+                counted.await;
+            }
+        };
+        tokio::time::timeout(SETTLE, reached)
+            .await
+            .unwrap_or_else(|_| panic!("no writes acknowledged {during}"));
+    }
+
     /// Asserts that `value` holds every acknowledged increment and no more
     /// than were sent.
     pub fn check(&self, value: i64) {
@@ -378,5 +396,6 @@ pub async fn increment(client: &Client, count: u64, tally: &Tally) {
             Ok(_) => tally.acknowledged.fetch_add(1, Ordering::SeqCst),
             Err(_) => tally.failed.fetch_add(1, Ordering::SeqCst),
         };
+        tally.counted.notify_waiters();
     }
 }

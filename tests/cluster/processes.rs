@@ -154,20 +154,47 @@ fn directory(root: &Path, id: u64) -> PathBuf {
     root.join(format!("node-{id}"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_sigkilled_leader_is_replaced_and_restarts_from_its_data() {
-    let root = TempDir::new().unwrap();
+/// Starts nodes 1 to 3 under `root`, node 1 bootstrapping.
+fn start_nodes(root: &Path) -> Vec<ProcessNode> {
     let mut nodes: Vec<ProcessNode> = (1..=3)
         .map(|id| ProcessNode {
             id,
             port: free_port(),
-            directory: directory(root.path(), id),
+            directory: directory(root, id),
             process: None,
         })
         .collect();
     for node in &mut nodes {
         node.start(node.id == 1);
     }
+    nodes
+}
+
+/// One writer per node, each adding 1 to the counter until `stop`.
+fn spawn_writers(
+    nodes: &[ProcessNode],
+    tally: &Arc<Tally>,
+    stop: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    nodes
+        .iter()
+        .map(|node| {
+            let endpoint = node.endpoint();
+            let (tally, stop) = (Arc::clone(tally), Arc::clone(stop));
+            tokio::spawn(async move {
+                let client = client(&endpoint).await;
+                while !stop.load(Ordering::SeqCst) {
+                    increment(&client, 1, &tally).await;
+                }
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sigkilled_leader_is_replaced_and_restarts_from_its_data() {
+    let root = TempDir::new().unwrap();
+    let mut nodes = start_nodes(root.path());
     wait_serving(&nodes[0].endpoint()).await;
     // The README's steps: two `cluster add-node` calls against node 1.
     for node in &nodes[1..] {
@@ -194,17 +221,7 @@ async fn a_sigkilled_leader_is_replaced_and_restarts_from_its_data() {
     // A steady load through every node while the leader is killed.
     let tally = Arc::new(Tally::default());
     let stop = Arc::new(AtomicBool::new(false));
-    let mut writers = Vec::new();
-    for node in &nodes {
-        let endpoint = node.endpoint();
-        let (tally, stop) = (tally.clone(), stop.clone());
-        writers.push(tokio::spawn(async move {
-            let client = client(&endpoint).await;
-            while !stop.load(Ordering::SeqCst) {
-                increment(&client, 1, &tally).await;
-            }
-        }));
-    }
+    let writers = spawn_writers(&nodes, &tally, &stop);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let status = client(&nodes[2].endpoint()).await.status().await.unwrap();
     let leader = status.leader_id.expect("a leader is known");
@@ -214,11 +231,9 @@ async fn a_sigkilled_leader_is_replaced_and_restarts_from_its_data() {
     let survivor_endpoint = survivor.endpoint();
     let acknowledged_at_kill = tally.acknowledged.load(Ordering::SeqCst);
     // Writes resume on the survivors.
-    let deadline = Instant::now() + SETTLE;
-    while tally.acknowledged.load(Ordering::SeqCst) < acknowledged_at_kill + 20 {
-        assert!(Instant::now() < deadline, "writes did not resume");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    tally
+        .acknowledged_at_least(acknowledged_at_kill + 20, "after the kill")
+        .await;
     let status = client(&survivor_endpoint).await.status().await.unwrap();
     assert_ne!(status.leader_id, Some(leader));
 
@@ -246,32 +261,13 @@ async fn a_sigkilled_leader_is_replaced_and_restarts_from_its_data() {
     tally.check(value["value"].as_i64().unwrap());
 }
 
-/// Waits until `tally` counts at least `target` acknowledged increments.
-async fn acknowledged_at_least(tally: &Tally, target: u64, during: &str) {
-    let deadline = Instant::now() + SETTLE;
-    while tally.acknowledged.load(Ordering::SeqCst) < target {
-        assert!(Instant::now() < deadline, "no writes acknowledged {during}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Invariant 5 for the whole cluster: every node SIGKILLed at the same
 /// moment, under load, then restarted from its data directory, several
 /// times. Every acknowledged write survives and the replicas agree.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_node_sigkilled_at_once_keeps_every_acknowledged_write() {
     let root = TempDir::new().unwrap();
-    let mut nodes: Vec<ProcessNode> = (1..=3)
-        .map(|id| ProcessNode {
-            id,
-            port: free_port(),
-            directory: directory(root.path(), id),
-            process: None,
-        })
-        .collect();
-    for node in &mut nodes {
-        node.start(node.id == 1);
-    }
+    let mut nodes = start_nodes(root.path());
     wait_serving(&nodes[0].endpoint()).await;
     for node in &nodes[1..] {
         client(&nodes[0].endpoint())
@@ -292,20 +288,12 @@ async fn every_node_sigkilled_at_once_keeps_every_acknowledged_write() {
 
     let tally = Arc::new(Tally::default());
     let stop = Arc::new(AtomicBool::new(false));
-    let mut writers = Vec::new();
-    for node in &nodes {
-        let endpoint = node.endpoint();
-        let (tally, stop) = (tally.clone(), stop.clone());
-        writers.push(tokio::spawn(async move {
-            let client = client(&endpoint).await;
-            while !stop.load(Ordering::SeqCst) {
-                increment(&client, 1, &tally).await;
-            }
-        }));
-    }
+    let writers = spawn_writers(&nodes, &tally, &stop);
     for round in 1..=3 {
         let before = tally.acknowledged.load(Ordering::SeqCst);
-        acknowledged_at_least(&tally, before + 30, &format!("before crash {round}")).await;
+        tally
+            .acknowledged_at_least(before + 30, &format!("before crash {round}"))
+            .await;
         for node in &mut nodes {
             node.kill();
         }
@@ -317,7 +305,9 @@ async fn every_node_sigkilled_at_once_keeps_every_acknowledged_write() {
         }
     }
     let before = tally.acknowledged.load(Ordering::SeqCst);
-    acknowledged_at_least(&tally, before + 10, "after the last crash").await;
+    tally
+        .acknowledged_at_least(before + 10, "after the last crash")
+        .await;
     stop.store(true, Ordering::SeqCst);
     for writer in writers {
         writer.await.unwrap();
