@@ -164,11 +164,15 @@ pub(crate) fn apply_request(
 ) -> Result<Response, ApplyError> {
     let span = tracing::debug_span!("apply", index = log_id.index, kind = request.command.kind());
     let _entered = span.enter();
+    // Read once per entry; a settings command of a batch updates it for
+    // the commands after it.
+    let mut settings = read_settings(&txn.open_table(SETTINGS)?)?;
     let Command::Batch(requests) = &request.command else {
         return apply_one(
             txn,
             context,
             clock,
+            &mut settings,
             Place {
                 log_id,
                 position: 0,
@@ -185,6 +189,7 @@ pub(crate) fn apply_request(
             txn,
             context,
             clock,
+            &mut settings,
             Place { log_id, position },
             request,
         )?);
@@ -196,6 +201,7 @@ fn apply_one(
     txn: &WriteTransaction,
     context: &ApplyContext<'_>,
     clock: &mut Clock,
+    record: &mut Option<SettingsRecord>,
     place: Place<'_>,
     request: &Request,
 ) -> Result<Response, ApplyError> {
@@ -207,12 +213,11 @@ fn apply_one(
         caller: &request.caller,
         timestamp_ms: clock.stamp(request.timestamp_ms),
     };
-    // Read for every command: an earlier command of the same batch may have
-    // changed them.
-    let record = read_settings(&txn.open_table(SETTINGS)?)?;
+    // A copy (six numbers), so that a settings command may replace `record`.
+    let settings = settings_in_force(record.as_ref()).into_owned();
     let rules = &Rules {
         runtime: context.runtime,
-        settings: &settings_in_force(record.as_ref()),
+        settings: &settings,
         legacy_sessions: record.is_none(),
     };
     match &request.command {
@@ -228,7 +233,13 @@ fn apply_one(
             origin.caller,
             &check::session_name(client_id, place.log_id.index, place.position),
         )?),
-        Command::Settings(command) => apply_settings(txn, context.runtime, place, record, command),
+        Command::Settings(command) => {
+            let response = apply_settings(txn, context.runtime, place, record.clone(), command)?;
+            if let Response::Settings(changed) = &response {
+                *record = Some(changed.clone());
+            }
+            Ok(response)
+        }
     }
 }
 
