@@ -17,7 +17,7 @@ use wasmraft::wasm::{Runtime, RuntimeConfig};
 fn counter_wasm() -> Vec<u8> {
     wat::parse_file(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../tests/wasm/counter.wat"
+        "/../../tests/wasm/counter.wat"
     ))
     .unwrap()
 }
@@ -572,7 +572,7 @@ fn the_session_table_is_bounded_in_bytes() {
 fn a_batch_applies_each_command_with_its_own_context() {
     let environment = wat::parse_file(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../tests/wasm/environment.wat"
+        "/../../tests/wasm/environment.wat"
     ))
     .unwrap();
     let request = |caller: &str, timestamp_ms: i64, command: Command| Request {

@@ -38,7 +38,7 @@ impl KvSource for BrokenKv {
 }
 
 fn wasm_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/wasm")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/wasm")
 }
 
 fn wat_file(name: &str) -> Vec<u8> {

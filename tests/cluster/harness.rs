@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 use wasmraft::client::{Client, ClientConfig, Consistency, DeployOptions};
-use wasmraft::network::{FaultDecision, Faults};
 use wasmraft::node::config::{NodeConfig, RaftSettings};
-use wasmraft::node::handle::Role;
 use wasmraft::node::{Node, NodeOptions, RunningNode};
+use wasmraft::raft::Role;
+use wasmraft::raft::network::{FaultDecision, Faults};
 use wasmraft::wasm::CompileFaults;
 
 pub type NodeId = u64;

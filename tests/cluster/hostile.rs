@@ -135,7 +135,8 @@ async fn cluster_settings_are_replicated_and_checked_by_name() {
     );
     for id in cluster.running() {
         let node = cluster.node(id);
-        node.raft()
+        node.consensus()
+            .raft()
             .wait(Some(std::time::Duration::from_secs(30)))
             .applied_index_at_least(Some(index), "the settings change is applied")
             .await
@@ -195,6 +196,7 @@ async fn a_follower_that_cannot_compile_a_deployed_module_stops_then_recovers() 
     cluster.deploy_counter(leader).await;
     let stopped = cluster
         .node(broken)
+        .consensus()
         .raft()
         .wait(Some(std::time::Duration::from_secs(60)))
         .metrics(|metrics| metrics.running_state.is_err(), "Raft stops")

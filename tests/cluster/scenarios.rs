@@ -239,6 +239,7 @@ async fn a_new_node_catches_up_from_a_snapshot_after_the_log_was_purged() {
             client.snapshot().await.unwrap();
             let purged = cluster
                 .node(id)
+                .consensus()
                 .raft()
                 .wait(Some(Duration::from_secs(2)))
                 .metrics(
@@ -262,6 +263,7 @@ async fn a_new_node_catches_up_from_a_snapshot_after_the_log_was_purged() {
     // Its first entries are gone from every log: only a snapshot brings them.
     let joined = cluster
         .node(4)
+        .consensus()
         .raft()
         .wait(Some(SETTLE))
         .metrics(

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 /// The directory of every release's fixtures.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/storage")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/storage")
 }
 
 /// Every release directory under [`root`], in name order.
@@ -205,6 +205,7 @@ pub async fn converged(
     let mut records = BTreeMap::new();
     for (id, node) in nodes {
         let metrics = node
+            .consensus()
             .raft()
             .wait(Some(crate::cluster::harness::SETTLE))
             .applied_index_at_least(Some(last_log), "apply the whole log")

@@ -211,6 +211,7 @@ async fn snapshot_and_purge(client: &Client, node: &RunningNode) {
     let deadline = Instant::now() + crate::cluster::harness::SETTLE;
     loop {
         let caught_up = node
+            .consensus()
             .raft()
             .wait(Some(crate::cluster::harness::SETTLE))
             .metrics(
@@ -222,6 +223,7 @@ async fn snapshot_and_purge(client: &Client, node: &RunningNode) {
         let applied = caught_up.last_applied.map_or(0, |log_id| log_id.index);
         client.snapshot().await.unwrap();
         let done = node
+            .consensus()
             .raft()
             .wait(Some(Duration::from_secs(1)))
             .metrics(
@@ -238,7 +240,7 @@ async fn snapshot_and_purge(client: &Client, node: &RunningNode) {
         assert!(
             Instant::now() < deadline,
             "no snapshot of the whole log with a purged log: {:?}",
-            node.raft().metrics().borrow()
+            node.consensus().raft().metrics().borrow()
         );
     }
 }

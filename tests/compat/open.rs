@@ -19,7 +19,8 @@ fn expected_of(release: &std::path::Path) -> Expected {
 
 /// Waits until `node` applied at least `index`.
 async fn applied_at_least(node: &RunningNode, index: u64) {
-    node.raft()
+    node.consensus()
+        .raft()
         .wait(Some(SETTLE))
         .applied_index_at_least(Some(index), "apply the fixture's log")
         .await

@@ -1,0 +1,278 @@
+//! The `Cluster` service: status (this node's view from Raft's metrics, and
+//! each member's own indexes and state digest, asked of it with a timeout),
+//! membership changes (through the leader and the Raft log:
+//! `node::membership`), health and snapshot.
+
+use std::time::Duration;
+
+use tonic::transport::Endpoint;
+use tonic::{Request, Response, Status};
+use wasmraft_proto::v1 as proto;
+use wasmraft_proto::v1::cluster_client::ClusterClient;
+use wasmraft_proto::v1::cluster_server::Cluster;
+
+use tracing::Instrument;
+
+use super::convert::{membership_message, role_message, settings_message};
+use super::modules::unexpected;
+use super::status::ApiError;
+use super::validate;
+use super::{blocking, call_timeout, caller};
+use crate::command::{
+    ClusterSettings, Command, Response as Applied, SettingsCommand, SettingsUpdate,
+};
+use crate::node::address::parse_peer_address;
+use crate::node::membership::Membership;
+use crate::node::{ClusterView, NodeHandle};
+use crate::raft::Member;
+
+/// How long a member may take to report its own status.
+const MEMBER_STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long adding a node may take when the caller set no deadline: the
+/// new node must receive the whole state first.
+const ADD_NODE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long removing a node may take when the caller set no deadline.
+const REMOVE_NODE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves `wasmraft.v1.Cluster`.
+#[derive(Debug, Clone)]
+pub struct ClusterService {
+    node: NodeHandle,
+}
+
+impl ClusterService {
+    pub fn new(node: NodeHandle) -> Self {
+        Self { node }
+    }
+
+    /// This node's own entry: indexes from Raft, digest from the state.
+    async fn local_status(&self, view: &ClusterView) -> Result<proto::NodeStatus, ApiError> {
+        let reader = self.node.reader().clone();
+        let (applied, digest) = blocking(move || reader.digest()).await??;
+        Ok(proto::NodeStatus {
+            id: view.this,
+            address: self.node.advertised_address().to_owned(),
+            role: role_message(view.role) as i32,
+            last_log_index: view.last_log_index,
+            // The digest's own index: the two always describe one state.
+            applied_index: applied.map(|log_id| log_id.index),
+            state_digest_hex: digest.to_string(),
+            error: String::new(),
+        })
+    }
+
+    async fn status(&self, local_only: bool) -> Result<proto::StatusResponse, ApiError> {
+        let view = self.node.cluster_view();
+        let local = self.local_status(&view).await?;
+        let mut members: Vec<&Member> = view.voters.iter().chain(&view.learners).collect();
+        members.sort_by_key(|member| member.id);
+        members.dedup_by_key(|member| member.id);
+        let nodes = if local_only || members.iter().all(|member| member.id == view.this) {
+            vec![local]
+        } else {
+            let others = members
+                .iter()
+                .filter(|member| member.id != view.this)
+                .map(|member| member_status(member));
+            let mut nodes = futures::future::join_all(others).await;
+            nodes.push(local);
+            nodes.sort_by_key(|node| node.id);
+            nodes
+        };
+        Ok(proto::StatusResponse {
+            leader_id: view.leader_id,
+            term: view.term,
+            membership: Some(membership_message(&Membership {
+                voters: view.voters,
+                learners: view.learners,
+            })),
+            nodes,
+        })
+    }
+}
+
+/// Asks one member for its own status; a member that does not answer in
+/// time is listed with `error` set.
+async fn member_status(member: &Member) -> proto::NodeStatus {
+    let failed = |error: String| proto::NodeStatus {
+        id: member.id,
+        address: member.address.clone(),
+        error,
+        ..proto::NodeStatus::default()
+    };
+    let endpoint = match parse_peer_address(&member.address)
+        .and_then(|url| Endpoint::from_shared(url).map_err(|error| error.to_string()))
+    {
+        Ok(endpoint) => endpoint.connect_timeout(MEMBER_STATUS_TIMEOUT),
+        Err(reason) => return failed(format!("bad address: {reason}")),
+    };
+    let mut client = ClusterClient::new(endpoint.connect_lazy());
+    let mut request = Request::new(proto::StatusRequest { local_only: true });
+    request.set_timeout(MEMBER_STATUS_TIMEOUT);
+    match tokio::time::timeout(MEMBER_STATUS_TIMEOUT, client.status(request)).await {
+        Err(_) => failed(format!(
+            "no answer within {} ms",
+            MEMBER_STATUS_TIMEOUT.as_millis()
+        )),
+        Ok(Err(status)) => failed(format!("{}: {}", status.code(), status.message())),
+        Ok(Ok(response)) => response
+            .into_inner()
+            .nodes
+            .into_iter()
+            .find(|node| node.id == member.id)
+            .unwrap_or_else(|| failed("the node at this address reports another id".to_owned())),
+    }
+}
+
+#[tonic::async_trait]
+impl Cluster for ClusterService {
+    async fn status(
+        &self,
+        request: Request<proto::StatusRequest>,
+    ) -> Result<Response<proto::StatusResponse>, Status> {
+        let local_only = request.into_inner().local_only;
+        Ok(Response::new(
+            ClusterService::status(self, local_only).await?,
+        ))
+    }
+
+    async fn add_node(
+        &self,
+        request: Request<proto::AddNodeRequest>,
+    ) -> Result<Response<proto::AddNodeResponse>, Status> {
+        let timeout = call_timeout(&request).unwrap_or(ADD_NODE_TIMEOUT);
+        let proto::AddNodeRequest { node_id, address } = request.into_inner();
+        let address = address.trim().to_owned();
+        let membership = self
+            .node
+            .add_node(node_id, address, timeout)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(proto::AddNodeResponse {
+            membership: Some(membership_message(&membership)),
+        }))
+    }
+
+    async fn remove_node(
+        &self,
+        request: Request<proto::RemoveNodeRequest>,
+    ) -> Result<Response<proto::RemoveNodeResponse>, Status> {
+        let timeout = call_timeout(&request).unwrap_or(REMOVE_NODE_TIMEOUT);
+        let node_id = request.into_inner().node_id;
+        let membership = self
+            .node
+            .remove_node(node_id, timeout)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(proto::RemoveNodeResponse {
+            membership: Some(membership_message(&membership)),
+        }))
+    }
+
+    async fn transfer_leader(
+        &self,
+        _request: Request<proto::TransferLeaderRequest>,
+    ) -> Result<Response<proto::TransferLeaderResponse>, Status> {
+        // openraft 0.9 has no leadership transfer (no TimeoutNow message);
+        // it arrives with the move to openraft 0.10.
+        Err(ApiError::Unimplemented(
+            "leadership transfer needs openraft 0.10; until then, stop the leader's process: the other voters elect a new leader within the election timeout",
+        )
+        .into())
+    }
+
+    async fn snapshot(
+        &self,
+        _request: Request<proto::SnapshotRequest>,
+    ) -> Result<Response<proto::SnapshotResponse>, Status> {
+        self.node
+            .consensus()
+            .trigger_snapshot()
+            .await
+            .map_err(|refusal| ApiError::Internal(format!("cannot start a snapshot: {refusal}")))?;
+        Ok(Response::new(proto::SnapshotResponse {}))
+    }
+
+    async fn health(
+        &self,
+        _request: Request<proto::HealthRequest>,
+    ) -> Result<Response<proto::HealthResponse>, Status> {
+        let response = match self.node.cluster_view().health {
+            Ok(()) => proto::HealthResponse {
+                status: proto::HealthStatus::Serving as i32,
+                detail: String::new(),
+            },
+            Err(detail) => proto::HealthResponse {
+                status: proto::HealthStatus::NotServing as i32,
+                detail,
+            },
+        };
+        Ok(Response::new(response))
+    }
+
+    async fn get_settings(
+        &self,
+        _request: Request<proto::GetSettingsRequest>,
+    ) -> Result<Response<proto::GetSettingsResponse>, Status> {
+        let reader = self.node.reader().clone();
+        let (applied, record) = blocking(move || reader.settings_at())
+            .await?
+            .map_err(ApiError::from)?;
+        let response = match record {
+            Some(record) => proto::GetSettingsResponse {
+                settings: Some(settings_message(&record.settings)),
+                recorded: true,
+                engine_fingerprint: record.engine_fingerprint,
+                changed_at_index: record.changed_index,
+                applied_index: applied,
+            },
+            None => proto::GetSettingsResponse {
+                settings: Some(settings_message(&ClusterSettings::default())),
+                recorded: false,
+                engine_fingerprint: String::new(),
+                changed_at_index: 0,
+                applied_index: applied,
+            },
+        };
+        Ok(Response::new(response))
+    }
+
+    async fn set_settings(
+        &self,
+        request: Request<proto::SetSettingsRequest>,
+    ) -> Result<Response<proto::SetSettingsResponse>, Status> {
+        let caller = caller(&request);
+        let timeout = call_timeout(&request);
+        let request = request.into_inner();
+        let update = SettingsUpdate {
+            fuel_per_call_max: request.fuel_per_call_max,
+            memory_bytes_max: request.memory_bytes_max,
+            output_bytes_max: request.output_bytes_max,
+            module_bytes_max: request.module_bytes_max,
+            session_table_bytes_max: request.session_table_bytes_max,
+            sessions_per_caller_max: request.sessions_per_caller_max,
+        };
+        let current = self.node.settings().map_err(ApiError::from)?;
+        validate::settings_update(&current, &update).map_err(ApiError::from)?;
+        let span = tracing::info_span!("set_settings", ?update);
+        let command = Command::Settings(SettingsCommand {
+            update,
+            initial: false,
+            engine_fingerprint: self.node.runtime().engine_fingerprint(),
+        });
+        let proposed = self
+            .node
+            .propose(caller, command, timeout)
+            .instrument(span)
+            .await
+            .map_err(ApiError::from)?;
+        match proposed.response {
+            Applied::Settings(record) => Ok(Response::new(proto::SetSettingsResponse {
+                settings: Some(settings_message(&record.settings)),
+                applied_index: proposed.index,
+            })),
+            Applied::Refused(refusal) => Err(ApiError::from(refusal).into()),
+            other => Err(unexpected("settings change", &other).into()),
+        }
+    }
+}

@@ -1,0 +1,278 @@
+//! The `Modules` service: deploy (a client stream, validated at the edge
+//! before it is proposed), list, get and remove.
+
+use std::time::Duration;
+
+use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
+use wasmraft_proto::v1 as proto;
+use wasmraft_proto::v1::modules_server::Modules;
+
+use super::convert::module_message;
+use super::status::ApiError;
+use super::validate::{self, DeployAssembler, DeployUpload, InputError};
+use super::{blocking, call_timeout, caller};
+use crate::command::settings::module_limits;
+use crate::command::{Command, Deploy, Response as Applied};
+use crate::node::handle::NodeHandle;
+use crate::storage::deploy_limits;
+
+/// The messages of one `DeployWithProgress` answer: three phases and the result.
+const DEPLOY_EVENTS_MAX: usize = 4;
+
+/// Serves `wasmraft.v1.Modules`.
+#[derive(Debug, Clone)]
+pub struct ModulesService {
+    node: NodeHandle,
+}
+
+impl ModulesService {
+    pub fn new(node: NodeHandle) -> Self {
+        Self { node }
+    }
+}
+
+/// Validates a received module and deploys it through the log: the path of
+/// `Modules.Deploy` after the stream, and of `serve --dev`'s examples.
+pub async fn deploy_module(
+    node: &NodeHandle,
+    caller: &str,
+    upload: DeployUpload,
+    timeout: Option<Duration>,
+    report: &(dyn Fn(proto::DeployPhase) + Send + Sync),
+) -> Result<proto::Module, ApiError> {
+    let span = tracing::info_span!(
+        "deploy",
+        module = %upload.name,
+        size_bytes = upload.wasm.len(),
+        version = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+    );
+    let result = deploy_in_span(node, caller, upload, timeout, report)
+        .instrument(span.clone())
+        .await;
+    match &result {
+        Ok(module) => {
+            span.record("version", module.version);
+            span.record("outcome", "ok");
+        }
+        Err(error) => {
+            span.record("outcome", tracing::field::display(error));
+        }
+    }
+    result
+}
+
+async fn deploy_in_span(
+    node: &NodeHandle,
+    caller: &str,
+    upload: DeployUpload,
+    timeout: Option<Duration>,
+    report: &(dyn Fn(proto::DeployPhase) + Send + Sync),
+) -> Result<proto::Module, ApiError> {
+    let DeployUpload {
+        name,
+        wasm,
+        hash,
+        init_argument,
+        limits,
+    } = upload;
+    validate::module_name(&name)?;
+    // Compiling is CPU work: off the async threads. The compiled module
+    // stays in the runtime's cache, so apply does not compile it again.
+    let runtime = node.runtime().clone();
+    let settings = node.settings().map_err(ApiError::from)?;
+    let limits_in_force = settings.clone();
+    let static_limits = deploy_limits(&settings);
+    let (checked, wasm) = {
+        let runtime = runtime.clone();
+        blocking(move || (runtime.check_within(&wasm, static_limits), wasm)).await?
+    };
+    checked.map_err(ApiError::InvalidModule)?;
+    report(proto::DeployPhase::Validated);
+    let (validated, wasm) = blocking(move || {
+        let validated = runtime.validate_within(&wasm, static_limits);
+        (validated, wasm)
+    })
+    .await?;
+    let info = validated.map_err(ApiError::InvalidModule)?;
+    report(proto::DeployPhase::Replicating);
+    if init_argument.is_some() && !info.has_init && !info.has_migrate {
+        return Err(InputError::UnusedInitArgument.into());
+    }
+    let size_bytes = wasm.len() as u64;
+    let proposed = node
+        .propose(
+            caller,
+            Command::Deploy(Deploy {
+                name: name.clone(),
+                wasm,
+                hash,
+                init_argument: init_argument.unwrap_or_default(),
+                limits,
+            }),
+            timeout,
+        )
+        .await?;
+    match proposed.response {
+        Applied::Deployed(deployed) => {
+            let (fuel_per_call_max, memory_bytes_max) = module_limits(&limits_in_force, &limits);
+            Ok(proto::Module {
+                name: deployed.name,
+                version: deployed.version,
+                sha256_hex: hex::encode(deployed.hash),
+                size_bytes,
+                deployed_at_index: proposed.index,
+                deployed_at_unix_ms: u64::try_from(proposed.timestamp_ms).unwrap_or(0),
+                has_query: info.has_query,
+                has_init: info.has_init,
+                has_migrate: info.has_migrate,
+                fuel_per_call_max,
+                memory_bytes_max,
+            })
+        }
+        Applied::Refused(refusal) => Err(refusal.into()),
+        other => Err(unexpected("deploy", &other)),
+    }
+}
+
+pub(super) fn unexpected(what: &str, response: &Applied) -> ApiError {
+    let kind = match response {
+        Applied::Empty => "empty",
+        Applied::Deployed(_) => "deployed",
+        Applied::Removed { .. } => "removed",
+        Applied::Invoked(_) => "invoked",
+        Applied::AccessChanged { .. } => "access changed",
+        Applied::Batch(_) => "batch",
+        Applied::Refused(_) => "refused",
+        Applied::SessionOpened { .. } => "session opened",
+        Applied::Settings(_) => "settings",
+    };
+    ApiError::Internal(format!("a {what} was answered with a `{kind}` response"))
+}
+
+impl ModulesService {
+    /// Reads a deploy stream whole, refusing it as early as it can.
+    async fn receive(
+        &self,
+        mut stream: Streaming<proto::DeployChunk>,
+    ) -> Result<DeployUpload, Status> {
+        let settings = self.node.settings().map_err(ApiError::from)?;
+        let mut assembler = DeployAssembler::new(self.node.limits(), settings.module_bytes_max);
+        while let Some(chunk) = stream.message().await? {
+            assembler.push(chunk.content).map_err(ApiError::from)?;
+        }
+        Ok(assembler.finish().map_err(ApiError::from)?)
+    }
+}
+
+#[tonic::async_trait]
+impl Modules for ModulesService {
+    async fn deploy(
+        &self,
+        request: Request<Streaming<proto::DeployChunk>>,
+    ) -> Result<Response<proto::DeployResponse>, Status> {
+        let caller = caller(&request);
+        let timeout = call_timeout(&request);
+        let upload = self.receive(request.into_inner()).await?;
+        let module = deploy_module(&self.node, &caller, upload, timeout, &|_| {}).await?;
+        Ok(Response::new(proto::DeployResponse {
+            module: Some(module),
+        }))
+    }
+
+    type DeployWithProgressStream = std::pin::Pin<
+        Box<dyn futures::Stream<Item = Result<proto::DeployEvent, Status>> + Send + 'static>,
+    >;
+
+    async fn deploy_with_progress(
+        &self,
+        request: Request<Streaming<proto::DeployChunk>>,
+    ) -> Result<Response<Self::DeployWithProgressStream>, Status> {
+        let caller = caller(&request);
+        let timeout = call_timeout(&request);
+        let upload = self.receive(request.into_inner()).await?;
+        // Room for every phase and the result: sending never waits, and a
+        // client that went away only makes the sends fail.
+        let (events, received) = tokio::sync::mpsc::channel(DEPLOY_EVENTS_MAX);
+        let node = self.node.clone();
+        tokio::spawn(async move {
+            let phase = |phase: proto::DeployPhase| {
+                let _ = events.try_send(Ok(proto::DeployEvent {
+                    event: Some(proto::deploy_event::Event::Phase(phase as i32)),
+                }));
+            };
+            phase(proto::DeployPhase::Received);
+            let last = match deploy_module(&node, &caller, upload, timeout, &phase).await {
+                Ok(module) => Ok(proto::DeployEvent {
+                    event: Some(proto::deploy_event::Event::Module(module)),
+                }),
+                Err(error) => Err(Status::from(error)),
+            };
+            let _ = events.try_send(last);
+        });
+        let events = futures::stream::unfold(received, |mut received| async move {
+            received.recv().await.map(|event| (event, received))
+        });
+        Ok(Response::new(Box::pin(events)))
+    }
+
+    async fn list(
+        &self,
+        _request: Request<proto::ListModulesRequest>,
+    ) -> Result<Response<proto::ListModulesResponse>, Status> {
+        let node = self.node.clone();
+        let modules = blocking(move || -> Result<_, ApiError> {
+            // The table is ordered by name, as the API promises.
+            let records = node.reader().modules()?;
+            let settings = node.settings()?;
+            Ok(records
+                .into_iter()
+                .map(|record| module_message(&settings, record))
+                .collect())
+        })
+        .await??;
+        Ok(Response::new(proto::ListModulesResponse { modules }))
+    }
+
+    async fn get(
+        &self,
+        request: Request<proto::GetModuleRequest>,
+    ) -> Result<Response<proto::GetModuleResponse>, Status> {
+        let name = request.into_inner().name;
+        validate::module_name(&name).map_err(ApiError::from)?;
+        let node = self.node.clone();
+        let module = blocking(move || -> Result<_, ApiError> {
+            match node.reader().module(&name)? {
+                Some(record) => Ok(module_message(&node.settings()?, record)),
+                None => Err(crate::command::Refusal::ModuleNotFound(name).into()),
+            }
+        })
+        .await??;
+        Ok(Response::new(proto::GetModuleResponse {
+            module: Some(module),
+        }))
+    }
+
+    async fn remove(
+        &self,
+        request: Request<proto::RemoveModuleRequest>,
+    ) -> Result<Response<proto::RemoveModuleResponse>, Status> {
+        let caller = caller(&request);
+        let timeout = call_timeout(&request);
+        let name = request.into_inner().name;
+        validate::module_name(&name).map_err(ApiError::from)?;
+        let span = tracing::info_span!("remove", module = %name);
+        let proposed = self
+            .node
+            .propose(caller, Command::Remove { name }, timeout)
+            .instrument(span)
+            .await
+            .map_err(ApiError::from)?;
+        match proposed.response {
+            Applied::Removed { .. } => Ok(Response::new(proto::RemoveModuleResponse {})),
+            Applied::Refused(refusal) => Err(ApiError::from(refusal).into()),
+            other => Err(unexpected("remove", &other).into()),
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! Forwarding to the leader: a follower that receives a write, a
+//! linearizable read or a membership change hands it to the leader over the
+//! internal `Raft.Forward` RPC and returns the leader's answer, so a client
+//! pointed at any node just works.
+//!
+//! What crosses the hop is wasmraft's own request ([`Forwarded`]), encoded
+//! like every Raft message (`raft::network::wire`) and sent by
+//! `raft::network::Forwarder`: the caller's identity and the
+//! time left of its deadline travel with it; the leader stamps the
+//! timestamp. The leader serves a forwarded request locally and never
+//! forwards it again, so a request makes at most one hop.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::error::ConsensusError;
+use super::membership::{Membership, MembershipError};
+use super::write::Proposed;
+use crate::command::Command;
+use crate::raft::NodeId;
+
+/// A request a follower hands to the leader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Forwarded {
+    /// Propose `command` for `caller`. Answer: `Result<Proposed, ConsensusError>`.
+    Write {
+        caller: String,
+        command: Command,
+        timeout_ms: u64,
+    },
+    /// Confirm leadership with a quorum and name the log index a
+    /// linearizable read must wait for. Answer: `Result<u64, ConsensusError>`.
+    ReadIndex { timeout_ms: u64 },
+    /// Add a node (learner, catch up, voter). Answer:
+    /// `Result<Membership, MembershipError>`.
+    AddNode {
+        id: NodeId,
+        address: String,
+        timeout_ms: u64,
+    },
+    /// Remove a member. Answer: `Result<Membership, MembershipError>`.
+    RemoveNode { id: NodeId, timeout_ms: u64 },
+}
+
+/// The leader's answer to a [`Forwarded`] request, by kind; the follower
+/// decodes each as the `Result` it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ForwardedAnswer {
+    Write(Result<Proposed, ConsensusError>),
+    ReadIndex(Result<u64, ConsensusError>),
+    Membership(Result<Membership, MembershipError>),
+}
+
+/// Milliseconds of a duration, saturating.
+pub(crate) fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::codec;
+
+    #[test]
+    fn forwarded_requests_round_trip() {
+        let requests = [
+            Forwarded::Write {
+                caller: "alice".into(),
+                command: Command::Remove {
+                    name: "counter".into(),
+                },
+                timeout_ms: 1500,
+            },
+            Forwarded::ReadIndex { timeout_ms: 10 },
+            Forwarded::AddNode {
+                id: 4,
+                address: "127.0.0.1:7074".into(),
+                timeout_ms: 60_000,
+            },
+            Forwarded::RemoveNode {
+                id: 2,
+                timeout_ms: 1,
+            },
+        ];
+        for request in requests {
+            let decoded: Forwarded = codec::decode(&codec::encode(&request)).unwrap();
+            assert_eq!(decoded, request);
+        }
+    }
+}

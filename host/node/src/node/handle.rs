@@ -1,0 +1,330 @@
+//! What the API needs of a running node, in wasmraft's own types:
+//! [`NodeHandle`]. Its entry points live by concern beside it: `route`
+//! (where a request is served, and forwarding to the leader), `write`
+//! (proposing commands, and the batcher), `read` (the linearizable read
+//! barrier) and `membership` (adding and removing nodes). This file holds
+//! the handle itself, its timeouts, its admission to Raft messages and
+//! the view of the cluster.
+//!
+//! Invariant: the node reaches Raft only through [`Consensus`]; leadership
+//! and roles come only from Raft's metrics.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::error::{ConsensusError, LeaderHint};
+use super::forward::millis;
+use super::membership::MembershipError;
+use super::write::{self, DEPLOY_TIMEOUT_MAX, PROPOSALS_QUEUED_MAX, Pending};
+use crate::command::{ClusterSettings, Command};
+use crate::node::config::LimitSettings;
+use crate::raft::network::Forwarder;
+use crate::raft::{Consensus, Member, NodeId, RaftRefusal, Role, WaitError};
+use crate::storage::StateReader;
+use crate::wasm::Runtime;
+
+/// A running node as the API sees it. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct NodeHandle {
+    pub(super) inner: Arc<Inner>,
+}
+
+pub(super) struct Inner {
+    pub(super) id: NodeId,
+    /// Where peers and clients reach this node (recorded in the membership).
+    pub(super) advertised_address: String,
+    pub(super) consensus: Consensus,
+    pub(super) reader: StateReader,
+    /// Validates modules at the edge; shares its caches with apply.
+    pub(super) runtime: Runtime,
+    pub(super) limits: LimitSettings,
+    /// How long a write or a read barrier may wait for Raft: a write without
+    /// a quorum would otherwise wait for ever.
+    pub(super) consensus_timeout: Duration,
+    /// Set when shutdown starts, so new requests are turned away cleanly.
+    pub(super) shutting_down: AtomicBool,
+    /// Hands requests that reached this node while it follows to the leader.
+    pub(super) forwarder: Forwarder,
+    /// Held by the membership change in progress: one at a time.
+    pub(super) membership_change: tokio::sync::Mutex<()>,
+    /// Whether this node may take Raft messages: once its storage holds a
+    /// log or a vote, or, while empty, once a leader introduced itself
+    /// (`Handshake`) to add it. An empty node nobody introduced is a member
+    /// that lost its data: taking the leader's messages would make the
+    /// leader see a log go backwards, and answering votes with a forgotten
+    /// vote would break election safety.
+    pub(super) admitted: AtomicBool,
+    /// Invokes waiting to be proposed. openraft writes one entry at a time
+    /// and waits for its fsync, so the batcher proposes whatever queued up
+    /// meanwhile as one entry: a burst of clients shares one fsync.
+    pub(super) proposals: mpsc::Sender<Pending>,
+}
+
+/// This node's view of the cluster, from Raft's metrics only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterView {
+    pub this: NodeId,
+    pub role: Role,
+    pub leader_id: Option<NodeId>,
+    pub term: u64,
+    pub voters: Vec<Member>,
+    pub learners: Vec<Member>,
+    pub last_log_index: Option<u64>,
+    pub last_applied_index: Option<u64>,
+    /// `Err` holds why this node cannot serve (no leader, stopped, failed).
+    pub health: Result<(), String>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeHandle")
+            .field("id", &self.id)
+            .field("advertised_address", &self.advertised_address)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeHandle {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        id: NodeId,
+        advertised_address: String,
+        consensus: Consensus,
+        reader: StateReader,
+        runtime: Runtime,
+        limits: LimitSettings,
+        consensus_timeout: Duration,
+        forwarder: Forwarder,
+    ) -> Self {
+        let (proposals, queue) = mpsc::channel(PROPOSALS_QUEUED_MAX);
+        let inner = Arc::new(Inner {
+            id,
+            advertised_address,
+            consensus,
+            reader,
+            runtime,
+            limits,
+            consensus_timeout,
+            shutting_down: AtomicBool::new(false),
+            forwarder,
+            membership_change: tokio::sync::Mutex::new(()),
+            admitted: AtomicBool::new(false),
+            proposals,
+        });
+        // The batcher holds the node weakly: when the last handle goes, the
+        // queue closes and the batcher ends.
+        tokio::spawn(write::batch_proposals(Arc::downgrade(&inner), queue));
+        Self { inner }
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    pub fn advertised_address(&self) -> &str {
+        &self.inner.advertised_address
+    }
+
+    /// This node's Raft.
+    pub fn consensus(&self) -> &Consensus {
+        &self.inner.consensus
+    }
+
+    pub fn reader(&self) -> &StateReader {
+        &self.inner.reader
+    }
+
+    pub fn runtime(&self) -> &Runtime {
+        &self.inner.runtime
+    }
+
+    pub fn limits(&self) -> &LimitSettings {
+        &self.inner.limits
+    }
+
+    /// The cluster settings in force in this node's state (the defaults
+    /// until the cluster records some). The edge checks requests against
+    /// them; apply checks again against the settings of its own moment.
+    pub fn settings(&self) -> Result<ClusterSettings, redb::Error> {
+        Ok(self
+            .inner
+            .reader
+            .settings()?
+            .map(|record| record.settings)
+            .unwrap_or_default())
+    }
+
+    pub(crate) fn begin_shutdown(&self) {
+        self.inner.shutting_down.store(true, Ordering::Release);
+    }
+
+    pub(super) fn is_shutting_down(&self) -> bool {
+        self.inner.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// The time a call may take: the caller's deadline when it gave one,
+    /// never more than the node's consensus timeout.
+    pub(super) fn call_timeout(&self, requested: Option<Duration>) -> Duration {
+        requested.map_or(self.inner.consensus_timeout, |requested| {
+            requested.min(self.inner.consensus_timeout)
+        })
+    }
+
+    /// The time a write may take: as [`Self::call_timeout`], except that a
+    /// deploy may take up to [`DEPLOY_TIMEOUT_MAX`].
+    pub(super) fn write_timeout(&self, command: &Command, requested: Option<Duration>) -> Duration {
+        if !matches!(command, Command::Deploy(_)) {
+            return self.call_timeout(requested);
+        }
+        let ceiling = DEPLOY_TIMEOUT_MAX.max(self.inner.consensus_timeout);
+        requested.map_or(ceiling, |requested| requested.min(ceiling))
+    }
+
+    /// Refuses work that only the leader may do when Raft's metrics name
+    /// another node (or none) the leader.
+    pub(crate) fn ensure_leads(&self) -> Result<(), ConsensusError> {
+        let leader = self
+            .inner
+            .consensus
+            .with_metrics(|metrics| metrics.leader());
+        if leader == Some(self.inner.id) {
+            return Ok(());
+        }
+        Err(ConsensusError::NotLeader {
+            this: self.inner.id,
+            leader: leader.map(|id| self.leader_hint(id, None)),
+        })
+    }
+
+    /// Records that a leader introduced itself to add this node.
+    pub(crate) fn admit(&self) {
+        self.inner.admitted.store(true, Ordering::Release);
+    }
+
+    /// Whether this node takes Raft messages from peers: `Err` says why not.
+    pub async fn accepts_raft_messages(&self) -> Result<(), String> {
+        if self.inner.admitted.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let initialized = self
+            .inner
+            .consensus
+            .is_initialized()
+            .await
+            .map_err(|refusal| format!("Raft stopped: {refusal}"))?;
+        if initialized {
+            // Storage never becomes empty again while the process runs.
+            self.admit();
+            return Ok(());
+        }
+        Err(format!(
+            "node {} has empty Raft storage and was not added to a cluster: if it was a member and lost its data, remove it (`wasmraft cluster remove-node {}`) and add it again",
+            self.inner.id, self.inner.id
+        ))
+    }
+
+    /// Claims the right to change the membership, held until the guard
+    /// drops: one change at a time.
+    pub(crate) fn begin_membership_change(
+        &self,
+    ) -> Result<tokio::sync::MutexGuard<'_, ()>, MembershipError> {
+        self.inner
+            .membership_change
+            .try_lock()
+            .map_err(|_| MembershipError::InProgress)
+    }
+
+    /// What Raft's refusal means to a caller of this node.
+    pub(crate) fn refused(&self, refusal: RaftRefusal) -> ConsensusError {
+        match refusal {
+            RaftRefusal::NotLeader { leader, address } => ConsensusError::NotLeader {
+                this: self.inner.id,
+                leader: leader.map(|id| self.leader_hint(id, address)),
+            },
+            RaftRefusal::NoQuorum { voters, reached } => {
+                ConsensusError::NoQuorum { voters, reached }
+            }
+            RaftRefusal::Change(refused) => ConsensusError::Membership(refused),
+            RaftRefusal::Stopped => ConsensusError::ShuttingDown,
+            RaftRefusal::Fatal(fatal) => ConsensusError::Fatal(fatal),
+        }
+    }
+
+    /// What a wait on Raft that did not end well means to a caller.
+    pub(super) fn wait_failed(
+        &self,
+        error: WaitError,
+        what: &str,
+        after: Duration,
+    ) -> ConsensusError {
+        match error {
+            WaitError::Timeout => ConsensusError::Timeout {
+                what: what.to_owned(),
+                after_ms: millis(after),
+            },
+            WaitError::Stopped => ConsensusError::ShuttingDown,
+        }
+    }
+
+    /// The leader `id`, at `address` when Raft named it, else where the
+    /// membership says.
+    pub(super) fn leader_hint(&self, id: NodeId, address: Option<String>) -> LeaderHint {
+        LeaderHint {
+            id,
+            address: address.or_else(|| self.member_address(id)),
+        }
+    }
+
+    pub(super) fn member_address(&self, id: NodeId) -> Option<String> {
+        self.inner
+            .consensus
+            .with_metrics(|metrics| metrics.address_of(id).map(str::to_owned))
+    }
+
+    /// The index of the last entry applied to this node's state.
+    pub fn applied_index(&self) -> Option<u64> {
+        self.inner
+            .consensus
+            .with_metrics(|metrics| metrics.applied_index())
+    }
+
+    /// Waits until some leader is known, up to `timeout`.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Option<NodeId> {
+        let consensus = &self.inner.consensus;
+        consensus
+            .wait_until(timeout, "a leader is known", |metrics| {
+                metrics.leader().is_some()
+            })
+            .await
+            .ok()?;
+        consensus.with_metrics(|metrics| metrics.leader())
+    }
+
+    /// This node's view of the cluster, from Raft's metrics.
+    pub fn cluster_view(&self) -> ClusterView {
+        let view = self.inner.consensus.view();
+        let health = if let Some(stopped) = &view.stopped {
+            Err(format!("Raft stopped: {stopped}"))
+        } else if self.is_shutting_down() || view.role == Role::ShuttingDown {
+            Err("the node is shutting down".to_owned())
+        } else if view.leader.is_none() {
+            Err("no leader is known (an election may be in progress, or the node is not part of a cluster yet)".to_owned())
+        } else {
+            Ok(())
+        };
+        ClusterView {
+            this: self.inner.id,
+            role: view.role,
+            leader_id: view.leader,
+            term: view.term,
+            voters: view.voters,
+            learners: view.learners,
+            last_log_index: view.last_log_index,
+            last_applied_index: view.last_applied_index,
+            health,
+        }
+    }
+}

@@ -1,0 +1,408 @@
+//! The node: its settings (`config`, `address`), and the wiring of storage,
+//! the wasm runtime, Raft, the Raft network and the gRPC server into one
+//! running process ([`Node::start`] → [`RunningNode`]).
+//!
+//! Start order: bind the listener (so port 0 works and the bound address is
+//! known), open the data directory (log, state, module cache), build Raft,
+//! bootstrap a one-member cluster if asked and the log is empty (and record
+//! its first cluster settings), then serve. Shutdown reverses it: stop accepting, stop Raft, release the
+//! files (every acknowledged write was already committed durably).
+
+pub mod address;
+pub mod config;
+pub mod error;
+pub mod forward;
+pub mod handle;
+pub mod membership;
+mod read;
+mod route;
+mod write;
+
+pub use self::error::{ConsensusError, LeaderHint};
+pub use self::handle::{ClusterView, NodeHandle};
+pub use self::write::Proposed;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::server::TcpIncoming;
+use tracing::Instrument;
+
+use self::config::{ConfigError, NodeConfig};
+use crate::command::settings;
+use crate::command::{ClusterSettings, Command, SettingsCommand, SettingsUpdate};
+use crate::raft::lease;
+use crate::raft::network::{Faults, Forwarder, NetworkFactory, NetworkSettings};
+use crate::raft::{Consensus, NodeId};
+use crate::storage::{
+    DataDirectory, LogStore, OpenLogError, OpenStateError, StateMachineStore, StateReader,
+};
+use crate::wasm::{CompileFaults, Runtime, RuntimeConfig, RuntimeError};
+
+/// Room around the largest log entry in one Raft message.
+const RAFT_MESSAGE_OVERHEAD_BYTES: u64 = 1024 * 1024;
+/// How long shutdown waits for in-flight requests before cutting them off.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Choices that are not node settings: made by the embedding program.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    /// Faults injected into outgoing Raft RPCs (tests only).
+    pub faults: Faults,
+    /// The openraft cluster name, for its logs.
+    pub cluster_name: String,
+    /// How long a write or a linearizable read may wait for Raft.
+    pub consensus_timeout: Duration,
+    /// How long connecting to a peer may take.
+    pub connect_timeout: Duration,
+    /// Compilation failures injected into this node's runtime (tests only).
+    pub compile_faults: CompileFaults,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        Self {
+            faults: Faults::none(),
+            cluster_name: "wasmraft".to_owned(),
+            consensus_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(2),
+            compile_faults: CompileFaults::default(),
+        }
+    }
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot use the data directory {path}: {source}")]
+    DataDirectory {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot start the wasm runtime: {0}")]
+    Runtime(#[from] RuntimeError),
+    #[error("cannot open the Raft log: {0}")]
+    Log(#[from] OpenLogError),
+    #[error("cannot open the state: {0}")]
+    State(#[from] OpenStateError),
+    #[error("cannot start Raft: {0}")]
+    Raft(String),
+    #[error("cannot bootstrap the cluster: {0}")]
+    Bootstrap(String),
+    #[error("cannot read the cluster settings: {0}")]
+    Settings(#[from] redb::Error),
+    #[error(
+        "this node's wasm engine ({ours}) is not the cluster's ({cluster}): fuel and traps \
+         would differ from the other members'; run the release the rest of the cluster runs"
+    )]
+    Engine { cluster: String, ours: String },
+}
+
+/// Why a node did not stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum ShutdownError {
+    #[error("the gRPC server failed: {0}")]
+    Server(String),
+    #[error("Raft did not stop cleanly: {0}")]
+    Raft(String),
+}
+
+/// Starts nodes.
+#[derive(Debug)]
+pub struct Node;
+
+/// A started node: serving gRPC, running Raft.
+#[derive(Debug)]
+pub struct RunningNode {
+    handle: NodeHandle,
+    local_addr: SocketAddr,
+    data_directory: DataDirectory,
+    stop_serving: Option<oneshot::Sender<()>>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    /// Resolve once Raft's tasks have dropped the log and the state store.
+    released: Vec<lease::Released>,
+}
+
+/// The largest Raft message: one deploy of the largest module with its
+/// largest init argument, or one snapshot chunk, with room to spare.
+pub fn raft_message_bytes_max(config: &NodeConfig) -> usize {
+    let entry = settings::MODULE_BYTES_MAX_RANGE.1 + config.limits.payload_bytes_max;
+    let bytes = entry.max(config.raft.snapshot_chunk_bytes) + RAFT_MESSAGE_OVERHEAD_BYTES;
+    usize::try_from(bytes).unwrap_or(usize::MAX)
+}
+
+impl Node {
+    /// Starts a node: see the module documentation for the order of things.
+    pub async fn start(
+        config: NodeConfig,
+        options: NodeOptions,
+    ) -> Result<RunningNode, StartError> {
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    address: config.listen,
+                    source,
+                })?;
+        let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
+            address: config.listen,
+            source,
+        })?;
+        // Port 0 is fine in-process: the bound port is known now.
+        let config = NodeConfig {
+            listen: local_addr,
+            ..config
+        };
+        config.validate()?;
+        // Raft's tasks start inside this span: every log line of this node
+        // (several share a process in tests) carries its id.
+        let span = tracing::info_span!("node", id = config.node_id);
+        Self::start_bound(config, options, listener, local_addr)
+            .instrument(span)
+            .await
+    }
+
+    async fn start_bound(
+        config: NodeConfig,
+        options: NodeOptions,
+        listener: TcpListener,
+        local_addr: SocketAddr,
+    ) -> Result<RunningNode, StartError> {
+        let advertised = config.advertised_address();
+
+        let data = DataDirectory::new(&config.data_dir);
+        std::fs::create_dir_all(data.root()).map_err(|source| StartError::DataDirectory {
+            path: data.root().to_path_buf(),
+            source,
+        })?;
+        // The runtime is built for the largest values the cluster settings
+        // may take; each call is capped by the settings in force.
+        let runtime = Runtime::new(RuntimeConfig {
+            fuel_per_call_max: settings::FUEL_PER_CALL_MAX_RANGE.1,
+            memory_bytes_max: settings::MEMORY_BYTES_MAX_RANGE.1,
+            module_bytes_max: usize::try_from(settings::MODULE_BYTES_MAX_RANGE.1)
+                .unwrap_or(usize::MAX),
+            output_bytes_max: usize::try_from(settings::OUTPUT_BYTES_MAX_RANGE.1)
+                .unwrap_or(usize::MAX),
+            cache_dir: Some(data.module_cache_directory()),
+            query_timeout: Duration::from_millis(config.limits.query_timeout_ms),
+            compile_faults: options.compile_faults.clone(),
+            ..RuntimeConfig::default()
+        })?;
+        let log = LogStore::open(data.log_file()).map_err(StartError::Log)?;
+        let state = StateMachineStore::open(data.state_directory(), runtime.clone())?;
+        let reader = state.reader();
+        check_engine(&reader, &runtime)?;
+        let (log, log_released) = lease::lease(log);
+        let (state, state_released) = lease::lease(state);
+
+        let raft_message_bytes_max = raft_message_bytes_max(&config);
+        let network = NetworkFactory::new(
+            config.node_id,
+            NetworkSettings {
+                message_bytes_max: raft_message_bytes_max,
+                connect_timeout: options.connect_timeout,
+                unreachable_retry: Duration::from_millis(config.raft.heartbeat_interval_ms),
+            },
+            options.faults.clone(),
+        );
+        let forwarder = Forwarder::new(
+            config.node_id,
+            raft_message_bytes_max,
+            options.connect_timeout,
+            options.faults.clone(),
+        );
+        let consensus = Consensus::start(
+            config.node_id,
+            &config.raft,
+            &options.cluster_name,
+            network,
+            log,
+            state,
+        )
+        .await
+        .map_err(StartError::Raft)?;
+        if config.bootstrap {
+            bootstrap(&consensus, config.node_id, &advertised).await?;
+        }
+
+        let handle = NodeHandle::new(
+            config.node_id,
+            advertised.clone(),
+            consensus,
+            reader,
+            runtime,
+            config.limits.clone(),
+            options.consensus_timeout,
+            forwarder,
+        );
+        if config.bootstrap {
+            propose_initial_settings(&handle, &config.cluster).await;
+        }
+        let router = crate::api::router(&handle, raft_message_bytes_max);
+        let (stop_serving, stopped) = oneshot::channel::<()>();
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
+            // A dropped sender stops the server too.
+            let _ = stopped.await;
+        }));
+        tracing::info!(address = %local_addr, advertised = %advertised, "node serving");
+        Ok(RunningNode {
+            handle,
+            local_addr,
+            data_directory: data,
+            stop_serving: Some(stop_serving),
+            server,
+            released: vec![log_released, state_released],
+        })
+    }
+}
+
+/// Refuses to run a member whose wasm engine is not the cluster's: fuel and
+/// traps are equal only between equal engines.
+fn check_engine(reader: &StateReader, runtime: &Runtime) -> Result<(), StartError> {
+    let Some(record) = reader.settings()? else {
+        return Ok(());
+    };
+    let ours = runtime.engine_fingerprint();
+    if record.engine_fingerprint.is_empty() || record.engine_fingerprint == ours {
+        return Ok(());
+    }
+    Err(StartError::Engine {
+        cluster: record.engine_fingerprint,
+        ours,
+    })
+}
+
+/// Records the bootstrapping node's `[cluster]` settings as the cluster's
+/// first ones, unless the state has some. Retried at every start with
+/// `--bootstrap` while none are recorded (a crash before they committed).
+async fn propose_initial_settings(handle: &NodeHandle, initial: &ClusterSettings) {
+    match handle.reader().settings() {
+        Ok(Some(_)) => return,
+        Ok(None) => {}
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the cluster settings");
+            return;
+        }
+    }
+    let command = Command::Settings(SettingsCommand {
+        update: SettingsUpdate::all(initial),
+        initial: true,
+        engine_fingerprint: handle.runtime().engine_fingerprint(),
+    });
+    match handle.propose("", command, None).await {
+        Ok(_) => tracing::info!("cluster settings recorded"),
+        Err(error) => tracing::warn!(
+            %error,
+            "the cluster settings are not recorded yet (the defaults apply); \
+             the next start with --bootstrap proposes them again"
+        ),
+    }
+}
+
+/// Makes this node the single voter of a new cluster, unless its log shows
+/// it is part of one already (so a restart with `--bootstrap` is harmless).
+async fn bootstrap(consensus: &Consensus, id: NodeId, advertised: &str) -> Result<(), StartError> {
+    let initialised = consensus
+        .is_initialized()
+        .await
+        .map_err(|refusal| StartError::Bootstrap(refusal.to_string()))?;
+    if initialised {
+        tracing::info!("log not empty: already part of a cluster, not bootstrapping");
+        return Ok(());
+    }
+    if consensus
+        .initialize(id, advertised)
+        .await
+        .map_err(StartError::Bootstrap)?
+    {
+        tracing::info!(address = advertised, "bootstrapped a one-member cluster");
+    }
+    Ok(())
+}
+
+impl RunningNode {
+    /// The address the gRPC server is bound to (the real port when the
+    /// configuration asked for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The URL clients dial: `http://` + [`RunningNode::local_addr`].
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.local_addr)
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.handle.id()
+    }
+
+    /// This node's Raft.
+    pub fn consensus(&self) -> &Consensus {
+        self.handle.consensus()
+    }
+
+    /// The node as the API sees it.
+    pub fn handle(&self) -> &NodeHandle {
+        &self.handle
+    }
+
+    pub fn data_directory(&self) -> &DataDirectory {
+        &self.data_directory
+    }
+
+    /// Stops the node: refuses new requests, stops accepting connections
+    /// (in-flight calls get [`DRAIN_TIMEOUT`] to finish), stops Raft, and
+    /// releases the data directory so it can be opened again.
+    pub async fn shutdown(self) -> Result<(), ShutdownError> {
+        let RunningNode {
+            handle,
+            stop_serving,
+            mut server,
+            released,
+            ..
+        } = self;
+        handle.begin_shutdown();
+        if let Some(stop) = stop_serving {
+            let _ = stop.send(());
+        }
+        let served = match tokio::time::timeout(DRAIN_TIMEOUT, &mut server).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(error))) => Err(ShutdownError::Server(error.to_string())),
+            Ok(Err(join)) => Err(ShutdownError::Server(join.to_string())),
+            Err(_) => {
+                tracing::warn!("in-flight requests did not finish in time; cutting them off");
+                server.abort();
+                Ok(())
+            }
+        };
+        let id = handle.id();
+        let consensus = handle.consensus().clone();
+        // The handle holds a state reader: let go of it before waiting.
+        drop(handle);
+        let stopped = consensus.shutdown().await.map_err(ShutdownError::Raft);
+        drop(consensus);
+        let all_released =
+            futures::future::join_all(released.into_iter().map(lease::Released::wait));
+        if tokio::time::timeout(DRAIN_TIMEOUT, all_released)
+            .await
+            .is_err()
+        {
+            tracing::warn!("storage still held after shutdown; the data directory may stay locked");
+        }
+        tracing::info!(id, "node stopped");
+        served.and(stopped)
+    }
+}

@@ -1,0 +1,158 @@
+//! Where a request is served: on this node when it leads, else forwarded
+//! to the leader over the internal `Raft.Forward` RPC (`forward`), which
+//! serves it with the `*_here` methods and never forwards again. With no
+//! leader known, a request waits for an election up to its deadline.
+
+use std::time::{Duration, Instant};
+
+use tracing::Instrument;
+
+use super::error::ConsensusError;
+use super::forward::{Forwarded, ForwardedAnswer, millis};
+use super::handle::NodeHandle;
+use super::membership;
+use crate::raft::network::ForwardFailure;
+use crate::raft::{Metrics, NodeId};
+
+/// Where a request is served.
+pub(super) enum Route {
+    /// This node leads.
+    Here,
+    /// Another node leads, at this address.
+    Leader { id: NodeId, address: String },
+}
+
+impl NodeHandle {
+    /// Where a request goes: here if this node leads, else the leader.
+    /// With no leader known, waits for an election until `deadline`.
+    pub(super) async fn route(&self, deadline: Instant) -> Result<Route, ConsensusError> {
+        if self.is_shutting_down() {
+            return Err(ConsensusError::ShuttingDown);
+        }
+        // A leader this node can reach: itself, or a member whose address
+        // the membership names. A leader just removed from the membership
+        // is on its way out: wait for its successor like for an election.
+        let this = self.inner.id;
+        let reachable = |metrics: &Metrics<'_>| {
+            metrics
+                .leader()
+                .filter(|leader| *leader == this || metrics.address_of(*leader).is_some())
+        };
+        let consensus = &self.inner.consensus;
+        let mut known = consensus.with_metrics(reachable);
+        if known.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let _ = consensus
+                .wait_until(left, "a reachable leader", |metrics| {
+                    reachable(metrics).is_some()
+                })
+                .await;
+            known = consensus.with_metrics(reachable);
+        }
+        let Some(leader) = known else {
+            return Err(ConsensusError::NotLeader {
+                this,
+                leader: consensus
+                    .with_metrics(|metrics| metrics.leader())
+                    .map(|id| self.leader_hint(id, None)),
+            });
+        };
+        if leader == this {
+            return Ok(Route::Here);
+        }
+        match self.member_address(leader) {
+            Some(address) => Ok(Route::Leader {
+                id: leader,
+                address,
+            }),
+            None => Err(ConsensusError::NotLeader {
+                this,
+                leader: Some(self.leader_hint(leader, None)),
+            }),
+        }
+    }
+
+    /// Asks the leader to serve `request`, within `timeout`.
+    async fn forward<T, E>(
+        &self,
+        leader: NodeId,
+        address: &str,
+        request: Forwarded,
+        timeout: Duration,
+    ) -> Result<Result<T, E>, ConsensusError>
+    where
+        T: serde::de::DeserializeOwned,
+        E: serde::de::DeserializeOwned,
+    {
+        let span = tracing::debug_span!("forward", leader, address);
+        self.inner
+            .forwarder
+            .call(leader, address, &request, timeout)
+            .instrument(span)
+            .await
+            .map_err(
+                |ForwardFailure { reason }| ConsensusError::LeaderUnreachable {
+                    this: self.inner.id,
+                    leader,
+                    address: address.to_owned(),
+                    reason,
+                },
+            )
+    }
+
+    /// Serves a request where [`Self::route`] says: `here(payload)` on the
+    /// leader, else the leader answers the request `forwarded` builds from
+    /// the payload and the milliseconds left until `deadline`.
+    pub(super) async fn routed<P, T, E, Here>(
+        &self,
+        deadline: Instant,
+        payload: P,
+        here: impl FnOnce(P) -> Here,
+        forwarded: impl FnOnce(P, u64) -> Forwarded,
+    ) -> Result<T, E>
+    where
+        Here: std::future::Future<Output = Result<T, E>>,
+        T: serde::de::DeserializeOwned,
+        E: serde::de::DeserializeOwned + From<ConsensusError>,
+    {
+        match self.route(deadline).await? {
+            Route::Here => here(payload).await,
+            Route::Leader { id, address } => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let request = forwarded(payload, millis(left));
+                self.forward(id, &address, request, left).await?
+            }
+        }
+    }
+
+    /// Serves a request a follower forwarded (the internal `Raft.Forward`
+    /// RPC): runs it here, never forwarding again.
+    pub async fn serve_forwarded(&self, forwarded: Forwarded) -> ForwardedAnswer {
+        let timeout = |timeout_ms: u64| self.call_timeout(Some(Duration::from_millis(timeout_ms)));
+        // Each operation refuses itself on a node that no longer leads:
+        // Raft refuses writes and read indexes, membership checks first.
+        match forwarded {
+            Forwarded::Write {
+                caller,
+                command,
+                timeout_ms,
+            } => {
+                let timeout = self.write_timeout(&command, Some(Duration::from_millis(timeout_ms)));
+                ForwardedAnswer::Write(self.propose_here(caller, command, timeout).await)
+            }
+            Forwarded::ReadIndex { timeout_ms } => {
+                ForwardedAnswer::ReadIndex(self.read_index_here(timeout(timeout_ms)).await)
+            }
+            Forwarded::AddNode {
+                id,
+                address,
+                timeout_ms,
+            } => ForwardedAnswer::Membership(
+                membership::add_node(self, id, address, Duration::from_millis(timeout_ms)).await,
+            ),
+            Forwarded::RemoveNode { id, timeout_ms } => ForwardedAnswer::Membership(
+                membership::remove_node(self, id, timeout(timeout_ms)).await,
+            ),
+        }
+    }
+}

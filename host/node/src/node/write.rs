@@ -1,0 +1,250 @@
+//! Proposing commands: [`NodeHandle::propose`] puts a command through the
+//! Raft log and returns what applying it answered. On the leader it stamps
+//! the timestamp; invokes and session opens queue for the batcher, which
+//! proposes everything queued while earlier entries were written as one
+//! `Command::Batch` entry (openraft 0.9 fsyncs one entry at a time), and
+//! other commands go alone.
+
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tracing::Instrument;
+
+use super::error::ConsensusError;
+use super::forward::{Forwarded, millis};
+use super::handle::{Inner, NodeHandle};
+use crate::command::{Command, Request, Response};
+use crate::raft::FatalError;
+
+/// An invoke waiting for the batcher, and where its answer goes.
+pub(super) struct Pending {
+    request: Request,
+    answer: oneshot::Sender<Result<Proposed, ConsensusError>>,
+}
+
+/// Invokes queued for the batcher before callers wait.
+pub(super) const PROPOSALS_QUEUED_MAX: usize = 4096;
+/// Entries of batched invokes written at once.
+const WRITES_IN_FLIGHT_MAX: usize = 2;
+/// The most commands one entry carries.
+const BATCH_COMMANDS_MAX: usize = 512;
+/// The longest a deploy may wait for its commit and apply. Applying a
+/// deploy compiles the module on every node, the leader included (a
+/// forwarded deploy was compiled only by the follower that validated it),
+/// which takes far longer than an ordinary write.
+pub(super) const DEPLOY_TIMEOUT_MAX: Duration = Duration::from_secs(120);
+/// The most input bytes one entry carries, well under the Raft message cap.
+const BATCH_INPUT_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// A command committed and applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposed {
+    /// The log index of the entry that carried it.
+    pub index: u64,
+    /// The leader timestamp stamped into the entry.
+    pub timestamp_ms: i64,
+    /// What applying it answered.
+    pub response: Response,
+}
+
+impl NodeHandle {
+    /// Puts `command` through the Raft log for `caller` and returns what
+    /// applying it answered, within `timeout` (the caller's deadline) or the
+    /// node's consensus timeout. A follower forwards it to the leader.
+    pub async fn propose(
+        &self,
+        caller: impl Into<String>,
+        command: Command,
+        timeout: Option<Duration>,
+    ) -> Result<Proposed, ConsensusError> {
+        let timeout = self.write_timeout(&command, timeout);
+        self.routed(
+            Instant::now() + timeout,
+            (caller.into(), command),
+            |(caller, command)| self.propose_here(caller, command, timeout),
+            |(caller, command), timeout_ms| Forwarded::Write {
+                caller,
+                command,
+                timeout_ms,
+            },
+        )
+        .await
+    }
+
+    /// Proposes on this node, which must be the leader: it stamps the
+    /// timestamp with its clock.
+    pub(super) async fn propose_here(
+        &self,
+        caller: String,
+        command: Command,
+        timeout: Duration,
+    ) -> Result<Proposed, ConsensusError> {
+        if self.is_shutting_down() {
+            return Err(ConsensusError::ShuttingDown);
+        }
+        let request = Request {
+            timestamp_ms: now_ms(),
+            caller,
+            command,
+        };
+        if !matches!(
+            request.command,
+            Command::Invoke(_) | Command::OpenSession { .. }
+        ) {
+            // Deploys are large and rare, settings and access changes rare:
+            // each gets its own entry.
+            return self.write(request, timeout).await;
+        }
+        let waited = async {
+            let (answer, answered) = oneshot::channel();
+            self.inner
+                .proposals
+                .send(Pending { request, answer })
+                .await
+                .map_err(|_| ConsensusError::ShuttingDown)?;
+            answered.await.map_err(|_| ConsensusError::ShuttingDown)?
+        };
+        tokio::time::timeout(timeout, waited)
+            .await
+            .map_err(|_| ConsensusError::Timeout {
+                what: "the write".to_owned(),
+                after_ms: millis(timeout),
+            })?
+    }
+
+    /// Proposes one entry and waits until it is applied.
+    pub(super) async fn write(
+        &self,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<Proposed, ConsensusError> {
+        let timestamp_ms = request.timestamp_ms;
+        let span = tracing::info_span!(
+            "raft_write",
+            kind = request.command.kind(),
+            index = tracing::field::Empty
+        );
+        let written = tokio::time::timeout(timeout, self.inner.consensus.write(request))
+            .instrument(span.clone())
+            .await
+            .map_err(|_| ConsensusError::Timeout {
+                what: "the write".to_owned(),
+                after_ms: millis(timeout),
+            })?;
+        // Leadership may have moved between routing and writing: the
+        // client retries, and the next route finds the new leader.
+        let (index, response) = written.map_err(|refusal| self.refused(refusal))?;
+        span.record("index", index);
+        Ok(Proposed {
+            index,
+            timestamp_ms,
+            response,
+        })
+    }
+}
+
+fn now_ms() -> i64 {
+    // A clock before 1970 or past the year 292 million is a broken host;
+    // 0 keeps the command deterministic (the value is in the log).
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .ok()
+        .and_then(|elapsed| i64::try_from(elapsed.as_millis()).ok())
+        .unwrap_or(0)
+}
+
+/// Proposes queued invokes. Each entry carries every invoke that queued while
+/// earlier entries were being written (up to the batch limits); at most
+/// [`WRITES_IN_FLIGHT_MAX`] entries are in flight, so the next entry's fsync
+/// overlaps the previous entry's apply.
+pub(super) async fn batch_proposals(node: Weak<Inner>, mut queue: mpsc::Receiver<Pending>) {
+    let in_flight = Arc::new(Semaphore::new(WRITES_IN_FLIGHT_MAX));
+    while let Some(first) = queue.recv().await {
+        // Wait for a write slot before gathering: whatever queues meanwhile
+        // joins this entry.
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            break;
+        };
+        let mut batch = vec![first];
+        let mut input_bytes = input_len(&batch[0].request);
+        while batch.len() < BATCH_COMMANDS_MAX && input_bytes < BATCH_INPUT_BYTES_MAX {
+            match queue.try_recv() {
+                Ok(pending) => {
+                    input_bytes += input_len(&pending.request);
+                    batch.push(pending);
+                }
+                Err(_) => break,
+            }
+        }
+        let Some(inner) = node.upgrade() else {
+            break;
+        };
+        let handle = NodeHandle { inner };
+        tokio::spawn(async move {
+            propose_batch(&handle, batch).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Writes one entry for `batch` and answers each of its callers.
+async fn propose_batch(handle: &NodeHandle, mut batch: Vec<Pending>) {
+    if batch.len() == 1 {
+        let Pending { request, answer } = batch.remove(0);
+        let _ = answer.send(handle.write(request, handle.inner.consensus_timeout).await);
+        return;
+    }
+    let (requests, answers): (Vec<Request>, Vec<_>) = batch
+        .into_iter()
+        .map(|pending| (pending.request, pending.answer))
+        .unzip();
+    let timestamps: Vec<i64> = requests
+        .iter()
+        .map(|request| request.timestamp_ms)
+        .collect();
+    let request = Request {
+        timestamp_ms: timestamps.iter().copied().max().unwrap_or_default(),
+        caller: String::new(),
+        command: Command::Batch(requests),
+    };
+    match handle.write(request, handle.inner.consensus_timeout).await {
+        Ok(Proposed {
+            index,
+            response: Response::Batch(responses),
+            ..
+        }) if responses.len() == answers.len() => {
+            for ((answer, response), timestamp_ms) in
+                answers.into_iter().zip(responses).zip(timestamps)
+            {
+                let _ = answer.send(Ok(Proposed {
+                    index,
+                    timestamp_ms,
+                    response,
+                }));
+            }
+        }
+        Ok(other) => {
+            let error = ConsensusError::Fatal(FatalError::BatchAnswer {
+                commands: answers.len(),
+                answer: format!("{:?}", other.response),
+            });
+            for answer in answers {
+                let _ = answer.send(Err(error.clone()));
+            }
+        }
+        Err(error) => {
+            for answer in answers {
+                let _ = answer.send(Err(error.clone()));
+            }
+        }
+    }
+}
+
+fn input_len(request: &Request) -> usize {
+    match &request.command {
+        Command::Invoke(invoke) => invoke.input.len(),
+        _ => 0,
+    }
+}

@@ -1,0 +1,101 @@
+//! The calls a leader makes to a node it is adding, besides Raft's own: the
+//! `Handshake` that introduces the two (who the node is, which wasm engine
+//! it runs, whether its Raft storage is empty), and the status poll that
+//! tells when the new voter has applied the log up to its promotion.
+
+use std::time::{Duration, Instant};
+
+use tonic::transport::Endpoint;
+use wasmraft_proto::v1 as proto;
+use wasmraft_proto::v1::cluster_client::ClusterClient;
+use wasmraft_proto::v1::raft_client::RaftClient;
+
+use crate::raft::NodeId;
+
+/// How often the leader asks a new voter how far it applied.
+const APPLIED_POLL: Duration = Duration::from_millis(20);
+/// The longest one status question to a new voter may take.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a node that is being added says of itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Introduced {
+    pub node_id: NodeId,
+    /// Its wasm engine fingerprint, as bytes.
+    pub engine_fingerprint: Vec<u8>,
+    /// Whether its Raft storage holds a log or a vote.
+    pub initialized: bool,
+}
+
+/// Introduces node `from` (with engine fingerprint `fingerprint`) to the
+/// node at `url`, within `timeout`. `Err` says why the node could not be
+/// reached or refused.
+pub async fn handshake(
+    url: String,
+    from: NodeId,
+    fingerprint: Vec<u8>,
+    timeout: Duration,
+) -> Result<Introduced, String> {
+    let endpoint = Endpoint::from_shared(url)
+        .map_err(|error| error.to_string())?
+        .connect_timeout(timeout);
+    let mut request = tonic::Request::new(proto::HandshakeRequest {
+        node_id: from,
+        cluster_id: String::new(),
+        engine_compatibility_hash: fingerprint,
+    });
+    request.set_timeout(timeout);
+    let answer = tokio::time::timeout(timeout, async {
+        let channel = endpoint.connect().await.map_err(|error| {
+            // tonic's own message is vague ("transport error"): the cause
+            // (connection refused, no route) is in the chain.
+            let mut text = error.to_string();
+            let mut source = std::error::Error::source(&error);
+            while let Some(cause) = source {
+                text.push_str(": ");
+                text.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            text
+        })?;
+        RaftClient::new(channel)
+            .handshake(request)
+            .await
+            .map_err(|status| format!("{}: {}", status.code(), status.message()))
+    })
+    .await
+    .map_err(|_| format!("no answer within {} ms", timeout.as_millis()))??
+    .into_inner();
+    Ok(Introduced {
+        node_id: answer.node_id,
+        engine_fingerprint: answer.engine_compatibility_hash,
+        initialized: answer.initialized,
+    })
+}
+
+/// Whether the node at `url` reports having applied `index` before
+/// `deadline`, asking it every [`APPLIED_POLL`].
+pub async fn applied_on(url: &str, index: u64, deadline: Instant) -> bool {
+    let Ok(endpoint) = Endpoint::from_shared(url.to_owned()) else {
+        return false;
+    };
+    let endpoint = endpoint.connect_timeout(STATUS_TIMEOUT);
+    while Instant::now() < deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let asked = tokio::time::timeout(left.min(STATUS_TIMEOUT), async {
+            let channel = endpoint.connect().await.ok()?;
+            let status = ClusterClient::new(channel)
+                .status(proto::StatusRequest { local_only: true })
+                .await
+                .ok()?
+                .into_inner();
+            status.nodes.first().and_then(|node| node.applied_index)
+        })
+        .await;
+        if asked.ok().flatten().is_some_and(|applied| applied >= index) {
+            return true;
+        }
+        tokio::time::sleep(APPLIED_POLL.min(left)).await;
+    }
+    false
+}

@@ -1,0 +1,739 @@
+//! Applying one replicated command to the state: each command kind has its
+//! handler here. Handlers see the batch's open write transaction, so later
+//! commands of a batch see the writes of earlier ones, and everything commits
+//! together with `last_applied`.
+//!
+//! A handler returns the command's [`Response`] — refusals and guest failures
+//! included, identical on every replica — or a [`redb::Error`], which is a
+//! broken storage and stops the node.
+
+use redb::{ReadableTable, WriteTransaction};
+use sha2::{Digest, Sha256};
+
+use super::sessions::{self, SessionRecord};
+use super::state::{
+    ACCESS, BLOBS, CLUSTER_SETTINGS, KV, MODULES, ModuleRecord, SETTINGS, module_key,
+    module_key_range,
+};
+use crate::command::settings::module_limits;
+use crate::command::{
+    AccessChange, CallOutcome, CallResult, ClusterSettings, Command, Deploy, Deployed, Invoke,
+    ModuleHash, Refusal, Request, Response, SessionId, SettingsCommand, SettingsRecord, check,
+    codec,
+};
+use crate::raft::LogId;
+use crate::wasm::{
+    Call, CallReport, DeployLimits, EntryPoint, KvError, KvSource, LoadedModule, Outcome, Runtime,
+};
+
+/// How many times apply retries a call the node could not start (the host
+/// failed to instantiate it), a millisecond apart, before giving up as a
+/// node failure.
+const UNAVAILABLE_RETRIES: u32 = 5_000;
+
+/// Why apply stopped on this node. Never a property of the command (those
+/// are responses, the same on every replica): the storage failed, or the
+/// host could not do what every other replica does.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Storage(#[from] redb::Error),
+    #[error(transparent)]
+    Host(#[from] HostFailure),
+}
+
+/// A failure of this host where the other replicas succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum HostFailure {
+    #[error(
+        "this node cannot compile module `{module}`, which passed validation: {reason}; \
+         the node stops, and applies the entry again when restarted"
+    )]
+    Compile { module: String, reason: String },
+    #[error(
+        "the cluster runs wasm engine {cluster}, this node runs {ours}: fuel and traps \
+         would differ between them; run this node with the release the rest of the \
+         cluster runs"
+    )]
+    EngineMismatch { cluster: String, ours: String },
+    #[error("this node cannot run guest calls: {0}")]
+    CannotRun(String),
+}
+
+// redb reports each step with its own error type; all are storage failures.
+macro_rules! apply_storage_error {
+    ($($error:ty),*) => {$(
+        impl From<$error> for ApplyError {
+            fn from(error: $error) -> Self {
+                ApplyError::Storage(error.into())
+            }
+        }
+    )*};
+}
+apply_storage_error!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// What a handler needs besides the transaction.
+pub(crate) struct ApplyContext<'a> {
+    pub runtime: &'a Runtime,
+}
+
+/// The settings in force for one command: the recorded ones, or the
+/// defaults while the cluster has none recorded (the first entries of a new
+/// cluster, or a cluster whose state predates the settings).
+pub(crate) fn settings_in_force(
+    record: Option<&SettingsRecord>,
+) -> std::borrow::Cow<'_, ClusterSettings> {
+    match record {
+        Some(record) => std::borrow::Cow::Borrowed(&record.settings),
+        None => std::borrow::Cow::Owned(ClusterSettings::default()),
+    }
+}
+
+/// The cluster settings recorded in the state, if any.
+pub(crate) fn read_settings<T: ReadableTable<&'static [u8], &'static [u8]>>(
+    table: &T,
+) -> Result<Option<SettingsRecord>, redb::Error> {
+    match table.get(CLUSTER_SETTINGS)? {
+        Some(bytes) => decode(bytes.value()).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The seed a module sees for command `position` of the entry at `log_id`
+/// (0 unless the entry is a batch): the same on every replica, different for
+/// every command.
+pub fn entry_seed(log_id: &LogId, position: u32) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(b"wasmraft entry seed v1");
+    hasher.update(log_id.leader_id.term.to_le_bytes());
+    hasher.update(log_id.leader_id.node_id.to_le_bytes());
+    hasher.update(log_id.index.to_le_bytes());
+    hasher.update(position.to_le_bytes());
+    hasher.finalize().into()
+}
+
+/// Who sent a command and when, as apply sees it (the time clamped by [`Clock`]).
+#[derive(Debug, Clone, Copy)]
+struct Origin<'a> {
+    caller: &'a str,
+    timestamp_ms: i64,
+}
+
+/// Where a command sits: its entry and its place in the entry's batch.
+#[derive(Debug, Clone, Copy)]
+struct Place<'a> {
+    log_id: &'a LogId,
+    position: u32,
+}
+
+impl Place<'_> {
+    fn seed(&self) -> [u8; 32] {
+        entry_seed(self.log_id, self.position)
+    }
+}
+
+/// The clock modules see: each command's leader timestamp, never earlier
+/// than the last one applied. Leaders' clocks differ, so the timestamps of
+/// the log go backwards across a leader change (and within a batch of
+/// commands stamped by different nodes); clamping is deterministic, since
+/// every replica applies the same commands in the same order from the same
+/// last timestamp.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Clock {
+    pub last_timestamp_ms: i64,
+}
+
+impl Clock {
+    fn stamp(&mut self, timestamp_ms: i64) -> i64 {
+        self.last_timestamp_ms = self.last_timestamp_ms.max(timestamp_ms);
+        self.last_timestamp_ms
+    }
+}
+
+pub(crate) fn apply_request(
+    txn: &WriteTransaction,
+    context: &ApplyContext<'_>,
+    clock: &mut Clock,
+    log_id: &LogId,
+    request: &Request,
+) -> Result<Response, ApplyError> {
+    let span = tracing::debug_span!("apply", index = log_id.index, kind = request.command.kind());
+    let _entered = span.enter();
+    // Read once per entry; a settings command of a batch updates it for
+    // the commands after it.
+    let mut settings = read_settings(&txn.open_table(SETTINGS)?)?;
+    let Command::Batch(requests) = &request.command else {
+        return apply_one(
+            txn,
+            context,
+            clock,
+            &mut settings,
+            Place {
+                log_id,
+                position: 0,
+            },
+            request,
+        );
+    };
+    let mut responses = Vec::with_capacity(requests.len());
+    for (position, request) in requests.iter().enumerate() {
+        // A batch holds at most as many commands as one entry's bytes allow,
+        // far below 2^32; saturate rather than trust that.
+        let position = u32::try_from(position).unwrap_or(u32::MAX);
+        responses.push(apply_one(
+            txn,
+            context,
+            clock,
+            &mut settings,
+            Place { log_id, position },
+            request,
+        )?);
+    }
+    Ok(Response::Batch(responses))
+}
+
+fn apply_one(
+    txn: &WriteTransaction,
+    context: &ApplyContext<'_>,
+    clock: &mut Clock,
+    record: &mut Option<SettingsRecord>,
+    place: Place<'_>,
+    request: &Request,
+) -> Result<Response, ApplyError> {
+    if let Err(reason) = check::request(request) {
+        return Ok(Response::Refused(Refusal::InvalidCommand(reason)));
+    }
+    // Handlers see the clamped time only.
+    let origin = &Origin {
+        caller: &request.caller,
+        timestamp_ms: clock.stamp(request.timestamp_ms),
+    };
+    // A copy (six numbers), so that a settings command may replace `record`.
+    let settings = settings_in_force(record.as_ref()).into_owned();
+    let rules = &Rules {
+        runtime: context.runtime,
+        settings: &settings,
+        legacy_sessions: record.is_none(),
+    };
+    match &request.command {
+        Command::Deploy(deploy) => apply_deploy(txn, rules, place, origin, deploy),
+        Command::Remove { name } => Ok(apply_remove(txn, name)?),
+        Command::Invoke(invoke) => apply_invoke_once(txn, rules, place, origin, invoke),
+        Command::Access(change) => Ok(apply_access(txn, change)?),
+        Command::Batch(_) => Ok(Response::Refused(Refusal::NestedBatch)),
+        Command::OpenSession { client_id } => Ok(sessions::open(
+            txn,
+            rules.settings,
+            place.log_id.index,
+            origin.caller,
+            &check::session_name(client_id, place.log_id.index, place.position),
+        )?),
+        Command::Settings(command) => {
+            let response = apply_settings(txn, context.runtime, place, record.clone(), command)?;
+            if let Response::Settings(changed) = &response {
+                *record = Some(changed.clone());
+            }
+            Ok(response)
+        }
+    }
+}
+
+/// What the handlers of one command apply it with.
+struct Rules<'a> {
+    runtime: &'a Runtime,
+    settings: &'a ClusterSettings,
+    /// The state has no settings record: a cluster that started before
+    /// settings and opened sessions existed (state format 1), whose log may
+    /// still hold commands of that time. Their sessions are applied by the
+    /// rules they were written under, so that a replica replaying them
+    /// (from an older snapshot) reaches the state the others reached: an
+    /// unknown session's sequence 1 opens it, and the table keeps the
+    /// 100,000 most recently used. Recording settings (`cluster settings
+    /// set`) ends it; a cluster bootstrapped today records them first.
+    legacy_sessions: bool,
+}
+
+/// The session table's bound under [`Rules::legacy_sessions`].
+const LEGACY_SESSIONS_MAX: u64 = 100_000;
+
+fn apply_settings(
+    txn: &WriteTransaction,
+    runtime: &Runtime,
+    place: Place<'_>,
+    current: Option<SettingsRecord>,
+    command: &SettingsCommand,
+) -> Result<Response, ApplyError> {
+    if command.initial
+        && let Some(current) = current
+    {
+        return Ok(Response::Settings(current));
+    }
+    let base = settings_in_force(current.as_ref());
+    let settings = match base.updated(&command.update) {
+        Ok(settings) => settings,
+        Err(error) => return Ok(Response::Refused(Refusal::InvalidSetting(error))),
+    };
+    let engine_fingerprint = match current {
+        Some(current) => current.engine_fingerprint,
+        None => command.engine_fingerprint.clone(),
+    };
+    // The record names the engine every member must run. A node whose own
+    // engine differs would compute other fuel figures than its peers: it is
+    // this node that cannot go on, not the command that is wrong.
+    let ours = runtime.engine_fingerprint();
+    if !engine_fingerprint.is_empty() && engine_fingerprint != ours {
+        return Err(HostFailure::EngineMismatch {
+            cluster: engine_fingerprint,
+            ours,
+        }
+        .into());
+    }
+    let record = SettingsRecord {
+        settings,
+        engine_fingerprint,
+        changed_index: place.log_id.index,
+    };
+    txn.open_table(SETTINGS)?
+        .insert(CLUSTER_SETTINGS, codec::encode(&record).as_slice())?;
+    Ok(Response::Settings(record))
+}
+
+fn read_module(txn: &WriteTransaction, name: &str) -> Result<Option<ModuleRecord>, redb::Error> {
+    let table = txn.open_table(MODULES)?;
+    let record = table.get(name.as_bytes())?;
+    record.map(|bytes| decode(bytes.value())).transpose()
+}
+
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, redb::Error> {
+    codec::decode(bytes)
+        .map_err(|e| redb::Error::Corrupted(format!("undecodable state record: {e}")))
+}
+
+fn apply_deploy(
+    txn: &WriteTransaction,
+    context: &Rules<'_>,
+    place: Place<'_>,
+    request: &Origin<'_>,
+    deploy: &Deploy,
+) -> Result<Response, ApplyError> {
+    let hash: ModuleHash = Sha256::digest(&deploy.wasm).into();
+    if hash != deploy.hash {
+        return Ok(Response::Refused(Refusal::HashMismatch));
+    }
+    // Only the deterministic checks may become a replicated refusal. The
+    // module compiled on the node that proposed it; failing to compile or
+    // instantiate it here is this node's failure (memory, the compiler), and
+    // recording a refusal would make this replica differ from the others.
+    let info = match context
+        .runtime
+        .check_within(&deploy.wasm, deploy_limits(context.settings))
+    {
+        Ok(info) => info,
+        Err(error) => return Ok(Response::Refused(Refusal::InvalidModule(error.to_string()))),
+    };
+    let module =
+        context
+            .runtime
+            .load(&hash, &deploy.wasm)
+            .map_err(|error| HostFailure::Compile {
+                module: deploy.name.clone(),
+                reason: error.to_string(),
+            })?;
+    let previous = read_module(txn, &deploy.name)?;
+    let (fuel, memory_bytes) = module_limits(context.settings, &deploy.limits);
+
+    let setup_entry = match previous {
+        None if info.has_init => Some(EntryPoint::Init),
+        Some(_) if info.has_migrate => Some(EntryPoint::Migrate),
+        _ => None,
+    };
+    let setup = match setup_entry {
+        None => None,
+        Some(entry) => {
+            let call = Call {
+                entry,
+                input: &deploy.init_argument,
+                caller: request.caller,
+                timestamp_ms: request.timestamp_ms,
+                seed: place.seed(),
+                fuel,
+                memory_bytes,
+                output_bytes: output_bytes(context.settings),
+            };
+            let (result, report) = run(txn, context.runtime, &module, &deploy.name, &call)?;
+            if !result.outcome.is_ok() {
+                return Ok(Response::Refused(Refusal::SetupFailed(describe(
+                    &result.outcome,
+                ))));
+            }
+            commit_writes(txn, &deploy.name, report)?;
+            Some(result)
+        }
+    };
+
+    let version = previous.as_ref().map_or(1, |record| record.version + 1);
+    let record = ModuleRecord {
+        name: deploy.name.clone(),
+        version,
+        hash,
+        size_bytes: deploy.wasm.len() as u64,
+        deployed_index: place.log_id.index,
+        deployed_timestamp_ms: request.timestamp_ms,
+        limits: deploy.limits,
+        has_query: info.has_query,
+        has_init: info.has_init,
+        has_migrate: info.has_migrate,
+    };
+    {
+        let mut blobs = txn.open_table(BLOBS)?;
+        if blobs.get(hash.as_slice())?.is_none() {
+            blobs.insert(hash.as_slice(), deploy.wasm.as_slice())?;
+        }
+    }
+    txn.open_table(MODULES)?
+        .insert(deploy.name.as_bytes(), codec::encode(&record).as_slice())?;
+    if let Some(previous) = previous {
+        release_blob(txn, &previous.hash)?;
+    }
+    Ok(Response::Deployed(Deployed {
+        name: deploy.name.clone(),
+        version,
+        hash,
+        setup,
+    }))
+}
+
+/// Deletes the blob `hash` unless a module record still refers to it.
+fn release_blob(txn: &WriteTransaction, hash: &ModuleHash) -> Result<(), redb::Error> {
+    let modules = txn.open_table(MODULES)?;
+    for item in modules.iter()? {
+        let (_, bytes) = item?;
+        let record: ModuleRecord = decode(bytes.value())?;
+        if &record.hash == hash {
+            return Ok(());
+        }
+    }
+    txn.open_table(BLOBS)?.remove(hash.as_slice())?;
+    Ok(())
+}
+
+fn apply_remove(txn: &WriteTransaction, name: &str) -> Result<Response, redb::Error> {
+    let Some(record) = read_module(txn, name)? else {
+        return Ok(Response::Refused(Refusal::ModuleNotFound(name.to_owned())));
+    };
+    txn.open_table(MODULES)?.remove(name.as_bytes())?;
+    let range = module_key_range(name, b"", None);
+    txn.open_table(KV)?
+        .retain_in(range.start.as_slice()..range.end.as_slice(), |_, _| false)?;
+    release_blob(txn, &record.hash)?;
+    Ok(Response::Removed {
+        name: name.to_owned(),
+    })
+}
+
+/// Exactly-once: a command of an open session is answered from the session
+/// table when it was applied already.
+fn apply_invoke_once(
+    txn: &WriteTransaction,
+    context: &Rules<'_>,
+    place: Place<'_>,
+    request: &Origin<'_>,
+    invoke: &Invoke,
+) -> Result<Response, ApplyError> {
+    let Some(SessionId {
+        client_id,
+        sequence,
+    }) = &invoke.session
+    else {
+        return apply_invoke(txn, context, place, request, invoke);
+    };
+    let expired = || {
+        Ok(Response::Refused(Refusal::SessionExpired {
+            client_id: client_id.clone(),
+            sequence: *sequence,
+        }))
+    };
+    // A session belongs to the subject that opened it: another caller using
+    // the same client id does not see it.
+    let session = match sessions::find(txn, request.caller, client_id)? {
+        Some(session) => session,
+        None if context.legacy_sessions && *sequence == 1 => {
+            let unbounded = ClusterSettings {
+                session_table_bytes_max: u64::MAX,
+                sessions_per_caller_max: u64::MAX,
+                ..context.settings.clone()
+            };
+            sessions::open(
+                txn,
+                &unbounded,
+                place.log_id.index,
+                request.caller,
+                client_id,
+            )?;
+            sessions::evict_to_count(txn, LEGACY_SESSIONS_MAX, request.caller, client_id)?;
+            sessions::find(txn, request.caller, client_id)?.ok_or_else(|| {
+                redb::Error::Corrupted("a session just opened is not in the table".into())
+            })?
+        }
+        // Never opened, or forgotten: the command may have been applied
+        // before the session was forgotten, so it is refused, not applied.
+        None => return expired(),
+    };
+    if session.record.sequence == *sequence {
+        return Ok(session.record.response.clone());
+    }
+    if session.record.sequence > *sequence {
+        return expired();
+    }
+    let response = apply_invoke(txn, context, place, request, invoke)?;
+    sessions::record(
+        txn,
+        context.settings,
+        session,
+        SessionRecord {
+            sequence: *sequence,
+            last_used_index: place.log_id.index,
+            response: response.clone(),
+        },
+    )?;
+    Ok(response)
+}
+
+/// The static limits a deploy is checked against at apply.
+pub fn deploy_limits(settings: &ClusterSettings) -> DeployLimits {
+    DeployLimits {
+        module_bytes_max: usize::try_from(settings.module_bytes_max).unwrap_or(usize::MAX),
+        memory_bytes_max: settings.memory_bytes_max,
+    }
+}
+
+/// The output cap of a call under `settings`.
+pub(crate) fn output_bytes(settings: &ClusterSettings) -> usize {
+    usize::try_from(settings.output_bytes_max).unwrap_or(usize::MAX)
+}
+
+fn apply_invoke(
+    txn: &WriteTransaction,
+    context: &Rules<'_>,
+    place: Place<'_>,
+    request: &Origin<'_>,
+    invoke: &Invoke,
+) -> Result<Response, ApplyError> {
+    let Some(record) = read_module(txn, &invoke.module)? else {
+        return Ok(Response::Refused(Refusal::ModuleNotFound(
+            invoke.module.clone(),
+        )));
+    };
+    let module = load(txn, context.runtime, &record)?;
+    let (fuel, memory_bytes) = module_limits(context.settings, &record.limits);
+    let call = Call {
+        entry: EntryPoint::Apply,
+        input: &invoke.input,
+        caller: request.caller,
+        timestamp_ms: request.timestamp_ms,
+        seed: place.seed(),
+        fuel,
+        memory_bytes,
+        output_bytes: output_bytes(context.settings),
+    };
+    let (result, report) = run(txn, context.runtime, &module, &invoke.module, &call)?;
+    commit_writes(txn, &invoke.module, report)?;
+    Ok(Response::Invoked(result))
+}
+
+/// The compiled module of `record`, from the runtime's caches or compiled from
+/// its stored blob.
+pub(crate) fn load(
+    txn: &WriteTransaction,
+    runtime: &Runtime,
+    record: &ModuleRecord,
+) -> Result<LoadedModule, ApplyError> {
+    if let Some(module) = runtime.cached(&record.hash) {
+        return Ok(module);
+    }
+    let blobs = txn.open_table(BLOBS)?;
+    let blob = blobs.get(record.hash.as_slice())?.ok_or_else(|| {
+        redb::Error::Corrupted(format!("module `{}` has no stored wasm", record.name))
+    })?;
+    // The module was validated and compiled when it was deployed, by this same
+    // engine configuration: failing now means the node itself is broken.
+    runtime.load(&record.hash, blob.value()).map_err(|error| {
+        HostFailure::Compile {
+            module: record.name.clone(),
+            reason: error.to_string(),
+        }
+        .into()
+    })
+}
+
+/// Runs one guest call against the module's KV as of this transaction.
+fn run(
+    txn: &WriteTransaction,
+    runtime: &Runtime,
+    module: &LoadedModule,
+    name: &str,
+    call: &Call<'_>,
+) -> Result<(CallResult, CallReport), ApplyError> {
+    let table = txn.open_table(KV)?;
+    let source = TableKv {
+        table: &table,
+        module: name,
+    };
+    let mut report = runtime.call(module, call, &source);
+    // `Unavailable` is this node failing to instantiate (memory, mappings),
+    // never a property of the command: apply has instance slots of its own,
+    // so it is not queries holding them. Retry for a while rather than
+    // record a result other replicas would not, then stop the node.
+    let mut attempts = 0;
+    while let Outcome::Unavailable(reason) = &report.outcome {
+        attempts += 1;
+        if attempts > UNAVAILABLE_RETRIES {
+            return Err(HostFailure::CannotRun(reason.clone()).into());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        report = runtime.call(module, call, &source);
+    }
+    let result = call_result(&report, call)?;
+    tracing::debug!(
+        module = name,
+        fuel_used = result.fuel_used,
+        outcome = result.outcome.label(),
+        "guest call"
+    );
+    Ok((result, report))
+}
+
+/// The replicated form of a call's outcome. A failed KV read is not a guest
+/// outcome: it is the node's storage failing.
+pub(crate) fn call_result(report: &CallReport, call: &Call<'_>) -> Result<CallResult, ApplyError> {
+    let outcome = match &report.outcome {
+        Outcome::Ok(output) => CallOutcome::Ok(output.clone()),
+        Outcome::GuestError(message) => CallOutcome::GuestError(message.clone()),
+        Outcome::OutOfFuel => CallOutcome::OutOfFuel { limit: call.fuel },
+        Outcome::MemoryLimit => CallOutcome::MemoryLimit {
+            limit_bytes: call.memory_bytes,
+        },
+        Outcome::Trap { kind, message } => CallOutcome::Trap {
+            kind: kind.to_string(),
+            message: message.clone(),
+        },
+        Outcome::OutputTooLarge { limit } => CallOutcome::OutputTooLarge {
+            limit_bytes: *limit as u64,
+        },
+        Outcome::TimedOut => CallOutcome::TimedOut,
+        Outcome::MissingExport(export) => CallOutcome::MissingExport((*export).to_owned()),
+        Outcome::Host(error) => {
+            return Err(redb::Error::Corrupted(format!("module KV read failed: {error}")).into());
+        }
+        Outcome::Unavailable(reason) => {
+            return Err(HostFailure::CannotRun(reason.clone()).into());
+        }
+    };
+    Ok(CallResult {
+        outcome,
+        fuel_used: report.fuel_used,
+    })
+}
+
+fn commit_writes(
+    txn: &WriteTransaction,
+    name: &str,
+    report: CallReport,
+) -> Result<(), redb::Error> {
+    if !matches!(report.outcome, Outcome::Ok(_)) {
+        return Ok(());
+    }
+    let mut table = txn.open_table(KV)?;
+    for (key, value) in report.writes.iter() {
+        let key = module_key(name, key);
+        match value {
+            Some(value) => table.insert(key.as_slice(), value)?,
+            None => table.remove(key.as_slice())?,
+        };
+    }
+    Ok(())
+}
+
+fn apply_access(txn: &WriteTransaction, change: &AccessChange) -> Result<Response, redb::Error> {
+    let mut table = txn.open_table(ACCESS)?;
+    let changed = match change {
+        AccessChange::Grant(rule) => table
+            .insert(codec::encode(rule).as_slice(), [].as_slice())?
+            .is_none(),
+        AccessChange::Revoke(rule) => table.remove(codec::encode(rule).as_slice())?.is_some(),
+    };
+    Ok(Response::AccessChanged { changed })
+}
+
+/// A one-line description of a failed call, for refusals.
+pub(crate) fn describe(outcome: &CallOutcome) -> String {
+    match outcome {
+        CallOutcome::Ok(_) => "ok".to_owned(),
+        CallOutcome::GuestError(message) => format!("guest error: {message}"),
+        CallOutcome::OutOfFuel { limit } => format!("out of fuel (limit {limit})"),
+        CallOutcome::MemoryLimit { limit_bytes } => {
+            format!("memory limit of {limit_bytes} bytes reached")
+        }
+        CallOutcome::Trap { kind, message } => format!("trap ({kind}): {message}"),
+        CallOutcome::OutputTooLarge { limit_bytes } => {
+            format!("output larger than {limit_bytes} bytes")
+        }
+        CallOutcome::MissingExport(export) => format!("the module has no `{export}` export"),
+        CallOutcome::TimedOut => "timed out".to_owned(),
+    }
+}
+
+/// A module's KV as the runtime sees it: one module's key range of a table.
+pub(crate) struct TableKv<'t, T: ReadableTable<&'static [u8], &'static [u8]>> {
+    pub table: &'t T,
+    pub module: &'t str,
+}
+
+impl<T: ReadableTable<&'static [u8], &'static [u8]>> KvSource for TableKv<'_, T> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
+        let key = module_key(self.module, key);
+        let value = self
+            .table
+            .get(key.as_slice())
+            .map_err(|e| KvError::new(e.to_string()))?;
+        Ok(value.map(|value| value.value().to_vec()))
+    }
+
+    fn scan(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+        bytes_max: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, KvError> {
+        let range = module_key_range(self.module, start, end);
+        if range.end <= range.start {
+            return Ok(Vec::new());
+        }
+        let prefix = self.module.len() + 1;
+        let mut items = Vec::new();
+        let mut bytes = 0usize;
+        for item in self
+            .table
+            .range(range.start.as_slice()..range.end.as_slice())
+            .map_err(|e| KvError::new(e.to_string()))?
+            .take(limit)
+        {
+            if bytes >= bytes_max {
+                break;
+            }
+            let (key, value) = item.map_err(|e| KvError::new(e.to_string()))?;
+            let key = key.value().get(prefix..).ok_or_else(|| {
+                KvError::new("a key of the module's range lacks the module prefix")
+            })?;
+            bytes += key.len() + value.value().len();
+            items.push((key.to_vec(), value.value().to_vec()));
+        }
+        Ok(items)
+    }
+}
