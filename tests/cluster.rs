@@ -10,5 +10,6 @@
 
 pub(crate) mod harness;
 mod hostile;
+mod peers;
 mod processes;
 mod scenarios;

@@ -27,6 +27,7 @@ async fn start(directory: &Path) -> RunningNode {
         advertise: None,
         data_dir: directory.to_path_buf(),
         bootstrap: true,
+        cluster_secret_file: None,
         raft: Default::default(),
         limits: Default::default(),
         cluster: Default::default(),

@@ -5,11 +5,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
+use wasmraft::auth::ClusterSecret;
 use wasmraft::client::{Client, ClientConfig, Consistency, DeployOptions};
 use wasmraft::node::config::{NodeConfig, RaftSettings};
 use wasmraft::node::{Node, NodeOptions, RunningNode};
@@ -94,6 +96,9 @@ pub struct Cluster {
     slots: BTreeMap<NodeId, Slot>,
     pub links: Links,
     raft: RaftSettings,
+    /// The cluster secret every node is started with, and its directory.
+    pub secret_file: PathBuf,
+    _secret_directory: TempDir,
 }
 
 impl Cluster {
@@ -104,10 +109,15 @@ impl Cluster {
     }
 
     pub async fn start_with(size: u64, raft: RaftSettings) -> Cluster {
+        let secret_directory = tempfile::tempdir().unwrap();
+        let secret_file = secret_directory.path().join("cluster-secret");
+        std::fs::write(&secret_file, ClusterSecret::generate().unwrap()).unwrap();
         let mut cluster = Cluster {
             slots: BTreeMap::new(),
             links: Links::default(),
             raft,
+            secret_file,
+            _secret_directory: secret_directory,
         };
         cluster.launch(1, true).await;
         cluster.wait_for_leader().await;
@@ -136,6 +146,7 @@ impl Cluster {
             advertise: None,
             data_dir: slot.directory.path().to_path_buf(),
             bootstrap,
+            cluster_secret_file: Some(self.secret_file.clone()),
             raft: self.raft.clone(),
             limits: Default::default(),
             cluster: Default::default(),

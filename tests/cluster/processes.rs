@@ -31,6 +31,8 @@ struct ProcessNode {
     id: u64,
     port: u16,
     directory: PathBuf,
+    /// The cluster secret every node of the test is started with.
+    secret: PathBuf,
     process: Option<Process>,
 }
 
@@ -54,6 +56,8 @@ impl ProcessNode {
             .args(["--listen", &format!("127.0.0.1:{}", self.port)])
             .arg("--data-dir")
             .arg(&self.directory)
+            .arg("--cluster-secret-file")
+            .arg(&self.secret)
             .stdout(Stdio::null())
             .stderr(log);
         if bootstrap {
@@ -154,13 +158,29 @@ fn directory(root: &Path, id: u64) -> PathBuf {
     root.join(format!("node-{id}"))
 }
 
-/// Starts nodes 1 to 3 under `root`, node 1 bootstrapping.
+/// Starts nodes 1 to 3 under `root`, node 1 bootstrapping, sharing a
+/// cluster secret the CLI makes.
 fn start_nodes(root: &Path) -> Vec<ProcessNode> {
+    let secret = root.join("cluster-secret");
+    let secret_arg = secret.to_str().unwrap();
+    cli(&["cluster", "new-secret", secret_arg]);
+    let again = Command::new(WASMRAFT)
+        .args(["cluster", "new-secret", secret_arg])
+        .output()
+        .unwrap();
+    assert!(
+        !again.status.success(),
+        "a secret file is never overwritten"
+    );
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&secret).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "only its owner reads the secret");
     let mut nodes: Vec<ProcessNode> = (1..=3)
         .map(|id| ProcessNode {
             id,
             port: free_port(),
             directory: directory(root, id),
+            secret: secret.clone(),
             process: None,
         })
         .collect();

@@ -121,6 +121,7 @@ pub async fn launch(
         advertise: None,
         data_dir: directory.to_path_buf(),
         bootstrap,
+        cluster_secret_file: None,
         raft: raft_settings(),
         limits: Default::default(),
         cluster: Default::default(),

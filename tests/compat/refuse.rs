@@ -58,6 +58,7 @@ async fn start_error(directory: &Path) -> String {
         advertise: None,
         data_dir: directory.to_path_buf(),
         bootstrap: false,
+        cluster_secret_file: None,
         raft: fixture::raft_settings(),
         limits: Default::default(),
         cluster: Default::default(),

@@ -116,7 +116,30 @@ pub fn request(request: &Request) -> Result<(), String> {
         }
         Command::OpenSession { client_id: id } => session_prefix(id),
         Command::Batch(_) | Command::Settings(_) => Ok(()),
+        Command::ClusterId { cluster_id: id } => cluster_id(id),
     }
+}
+
+/// The most characters of a cluster id.
+pub const CLUSTER_ID_CHARS_MAX: usize = 64;
+
+/// A cluster id: 1 to [`CLUSTER_ID_CHARS_MAX`] lowercase ASCII letters,
+/// digits and `-`, so it travels as gRPC metadata and reads in a log line.
+/// A bootstrap makes one of 32 hex digits (128 random bits).
+pub fn cluster_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > CLUSTER_ID_CHARS_MAX {
+        return Err(format!(
+            "a cluster id has 1 to {CLUSTER_ID_CHARS_MAX} characters, not {}",
+            id.len()
+        ));
+    }
+    if !id
+        .bytes()
+        .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-')
+    {
+        return Err("a cluster id holds only a-z, 0-9 and `-`".to_owned());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

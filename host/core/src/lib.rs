@@ -61,6 +61,11 @@ pub enum Command {
     OpenSession { client_id: String },
     /// Change the cluster settings.
     Settings(SettingsCommand),
+    /// Name the cluster, once: proposed by the node that bootstraps it.
+    /// Applied only while the state holds no cluster id, so proposing it
+    /// again after a crash changes nothing; peers of different clusters
+    /// refuse each other's messages by it.
+    ClusterId { cluster_id: String },
 }
 
 /// A change of the cluster settings.
@@ -171,6 +176,11 @@ pub enum Response {
     /// The settings in force after a [`Command::Settings`] (unchanged when
     /// the command was an initial one and the cluster had settings).
     Settings(SettingsRecord),
+    /// The cluster id in force after a [`Command::ClusterId`] (the first
+    /// one recorded, whatever a later command proposed).
+    ClusterId {
+        cluster_id: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -256,6 +266,7 @@ impl Command {
             Command::Batch(_) => "batch",
             Command::OpenSession { .. } => "open_session",
             Command::Settings(_) => "settings",
+            Command::ClusterId { .. } => "cluster_id",
         }
     }
 }

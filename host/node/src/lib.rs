@@ -21,6 +21,7 @@ pub use wasmraft_core as command;
 pub use wasmraft_runtime as wasm;
 
 pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod fuzzing;
 pub mod node;

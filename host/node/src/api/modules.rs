@@ -147,6 +147,7 @@ pub(super) fn unexpected(what: &str, response: &Applied) -> ApiError {
         Applied::Refused(_) => "refused",
         Applied::SessionOpened { .. } => "session opened",
         Applied::Settings(_) => "settings",
+        Applied::ClusterId { .. } => "cluster id",
     };
     ApiError::Internal(format!("a {what} was answered with a `{kind}` response"))
 }

@@ -7,6 +7,7 @@ use wasmraft_proto::v1 as proto;
 use wasmraft_proto::v1::raft_server::Raft as RaftRpc;
 
 use super::status::ApiError;
+use crate::auth::peer::Peer;
 use crate::node::forward::ForwardedAnswer;
 use crate::node::handle::NodeHandle;
 use crate::node::membership::fingerprint_bytes;
@@ -25,9 +26,16 @@ impl RaftService {
 }
 
 impl RaftService {
-    /// Refuses Raft messages a node must not take (see
+    /// Refuses a caller that is not a node of this cluster (`auth::peer`).
+    fn peer<T>(&self, request: &Request<T>) -> Result<Peer, Status> {
+        self.node.peer_auth().check(request.metadata())
+    }
+
+    /// Refuses Raft messages a node must not take: from a caller that is
+    /// not a peer, or while this node may not take them (see
     /// `NodeHandle::accepts_raft_messages`).
-    async fn admitted(&self) -> Result<(), Status> {
+    async fn admitted<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        self.peer(request)?;
         self.node
             .accepts_raft_messages()
             .await
@@ -41,7 +49,7 @@ impl RaftRpc for RaftService {
         &self,
         request: Request<proto::RaftRequest>,
     ) -> Result<Response<proto::RaftReply>, Status> {
-        self.admitted().await?;
+        self.admitted(&request).await?;
         let reply = server::append_entries(self.node.consensus(), request.get_ref())
             .await
             .map_err(ApiError::from)?;
@@ -52,7 +60,7 @@ impl RaftRpc for RaftService {
         &self,
         request: Request<proto::RaftRequest>,
     ) -> Result<Response<proto::RaftReply>, Status> {
-        self.admitted().await?;
+        self.admitted(&request).await?;
         let reply = server::vote(self.node.consensus(), request.get_ref())
             .await
             .map_err(ApiError::from)?;
@@ -63,7 +71,7 @@ impl RaftRpc for RaftService {
         &self,
         request: Request<proto::RaftRequest>,
     ) -> Result<Response<proto::RaftReply>, Status> {
-        self.admitted().await?;
+        self.admitted(&request).await?;
         let reply = server::install_snapshot(self.node.consensus(), request.get_ref())
             .await
             .map_err(ApiError::from)?;
@@ -72,8 +80,21 @@ impl RaftRpc for RaftService {
 
     async fn handshake(
         &self,
-        _request: Request<proto::HandshakeRequest>,
+        request: Request<proto::HandshakeRequest>,
     ) -> Result<Response<proto::HandshakeResponse>, Status> {
+        self.peer(&request)?;
+        let auth = self.node.peer_auth();
+        let theirs = &request.get_ref().cluster_id;
+        let ours = auth.cluster_id();
+        if let Some(ours) = &ours
+            && !theirs.is_empty()
+            && ours != theirs
+        {
+            return Err(Status::failed_precondition(format!(
+                "node {} belongs to cluster {ours}, not to the caller's cluster {theirs}",
+                self.node.id()
+            )));
+        }
         // The caller decides: it compares the engine fingerprint (a node
         // that would execute modules differently stays out) and refuses a
         // node whose Raft already holds a log or a vote.
@@ -85,11 +106,21 @@ impl RaftRpc for RaftService {
             .map_err(|refusal| {
                 ApiError::Internal(format!("cannot read the Raft state: {refusal}"))
             })?;
-        // A leader is about to add this node: take its messages from now on.
-        self.node.admit();
+        // A leader is about to add this node: take its messages, and its
+        // cluster's id (the log brings the same id soon), from now on. A
+        // node with Raft data keeps its own cluster: the caller sees
+        // `initialized` and leaves it alone.
+        let cluster_id = match ours {
+            Some(ours) => ours,
+            None if !initialized && !theirs.is_empty() => auth.adopt(theirs),
+            None => String::new(),
+        };
+        if !initialized {
+            self.node.admit();
+        }
         Ok(Response::new(proto::HandshakeResponse {
             node_id: self.node.id(),
-            cluster_id: String::new(),
+            cluster_id,
             engine_compatibility_hash: fingerprint_bytes(self.node.runtime()),
             initialized,
         }))
@@ -99,6 +130,9 @@ impl RaftRpc for RaftService {
         &self,
         request: Request<proto::RaftRequest>,
     ) -> Result<Response<proto::RaftReply>, Status> {
+        // Only a peer may speak for a caller; the leader authorises the
+        // caller itself when it serves the request.
+        self.peer(&request)?;
         let forwarded = wire::decode_request(request.get_ref()).map_err(ApiError::from)?;
         let reply = match self.node.serve_forwarded(forwarded).await {
             ForwardedAnswer::Write(answer) => wire::encode_reply(&answer),

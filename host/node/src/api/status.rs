@@ -27,7 +27,7 @@
 //! | `MembershipError::ZeroId`, `BadAddress` | `INVALID_ARGUMENT` | the reason |
 //! | `MembershipError::AlreadyMember`, `AddressInUse` | `ALREADY_EXISTS` | the member holding the id or address |
 //! | `MembershipError::NotMember` | `NOT_FOUND` | the id |
-//! | `MembershipError::Unreachable`, `WrongId`, `EngineMismatch`, `HasData`, `LastVoter`, `InProgress` | `FAILED_PRECONDITION` | what to do |
+//! | `MembershipError::Unreachable`, `WrongId`, `EngineMismatch`, `OtherCluster`, `HasData`, `LastVoter`, `InProgress` | `FAILED_PRECONDITION` | what to do |
 //! | `MembershipError::NotCaughtUp` | `DEADLINE_EXCEEDED` | the node stays a learner; ask again |
 //! | `MembershipError::Consensus` | as the `ConsensusError` | |
 //! | Raft message in an unknown encoding version | `FAILED_PRECONDITION` | both versions |
@@ -142,6 +142,7 @@ pub fn code(error: &ApiError) -> Code {
             MembershipError::Unreachable { .. }
             | MembershipError::WrongId { .. }
             | MembershipError::EngineMismatch { .. }
+            | MembershipError::OtherCluster { .. }
             | MembershipError::HasData { .. }
             | MembershipError::LastVoter(_)
             | MembershipError::InProgress => Code::FailedPrecondition,

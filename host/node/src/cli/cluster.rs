@@ -9,11 +9,14 @@
 //! - `snapshot`: the endpoint's node builds a snapshot and purges its log.
 //! - `settings get` / `settings set FIELD=VALUE…`: the replicated cluster
 //!   settings, changed through the log.
+//! - `new-secret FILE`: a new cluster secret, for every node's
+//!   `--cluster-secret-file`.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use super::connection::{self, ConnectionArgs};
+use crate::auth::ClusterSecret;
 use crate::client::{
     ClusterSettings, ClusterStatus, ClusterStatusJson, Member, Membership, SettingsUpdate,
 };
@@ -42,6 +45,43 @@ enum ClusterCommand {
     /// Read or change the cluster settings: the limits every node applies
     /// commands with (fuel, memory, output, module size, sessions).
     Settings(SettingsArgs),
+    /// Write a new random cluster secret to FILE (readable by its owner
+    /// only). Copy it to every node and start each with
+    /// `--cluster-secret-file FILE`: nodes then take Raft messages only from
+    /// each other.
+    NewSecret(NewSecretArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct NewSecretArgs {
+    /// Where to write the secret; an existing file is never overwritten.
+    file: std::path::PathBuf,
+}
+
+/// Writes a new cluster secret to a file that did not exist, readable by
+/// its owner only.
+fn new_secret(args: &NewSecretArgs) -> anyhow::Result<ExitCode> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&args.file).map_err(|error| {
+        anyhow::anyhow!(
+            "cannot create {}: {error} (an existing secret is never overwritten)",
+            args.file.display()
+        )
+    })?;
+    let secret = ClusterSecret::generate()
+        .map_err(|error| anyhow::anyhow!("no randomness for a secret: {error}"))?;
+    file.write_all(secret.as_bytes())?;
+    file.sync_all()?;
+    println!(
+        "cluster secret written to {}; give every node `--cluster-secret-file {}`",
+        args.file.display(),
+        args.file.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Debug, clap::Args)]
@@ -158,6 +198,9 @@ struct StatusArgs {
 }
 
 pub fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
+    if let ClusterCommand::NewSecret(args) = args.command {
+        return new_secret(&args);
+    }
     connection::run(async move {
         match args.command {
             ClusterCommand::Status(args) => {
@@ -242,6 +285,8 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
                 print!("{}", render_settings(&settings));
                 Ok(())
             }
+            // Needs no connection: written above, before connecting.
+            ClusterCommand::NewSecret(args) => new_secret(&args).map(drop),
         }
     })
 }

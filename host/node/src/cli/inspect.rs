@@ -37,6 +37,7 @@ fn inspect(data: DataDirectory) -> anyhow::Result<()> {
     println!("last log         {}", none(found.last_log));
     println!("last applied     {}", none(found.last_applied));
     println!("membership       {}", found.membership);
+    println!("cluster id       {}", none(found.cluster_id));
     println!("state digest     {}", found.digest);
     for module in found.modules {
         println!(

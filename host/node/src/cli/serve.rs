@@ -51,6 +51,12 @@ pub struct ServeArgs {
     /// from --listen (for example when listening on 0.0.0.0).
     #[arg(long, conflicts_with_all = ["dev", "config"])]
     advertise: Option<String>,
+    /// The file holding the secret every node of the cluster shares (make
+    /// one with `wasmraft cluster new-secret FILE` and copy it to every
+    /// node): peers prove with it that they belong to the cluster. Without
+    /// it, any caller can send Raft messages to this node.
+    #[arg(long, env = "WASMRAFT_CLUSTER_SECRET_FILE", conflicts_with_all = ["dev", "config"])]
+    cluster_secret_file: Option<PathBuf>,
     /// Read every node setting from a TOML file (see `NodeConfig`).
     #[arg(long, conflicts_with_all = ["dev", "node_id"])]
     config: Option<PathBuf>,
@@ -95,6 +101,7 @@ fn node_config(args: &ServeArgs) -> anyhow::Result<NodeConfig> {
         advertise: args.advertise.clone(),
         data_dir,
         bootstrap: args.dev || args.bootstrap,
+        cluster_secret_file: args.cluster_secret_file.clone(),
         raft: RaftSettings::default(),
         limits: LimitSettings::default(),
         cluster: Default::default(),

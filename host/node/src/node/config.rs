@@ -25,6 +25,11 @@ pub struct NodeConfig {
     /// Initialise a one-member cluster if the data directory is new.
     #[serde(default)]
     pub bootstrap: bool,
+    /// The file holding the secret every node of the cluster shares: peers
+    /// prove with it that they belong (see `auth::peer`). Without it, peers
+    /// are not authenticated.
+    #[serde(default)]
+    pub cluster_secret_file: Option<PathBuf>,
     #[serde(default)]
     pub raft: RaftSettings,
     #[serde(default)]

@@ -19,6 +19,7 @@ use super::error::{ConsensusError, LeaderHint};
 use super::forward::millis;
 use super::membership::MembershipError;
 use super::write::{self, DEPLOY_TIMEOUT_MAX, PROPOSALS_QUEUED_MAX, Pending};
+use crate::auth::PeerAuth;
 use crate::command::{ClusterSettings, Command};
 use crate::node::config::LimitSettings;
 use crate::raft::network::Forwarder;
@@ -61,6 +62,8 @@ pub(super) struct Inner {
     /// and waits for its fsync, so the batcher proposes whatever queued up
     /// meanwhile as one entry: a burst of clients shares one fsync.
     pub(super) proposals: mpsc::Sender<Pending>,
+    /// This node's peer credentials, and the check of its peers'.
+    pub(super) peer_auth: PeerAuth,
 }
 
 /// This node's view of the cluster, from Raft's metrics only.
@@ -98,6 +101,7 @@ impl NodeHandle {
         limits: LimitSettings,
         consensus_timeout: Duration,
         forwarder: Forwarder,
+        peer_auth: PeerAuth,
     ) -> Self {
         let (proposals, queue) = mpsc::channel(PROPOSALS_QUEUED_MAX);
         let inner = Arc::new(Inner {
@@ -113,6 +117,7 @@ impl NodeHandle {
             membership_change: tokio::sync::Mutex::new(()),
             admitted: AtomicBool::new(false),
             proposals,
+            peer_auth,
         });
         // The batcher holds the node weakly: when the last handle goes, the
         // queue closes and the batcher ends.
@@ -131,6 +136,11 @@ impl NodeHandle {
     /// This node's Raft.
     pub fn consensus(&self) -> &Consensus {
         &self.inner.consensus
+    }
+
+    /// This node's peer credentials, and the check of its peers'.
+    pub fn peer_auth(&self) -> &PeerAuth {
+        &self.inner.peer_auth
     }
 
     pub fn reader(&self) -> &StateReader {

@@ -73,6 +73,14 @@ pub enum MembershipError {
         ours: String,
     },
     #[error(
+        "node {id} belongs to another cluster ({theirs}; this one is {ours}): a node joins only with an empty data directory"
+    )]
+    OtherCluster {
+        id: NodeId,
+        theirs: String,
+        ours: String,
+    },
+    #[error(
         "node {id} at {address} already has Raft data (it is, or was, the member of a cluster): start it with an empty data directory to join"
     )]
     HasData { id: NodeId, address: String },
@@ -331,7 +339,7 @@ async fn introduce(
         .saturating_duration_since(Instant::now())
         .min(HANDSHAKE_TIMEOUT);
     let ours = fingerprint_bytes(handle.runtime());
-    let answer = introduce::handshake(url, handle.id(), ours.clone(), left)
+    let answer = introduce::handshake(url, handle.peer_auth(), handle.id(), ours.clone(), left)
         .await
         .map_err(unreachable)?;
     if answer.node_id != id {
@@ -346,6 +354,15 @@ async fn introduce(
             id,
             theirs: hex::encode(&answer.engine_fingerprint),
             ours: hex::encode(&ours),
+        });
+    }
+    if let (Some(theirs), Some(ours)) = (&answer.cluster_id, handle.peer_auth().cluster_id())
+        && *theirs != ours
+    {
+        return Err(MembershipError::OtherCluster {
+            id,
+            theirs: theirs.clone(),
+            ours,
         });
     }
     if answer.initialized && !resume {

@@ -33,8 +33,9 @@ use tonic::transport::server::TcpIncoming;
 use tracing::Instrument;
 
 use self::config::{ConfigError, NodeConfig};
+use crate::auth::{ClusterSecret, PeerAuth, SecretError};
 use crate::command::settings;
-use crate::command::{ClusterSettings, Command, SettingsCommand, SettingsUpdate};
+use crate::command::{ClusterSettings, Command, Response, SettingsCommand, SettingsUpdate};
 use crate::raft::lease;
 use crate::raft::network::{Faults, Forwarder, NetworkFactory, NetworkSettings};
 use crate::raft::{Consensus, NodeId};
@@ -100,6 +101,8 @@ pub enum StartError {
     Raft(String),
     #[error("cannot bootstrap the cluster: {0}")]
     Bootstrap(String),
+    #[error(transparent)]
+    Secret(#[from] SecretError),
     #[error("cannot read the cluster settings: {0}")]
     Settings(#[from] redb::Error),
     #[error(
@@ -207,6 +210,7 @@ impl Node {
         let (log, log_released) = lease::lease(log);
         let (state, state_released) = lease::lease(state);
 
+        let peer_auth = peer_auth(&config, &reader)?;
         let raft_message_bytes_max = raft_message_bytes_max(&config);
         let network = NetworkFactory::new(
             config.node_id,
@@ -216,12 +220,14 @@ impl Node {
                 unreachable_retry: Duration::from_millis(config.raft.heartbeat_interval_ms),
             },
             options.faults.clone(),
+            peer_auth.clone(),
         );
         let forwarder = Forwarder::new(
             config.node_id,
             raft_message_bytes_max,
             options.connect_timeout,
             options.faults.clone(),
+            peer_auth.clone(),
         );
         let consensus = Consensus::start(
             config.node_id,
@@ -246,9 +252,11 @@ impl Node {
             config.limits.clone(),
             options.consensus_timeout,
             forwarder,
+            peer_auth,
         );
         if config.bootstrap {
             propose_initial_settings(&handle, &config.cluster).await;
+            propose_cluster_id(&handle).await;
         }
         let router = crate::api::router(&handle, raft_message_bytes_max);
         let (stop_serving, stopped) = oneshot::channel::<()>();
@@ -283,6 +291,77 @@ fn check_engine(reader: &StateReader, runtime: &Runtime) -> Result<(), StartErro
         cluster: record.engine_fingerprint,
         ours,
     })
+}
+
+/// How this node proves itself to its peers and checks them: with the
+/// cluster secret of `config`, and the cluster id its state records.
+fn peer_auth(config: &NodeConfig, reader: &StateReader) -> Result<PeerAuth, StartError> {
+    let secret = match &config.cluster_secret_file {
+        Some(path) => Some(ClusterSecret::from_file(path)?),
+        None if config.listen.ip().is_loopback() => {
+            tracing::info!("no cluster secret: peers are not authenticated (loopback only)");
+            None
+        }
+        None => {
+            tracing::warn!(
+                "no cluster secret: peers are not authenticated, and anyone who reaches {} can send this node Raft messages; give every node the same --cluster-secret-file",
+                config.listen
+            );
+            None
+        }
+    };
+    let reader = reader.clone();
+    let recorded = Box::new(move || match reader.cluster_id() {
+        Ok(id) => id,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the cluster id");
+            None
+        }
+    });
+    Ok(PeerAuth::new(config.node_id, secret, recorded))
+}
+
+/// Names the cluster the bootstrapping node creates, unless its state
+/// names one: a random 128-bit id every member learns through the log and
+/// checks on every peer call. Retried at every start with `--bootstrap`
+/// while none is recorded (a crash before it committed, or a cluster made
+/// before cluster ids existed).
+async fn propose_cluster_id(handle: &NodeHandle) {
+    match handle.reader().cluster_id() {
+        Ok(Some(recorded)) => {
+            handle.peer_auth().adopt(&recorded);
+            return;
+        }
+        Ok(None) => {}
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the cluster id");
+            return;
+        }
+    }
+    let mut random = [0u8; 16];
+    if let Err(error) = getrandom::fill(&mut random) {
+        tracing::warn!(%error, "no randomness for a cluster id; the next start with --bootstrap tries again");
+        return;
+    }
+    let command = Command::ClusterId {
+        cluster_id: hex::encode(random),
+    };
+    match handle.propose("", command, None).await {
+        Ok(Proposed {
+            response: Response::ClusterId { cluster_id },
+            ..
+        }) => {
+            tracing::info!(cluster_id, "cluster named");
+            handle.peer_auth().adopt(&cluster_id);
+        }
+        Ok(other) => {
+            tracing::warn!(response = ?other.response, "naming the cluster was answered unexpectedly")
+        }
+        Err(error) => tracing::warn!(
+            %error,
+            "the cluster id is not recorded yet; the next start with --bootstrap proposes one again"
+        ),
+    }
 }
 
 /// Records the bootstrapping node's `[cluster]` settings as the cluster's

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 
 use super::sessions::{self, SessionRecord};
 use super::state::{
-    ACCESS, BLOBS, CLUSTER_SETTINGS, KV, MODULES, ModuleRecord, SETTINGS, module_key,
+    ACCESS, BLOBS, CLUSTER_ID, CLUSTER_SETTINGS, KV, MODULES, ModuleRecord, SETTINGS, module_key,
     module_key_range,
 };
 use crate::command::settings::module_limits;
@@ -102,6 +102,31 @@ pub(crate) fn read_settings<T: ReadableTable<&'static [u8], &'static [u8]>>(
         Some(bytes) => decode(bytes.value()).map(Some),
         None => Ok(None),
     }
+}
+
+/// The cluster id recorded in the state, if any.
+pub(crate) fn read_cluster_id<T: ReadableTable<&'static [u8], &'static [u8]>>(
+    table: &T,
+) -> Result<Option<String>, redb::Error> {
+    match table.get(CLUSTER_ID)? {
+        Some(bytes) => decode(bytes.value()).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Records `cluster_id` unless the state names the cluster already, and
+/// answers the id in force.
+fn apply_cluster_id(txn: &WriteTransaction, cluster_id: &str) -> Result<Response, redb::Error> {
+    let mut table = txn.open_table(SETTINGS)?;
+    if let Some(recorded) = read_cluster_id(&table)? {
+        return Ok(Response::ClusterId {
+            cluster_id: recorded,
+        });
+    }
+    table.insert(CLUSTER_ID, codec::encode(&cluster_id).as_slice())?;
+    Ok(Response::ClusterId {
+        cluster_id: cluster_id.to_owned(),
+    })
 }
 
 /// The seed a module sees for command `position` of the entry at `log_id`
@@ -233,6 +258,7 @@ fn apply_one(
             origin.caller,
             &check::session_name(client_id, place.log_id.index, place.position),
         )?),
+        Command::ClusterId { cluster_id } => Ok(apply_cluster_id(txn, cluster_id)?),
         Command::Settings(command) => {
             let response = apply_settings(txn, context.runtime, place, record.clone(), command)?;
             if let Response::Settings(changed) = &response {

@@ -21,6 +21,8 @@ pub struct Inspection {
     pub last_log: Option<String>,
     pub last_applied: Option<String>,
     pub membership: String,
+    /// `None` until the entry naming the cluster was applied.
+    pub cluster_id: Option<String>,
     pub digest: String,
     pub modules: Vec<ModuleRecord>,
 }
@@ -61,6 +63,7 @@ pub async fn inspect(data: &DataDirectory, runtime: Runtime) -> Result<Inspectio
         last_log: text(log_state.last_log_id),
         last_applied: text(applied),
         membership: membership.membership().to_string(),
+        cluster_id: reader.cluster_id()?,
         digest: digest.to_string(),
         modules: reader.modules()?,
     })

@@ -31,7 +31,8 @@ pub(crate) const SESSIONS: Table = TableDefinition::new("sessions");
 pub(crate) const SESSIONS_BY_USE: Table = TableDefinition::new("sessions_by_use");
 /// Encoded access rule → empty value.
 pub(crate) const ACCESS: Table = TableDefinition::new("access");
-/// [`CLUSTER_SETTINGS`] → the cluster settings record (format 2).
+/// [`CLUSTER_SETTINGS`] → the cluster settings record (format 2);
+/// [`CLUSTER_ID`] → the cluster's id, once named.
 pub(crate) const SETTINGS: Table = TableDefinition::new("settings");
 /// `caller, 0x00, last used index (u64 big-endian), client id` → empty: each
 /// caller's sessions in the order they were last used (format 2).
@@ -63,8 +64,10 @@ pub(crate) const DIGESTED_TABLES: [(u8, Table); 6] = [
     (7, SETTINGS),
 ];
 
-/// The one key of the `settings` table.
+/// The key of the cluster settings in the `settings` table.
 pub(crate) const CLUSTER_SETTINGS: &[u8] = b"cluster";
+/// The key of the cluster id in the `settings` table.
+pub(crate) const CLUSTER_ID: &[u8] = b"cluster_id";
 /// The size of the session table as bounded by `session_table_bytes_max`.
 pub(crate) const SESSION_BYTES: &[u8] = b"session_bytes";
 

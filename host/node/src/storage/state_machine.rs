@@ -754,6 +754,14 @@ impl StateReader {
         read_settings(&txn)
     }
 
+    /// The cluster id recorded in the state, once the entry naming the
+    /// cluster was applied here.
+    pub fn cluster_id(&self) -> Result<Option<String>, redb::Error> {
+        let db = self.store.db();
+        let txn = db.begin_read()?;
+        apply::read_cluster_id(&txn.open_table(state::SETTINGS)?)
+    }
+
     /// [`Self::settings`] with the applied index of the state read (0 for
     /// none).
     pub fn settings_at(&self) -> Result<(u64, Option<SettingsRecord>), redb::Error> {

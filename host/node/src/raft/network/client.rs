@@ -27,6 +27,7 @@ use wasmraft_proto::v1::{RaftReply, RaftRequest};
 
 use super::faults::{FaultDecision, Faults, InjectedFault};
 use super::wire;
+use crate::auth::PeerAuth;
 use crate::node::address::parse_peer_address;
 use crate::raft::{Node, NodeId, TypeConfig};
 
@@ -61,14 +62,22 @@ pub struct NetworkFactory {
     from: NodeId,
     settings: NetworkSettings,
     faults: Faults,
+    /// Signs every call with this node's peer credentials.
+    peer_auth: PeerAuth,
 }
 
 impl NetworkFactory {
-    pub fn new(from: NodeId, settings: NetworkSettings, faults: Faults) -> Self {
+    pub fn new(
+        from: NodeId,
+        settings: NetworkSettings,
+        faults: Faults,
+        peer_auth: PeerAuth,
+    ) -> Self {
         Self {
             from,
             settings,
             faults,
+            peer_auth,
         }
     }
 }
@@ -97,6 +106,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             client,
             settings: self.settings,
             faults: self.faults.clone(),
+            peer_auth: self.peer_auth.clone(),
         }
     }
 }
@@ -111,6 +121,7 @@ pub struct PeerNetwork {
     client: Result<RaftClient<Channel>, String>,
     settings: NetworkSettings,
     faults: Faults,
+    peer_auth: PeerAuth,
 }
 
 /// The peer's address could not be turned into an endpoint.
@@ -170,6 +181,7 @@ impl PeerNetwork {
         };
         let mut request = tonic::Request::new(request);
         request.set_timeout(ttl);
+        self.peer_auth.stamp(request.metadata_mut());
         let sent = send(client, action, request);
         let reply = match tokio::time::timeout(ttl, sent).await {
             Err(_elapsed) => return Err(timeout()),
@@ -316,7 +328,12 @@ mod tests {
             .local_addr()
             .unwrap()
             .port();
-        let mut factory = NetworkFactory::new(1, NetworkSettings::default(), Faults::none());
+        let mut factory = NetworkFactory::new(
+            1,
+            NetworkSettings::default(),
+            Faults::none(),
+            PeerAuth::new(1, None, Box::new(|| None)),
+        );
         let mut peer = factory
             .new_client(2, &Node::new(format!("127.0.0.1:{port}")))
             .await;
@@ -329,6 +346,7 @@ mod tests {
             1,
             NetworkSettings::default(),
             Faults::from_fn(|_, _| FaultDecision::Drop),
+            PeerAuth::new(1, None, Box::new(|| None)),
         );
         let mut peer = factory.new_client(2, &Node::new("127.0.0.1:1")).await;
         let error = peer.vote(vote.clone(), option.clone()).await.unwrap_err();

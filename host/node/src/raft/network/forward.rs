@@ -14,6 +14,7 @@ use wasmraft_proto::v1::raft_client::RaftClient;
 
 use super::wire;
 use super::{FaultDecision, Faults};
+use crate::auth::PeerAuth;
 use crate::node::address::parse_peer_address;
 use crate::raft::NodeId;
 
@@ -34,6 +35,8 @@ pub struct Forwarder {
     connect_timeout: Duration,
     /// Forwarding crosses the same network as Raft: a partition cuts both.
     faults: Faults,
+    /// Only a peer may speak for a caller: the leader checks these.
+    peer_auth: PeerAuth,
 }
 
 /// More addresses than this means churn: start over rather than grow.
@@ -47,6 +50,7 @@ impl Forwarder {
         message_bytes_max: usize,
         connect_timeout: Duration,
         faults: Faults,
+        peer_auth: PeerAuth,
     ) -> Self {
         Self {
             from,
@@ -54,6 +58,7 @@ impl Forwarder {
             message_bytes_max,
             connect_timeout,
             faults,
+            peer_auth,
         }
     }
 
@@ -114,6 +119,7 @@ impl Forwarder {
         let mut client = self.client(address)?;
         let mut call = tonic::Request::new(wire::encode_request(request));
         call.set_timeout(deadline);
+        self.peer_auth.stamp(call.metadata_mut());
         let reply = match tokio::time::timeout(deadline, client.forward(call)).await {
             Err(_) => {
                 return Err(ForwardFailure {
@@ -144,7 +150,13 @@ mod tests {
             .local_addr()
             .unwrap()
             .port();
-        let forwarder = Forwarder::new(2, 1 << 20, Duration::from_secs(1), Faults::none());
+        let forwarder = Forwarder::new(
+            2,
+            1 << 20,
+            Duration::from_secs(1),
+            Faults::none(),
+            PeerAuth::new(2, None, Box::new(|| None)),
+        );
         let answer = forwarder
             .call::<u64, String>(
                 1,

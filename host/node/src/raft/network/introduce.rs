@@ -10,6 +10,7 @@ use wasmraft_proto::v1 as proto;
 use wasmraft_proto::v1::cluster_client::ClusterClient;
 use wasmraft_proto::v1::raft_client::RaftClient;
 
+use crate::auth::PeerAuth;
 use crate::raft::NodeId;
 
 /// How often the leader asks a new voter how far it applied.
@@ -21,17 +22,20 @@ const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Introduced {
     pub node_id: NodeId,
+    /// The cluster it belongs to, when it knows one.
+    pub cluster_id: Option<String>,
     /// Its wasm engine fingerprint, as bytes.
     pub engine_fingerprint: Vec<u8>,
     /// Whether its Raft storage holds a log or a vote.
     pub initialized: bool,
 }
 
-/// Introduces node `from` (with engine fingerprint `fingerprint`) to the
-/// node at `url`, within `timeout`. `Err` says why the node could not be
-/// reached or refused.
+/// Introduces this node (its credentials in `auth`, its engine fingerprint
+/// `fingerprint`) to the node at `url`, within `timeout`. `Err` says why
+/// the node could not be reached or refused.
 pub async fn handshake(
     url: String,
+    auth: &PeerAuth,
     from: NodeId,
     fingerprint: Vec<u8>,
     timeout: Duration,
@@ -41,10 +45,11 @@ pub async fn handshake(
         .connect_timeout(timeout);
     let mut request = tonic::Request::new(proto::HandshakeRequest {
         node_id: from,
-        cluster_id: String::new(),
+        cluster_id: auth.cluster_id().unwrap_or_default(),
         engine_compatibility_hash: fingerprint,
     });
     request.set_timeout(timeout);
+    auth.stamp(request.metadata_mut());
     let answer = tokio::time::timeout(timeout, async {
         let channel = endpoint.connect().await.map_err(|error| {
             // tonic's own message is vague ("transport error"): the cause
@@ -68,6 +73,7 @@ pub async fn handshake(
     .into_inner();
     Ok(Introduced {
         node_id: answer.node_id,
+        cluster_id: Some(answer.cluster_id).filter(|id| !id.is_empty()),
         engine_fingerprint: answer.engine_compatibility_hash,
         initialized: answer.initialized,
     })
