@@ -9,6 +9,7 @@ use tonic::transport::Channel;
 use wasmraft::auth::{ClusterSecret, PeerAuth};
 use wasmraft::command::{Command, Invoke};
 use wasmraft::node::forward::Forwarded;
+use wasmraft::raft::TypeConfig;
 use wasmraft::raft::network::wire;
 use wasmraft_proto::v1 as proto;
 use wasmraft_proto::v1::raft_client::RaftClient;
@@ -199,6 +200,29 @@ async fn only_the_nodes_of_the_cluster_reach_its_raft_service() {
             ],
             "a peer calling node {id}"
         );
+    }
+    // Even a peer's message reaches Raft only in the shape openraft relies
+    // on: entries with a gap (once a panic in the log store) are refused.
+    for id in cluster.running() {
+        let mut raft = raft_client(&cluster, id).await;
+        let gap = openraft::raft::AppendEntriesRequest::<TypeConfig> {
+            vote: openraft::Vote::new_committed(1, 1),
+            prev_log_id: Some(openraft::LogId::new(
+                openraft::CommittedLeaderId::new(1, 1),
+                3,
+            )),
+            entries: vec![openraft::Entry {
+                log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), 5),
+                payload: openraft::EntryPayload::Blank,
+            }],
+            leader_commit: None,
+        };
+        let refused = raft
+            .append_entries(request(&cluster, Caller::Peer, wire::encode_request(&gap)))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+        assert!(refused.message().contains("not contiguous"), "{refused:?}");
     }
     // None of the forged writes was applied.
     assert_eq!(cluster.counter(1).await, before);

@@ -150,7 +150,7 @@ pub fn code(error: &ApiError) -> Code {
             MembershipError::Consensus(error) => consensus_code(error),
         },
         ApiError::Wire(WireError::UnknownEncoding { .. }) => Code::FailedPrecondition,
-        ApiError::Wire(WireError::Malformed(_)) => Code::InvalidArgument,
+        ApiError::Wire(WireError::Malformed(_) | WireError::Invalid(_)) => Code::InvalidArgument,
         ApiError::Storage(_) | ApiError::Internal(_) => Code::Internal,
         ApiError::Busy(_) => Code::Unavailable,
         ApiError::Unimplemented(_) => Code::Unimplemented,

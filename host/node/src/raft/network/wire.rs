@@ -26,6 +26,9 @@ pub enum WireError {
     UnknownEncoding { found: u32 },
     #[error("malformed Raft message: {0}")]
     Malformed(#[from] CodecError),
+    /// Well formed, but not a message a correct peer sends.
+    #[error("invalid Raft message: {0}")]
+    Invalid(String),
 }
 
 /// Wraps an openraft request for the wire.
