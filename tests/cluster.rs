@@ -9,6 +9,7 @@
 //! acknowledged write and nothing that was never sent.
 
 pub(crate) mod harness;
+mod health;
 mod hostile;
 mod peers;
 mod processes;

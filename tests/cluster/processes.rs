@@ -367,3 +367,29 @@ fn a_closed_stdout_stops_the_cli_quietly() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(output.status.code(), Some(141), "{stderr}");
 }
+
+/// A script that starts a dev node and waits for it to serve finds the
+/// example modules deployed: the node reports `starting` until they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dev_node_serves_once_its_examples_are_deployed() {
+    let root = TempDir::new().unwrap();
+    let port = free_port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let _node = Process {
+        child: Command::new(WASMRAFT)
+            .args(["serve", "--dev", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--data-dir")
+            .arg(root.path().join("data"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("wasmraft serve --dev starts"),
+    };
+    wait_serving(&endpoint).await;
+    let modules = client(&endpoint).await.list_modules().await.unwrap();
+    let mut names: Vec<&str> = modules.iter().map(|module| module.name.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["bank", "counter", "kv"]);
+    let health = client(&endpoint).await.health().await.unwrap();
+    assert_eq!((health.serving, health.score), (true, 100), "{health:?}");
+}

@@ -356,12 +356,17 @@ impl ClusterStatus {
     }
 }
 
-/// Whether the answering node can serve requests.
+/// Whether the answering node can serve requests, and how well.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Health {
     pub serving: bool,
     /// Why not, when not serving; empty otherwise.
     pub detail: String,
+    /// 100 with nothing to report, 0 when not serving.
+    pub score: u32,
+    /// (name, detail) of each thing that lowers the score: `no_leader`,
+    /// `apply_lag`, `peer_behind`, … (see `HealthReason` in the API).
+    pub reasons: Vec<(String, String)>,
 }
 
 impl From<v1::HealthResponse> for Health {
@@ -369,6 +374,12 @@ impl From<v1::HealthResponse> for Health {
         Health {
             serving: response.status() == v1::HealthStatus::Serving,
             detail: response.detail,
+            score: response.score,
+            reasons: response
+                .reasons
+                .into_iter()
+                .map(|reason| (reason.name, reason.detail))
+                .collect(),
         }
     }
 }

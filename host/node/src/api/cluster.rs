@@ -197,15 +197,32 @@ impl Cluster for ClusterService {
         &self,
         _request: Request<proto::HealthRequest>,
     ) -> Result<Response<proto::HealthResponse>, Status> {
-        let response = match self.node.cluster_view().health {
-            Ok(()) => proto::HealthResponse {
-                status: proto::HealthStatus::Serving as i32,
-                detail: String::new(),
+        let health = self.node.health();
+        let response = proto::HealthResponse {
+            status: if health.serving {
+                proto::HealthStatus::Serving
+            } else {
+                proto::HealthStatus::NotServing
+            } as i32,
+            detail: if health.serving {
+                String::new()
+            } else {
+                health
+                    .reasons
+                    .iter()
+                    .map(|reason| reason.detail.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; ")
             },
-            Err(detail) => proto::HealthResponse {
-                status: proto::HealthStatus::NotServing as i32,
-                detail,
-            },
+            score: health.score,
+            reasons: health
+                .reasons
+                .into_iter()
+                .map(|reason| proto::HealthReason {
+                    name: reason.name.to_owned(),
+                    detail: reason.detail,
+                })
+                .collect(),
         };
         Ok(Response::new(response))
     }

@@ -4,6 +4,8 @@
 //!   members, and each node's log and applied indexes and state digest.
 //!   `--json` prints [`crate::client::ClusterStatusJson`], a stable,
 //!   versioned schema.
+//! - `health [--json]`: each member's health — serving or not, its score
+//!   and the reasons that lower it; exits 1 when a member is not serving.
 //! - `add-node ID ADDRESS`: learner, caught up, voter (through the leader).
 //! - `remove-node ID`: out of the membership, by consensus.
 //! - `snapshot`: the endpoint's node builds a snapshot and purges its log.
@@ -18,7 +20,7 @@ use std::time::Duration;
 use super::connection::{self, ConnectionArgs};
 use crate::auth::ClusterSecret;
 use crate::client::{
-    ClusterSettings, ClusterStatus, ClusterStatusJson, Member, Membership, SettingsUpdate,
+    ClusterSettings, ClusterStatus, ClusterStatusJson, Health, Member, Membership, SettingsUpdate,
 };
 
 #[derive(Debug, clap::Args)]
@@ -32,6 +34,10 @@ enum ClusterCommand {
     /// Show the leader, the term, the members and each node's log index,
     /// applied index and state digest.
     Status(StatusArgs),
+    /// Show each member's health: whether it serves, its score (100 with
+    /// nothing to report) and what lowers it. Exits 1 when a member does
+    /// not serve.
+    Health(HealthArgs),
     /// Add a node that runs `wasmraft serve` with an empty data directory:
     /// it joins as a learner, receives the log (or a snapshot), and becomes
     /// a voter once it caught up.
@@ -188,6 +194,17 @@ struct SnapshotArgs {
 }
 
 #[derive(Debug, clap::Args)]
+struct HealthArgs {
+    /// Print a JSON array, one object per member: id, address, serving,
+    /// score, reasons [{name, detail}] (or error, for a member that did
+    /// not answer).
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    connection: ConnectionArgs,
+}
+
+#[derive(Debug, clap::Args)]
 struct StatusArgs {
     /// Print JSON (schema_version 1, documented in `wasmraft::client`)
     /// instead of a table.
@@ -220,6 +237,7 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
                 }
                 Ok(())
             }
+            ClusterCommand::Health(args) => health(&args).await,
             ClusterCommand::AddNode(args) => {
                 let membership = args
                     .connection
@@ -289,6 +307,97 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
             ClusterCommand::NewSecret(args) => new_secret(&args).map(drop),
         }
     })
+}
+
+/// One member's answer to `Cluster.Health`, or why it gave none.
+type MemberHealth = (Member, Result<Health, String>);
+
+/// Asks every member for its health and prints the answers.
+async fn health(args: &HealthArgs) -> anyhow::Result<()> {
+    let status = args.connection.client().await?.status().await?;
+    let members: Vec<Member> = status
+        .voters
+        .iter()
+        .chain(&status.learners)
+        .cloned()
+        .collect();
+    let asked = members.into_iter().map(|member| async {
+        let endpoint = format!("http://{}", member.address);
+        let answer = match args.connection.client_at(&endpoint).await {
+            Ok(client) => client.health().await.map_err(|error| error.to_string()),
+            Err(error) => Err(error.to_string()),
+        };
+        (member, answer)
+    });
+    let mut answers: Vec<MemberHealth> = futures::future::join_all(asked).await;
+    answers.sort_by_key(|(member, _)| member.id);
+    if args.json {
+        let rows: Vec<serde_json::Value> = answers
+            .iter()
+            .map(|(member, answer)| match answer {
+                Ok(health) => serde_json::json!({
+                    "id": member.id,
+                    "address": member.address,
+                    "serving": health.serving,
+                    "score": health.score,
+                    "reasons": health.reasons.iter().map(|(name, detail)| {
+                        serde_json::json!({"name": name, "detail": detail})
+                    }).collect::<Vec<_>>(),
+                }),
+                Err(error) => serde_json::json!({
+                    "id": member.id,
+                    "address": member.address,
+                    "serving": false,
+                    "score": 0,
+                    "error": error,
+                }),
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        print!("{}", render_health(&answers));
+    }
+    let down = answers
+        .iter()
+        .filter(|(_, answer)| !answer.as_ref().is_ok_and(|health| health.serving))
+        .count();
+    anyhow::ensure!(
+        down == 0,
+        "{down} of {} members are not serving",
+        answers.len()
+    );
+    Ok(())
+}
+
+fn render_health(answers: &[MemberHealth]) -> String {
+    let mut out = format!(
+        "{:>4}  {:<21}  {:<11}  {:>5}  REASONS\n",
+        "ID", "ADDRESS", "SERVING", "SCORE"
+    );
+    for (member, answer) in answers {
+        let (serving, score, reasons) = match answer {
+            Ok(health) => (
+                if health.serving { "yes" } else { "no" },
+                health.score.to_string(),
+                health
+                    .reasons
+                    .iter()
+                    .map(|(name, detail)| format!("{name}: {detail}"))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ),
+            Err(error) => ("unreachable", "0".to_owned(), error.clone()),
+        };
+        out.push_str(&format!(
+            "{:>4}  {:<21}  {:<11}  {:>5}  {}\n",
+            member.id,
+            member.address,
+            serving,
+            score,
+            if reasons.is_empty() { "-" } else { &reasons }
+        ));
+    }
+    out
 }
 
 fn members_line(members: &[Member]) -> String {

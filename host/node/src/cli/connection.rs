@@ -45,6 +45,12 @@ impl ConnectionArgs {
     /// endpoint (a person is waiting) but retries elections and lost
     /// replies like any client.
     pub async fn client(&self) -> Result<Client, ClientError> {
+        self.client_at(&self.endpoint).await
+    }
+
+    /// A client of another node (`http://HOST:PORT`), with the same
+    /// credentials and timeouts.
+    pub async fn client_at(&self, endpoint: &str) -> Result<Client, ClientError> {
         let request_timeout = Duration::from_millis(self.timeout_ms);
         let config = ClientConfig {
             request_timeout,
@@ -53,7 +59,7 @@ impl ConnectionArgs {
             bearer_token: self.token.clone(),
             ..ClientConfig::default()
         };
-        Client::connect_with(&self.endpoint, config).await
+        Client::connect_with(endpoint, config).await
     }
 }
 

@@ -125,7 +125,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
 
 async fn serve(args: ServeArgs, config: NodeConfig) -> anyhow::Result<()> {
     let data_dir = config.data_dir.clone();
-    let node = Node::start(config, NodeOptions::default())
+    let examples = args.dev && !args.no_examples;
+    let options = NodeOptions {
+        // A script that starts a dev node and waits for it to serve finds
+        // the examples deployed.
+        starting: examples.then(|| "deploying the example modules".to_owned()),
+        ..NodeOptions::default()
+    };
+    let node = Node::start(config, options)
         .await
         .context("cannot start the node")?;
     let outcome = if args.dev {
@@ -154,6 +161,7 @@ async fn set_up_dev(node: &RunningNode, examples: bool) -> anyhow::Result<()> {
     if examples {
         deploy_examples(handle).await?;
     }
+    handle.ready();
     Ok(())
 }
 

@@ -17,13 +17,14 @@ use tokio::sync::mpsc;
 
 use super::error::{ConsensusError, LeaderHint};
 use super::forward::millis;
+use super::health::{self, Health};
 use super::membership::MembershipError;
 use super::write::{self, DEPLOY_TIMEOUT_MAX, PROPOSALS_QUEUED_MAX, Pending};
 use crate::auth::PeerAuth;
 use crate::command::{ClusterSettings, Command};
 use crate::node::config::LimitSettings;
-use crate::raft::network::Forwarder;
-use crate::raft::{Consensus, Member, NodeId, RaftRefusal, Role, WaitError};
+use crate::raft::network::{Forwarder, Reachability};
+use crate::raft::{Consensus, Member, NodeId, RaftRefusal, RaftView, Role, WaitError};
 use crate::storage::StateReader;
 use crate::wasm::Runtime;
 
@@ -64,6 +65,11 @@ pub(super) struct Inner {
     pub(super) proposals: mpsc::Sender<Pending>,
     /// This node's peer credentials, and the check of its peers'.
     pub(super) peer_auth: PeerAuth,
+    /// Why the node is not ready to serve yet, while it is not (a dev node
+    /// deploying its examples): its health says `starting` until cleared.
+    pub(super) starting: std::sync::Mutex<Option<String>>,
+    /// Which peers stopped answering this node's Raft calls.
+    pub(super) reachability: Reachability,
 }
 
 /// This node's view of the cluster, from Raft's metrics only.
@@ -102,6 +108,8 @@ impl NodeHandle {
         consensus_timeout: Duration,
         forwarder: Forwarder,
         peer_auth: PeerAuth,
+        reachability: Reachability,
+        starting: Option<String>,
     ) -> Self {
         let (proposals, queue) = mpsc::channel(PROPOSALS_QUEUED_MAX);
         let inner = Arc::new(Inner {
@@ -118,6 +126,8 @@ impl NodeHandle {
             admitted: AtomicBool::new(false),
             proposals,
             peer_auth,
+            starting: std::sync::Mutex::new(starting),
+            reachability,
         });
         // The batcher holds the node weakly: when the last handle goes, the
         // queue closes and the batcher ends.
@@ -313,17 +323,60 @@ impl NodeHandle {
         consensus.with_metrics(|metrics| metrics.leader())
     }
 
+    /// Marks the node ready: its health no longer says `starting`.
+    pub fn ready(&self) {
+        *self
+            .inner
+            .starting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    }
+
+    /// This node's health, from Raft's view of it (see `node::health`).
+    pub fn health(&self) -> Health {
+        self.health_of(&self.inner.consensus.view())
+    }
+
+    fn health_of(&self, view: &RaftView) -> Health {
+        let starting = self
+            .inner
+            .starting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        // Only the leader calls every member; a follower hears from the
+        // leader, which `no_leader` covers.
+        let unreachable = if view.role == Role::Leader {
+            self.inner
+                .reachability
+                .unreachable(health::PEER_SILENCE_MAX)
+        } else {
+            Vec::new()
+        };
+        health::assess(
+            self.inner.id,
+            view,
+            health::Local {
+                shutting_down: self.is_shutting_down(),
+                starting: starting.as_deref(),
+                unreachable: &unreachable,
+            },
+        )
+    }
+
     /// This node's view of the cluster, from Raft's metrics.
     pub fn cluster_view(&self) -> ClusterView {
         let view = self.inner.consensus.view();
-        let health = if let Some(stopped) = &view.stopped {
-            Err(format!("Raft stopped: {stopped}"))
-        } else if self.is_shutting_down() || view.role == Role::ShuttingDown {
-            Err("the node is shutting down".to_owned())
-        } else if view.leader.is_none() {
-            Err("no leader is known (an election may be in progress, or the node is not part of a cluster yet)".to_owned())
-        } else {
+        let health = self.health_of(&view);
+        let health = if health.serving {
             Ok(())
+        } else {
+            Err(health
+                .reasons
+                .iter()
+                .map(|reason| reason.detail.as_str())
+                .collect::<Vec<_>>()
+                .join("; "))
         };
         ClusterView {
             this: self.inner.id,

@@ -13,6 +13,7 @@ pub mod config;
 pub mod error;
 pub mod forward;
 pub mod handle;
+pub mod health;
 pub mod membership;
 mod read;
 mod route;
@@ -37,7 +38,7 @@ use crate::auth::{ClusterSecret, PeerAuth, SecretError};
 use crate::command::settings;
 use crate::command::{ClusterSettings, Command, Response, SettingsCommand, SettingsUpdate};
 use crate::raft::lease;
-use crate::raft::network::{Faults, Forwarder, NetworkFactory, NetworkSettings};
+use crate::raft::network::{Faults, Forwarder, NetworkFactory, NetworkSettings, Reachability};
 use crate::raft::{Consensus, NodeId};
 use crate::storage::{
     DataDirectory, LogStore, OpenLogError, OpenStateError, StateMachineStore, StateReader,
@@ -62,6 +63,10 @@ pub struct NodeOptions {
     pub connect_timeout: Duration,
     /// Compilation failures injected into this node's runtime (tests only).
     pub compile_faults: CompileFaults,
+    /// Why the node is not ready when it starts serving, until the
+    /// embedding program calls `NodeHandle::ready` (a dev node deploying
+    /// its examples): its health says `starting` meanwhile.
+    pub starting: Option<String>,
 }
 
 impl Default for NodeOptions {
@@ -72,6 +77,7 @@ impl Default for NodeOptions {
             consensus_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(2),
             compile_faults: CompileFaults::default(),
+            starting: None,
         }
     }
 }
@@ -211,6 +217,7 @@ impl Node {
         let (state, state_released) = lease::lease(state);
 
         let peer_auth = peer_auth(&config, &reader)?;
+        let reachability = Reachability::default();
         let raft_message_bytes_max = raft_message_bytes_max(&config);
         let network = NetworkFactory::new(
             config.node_id,
@@ -221,6 +228,7 @@ impl Node {
             },
             options.faults.clone(),
             peer_auth.clone(),
+            reachability.clone(),
         );
         let forwarder = Forwarder::new(
             config.node_id,
@@ -253,6 +261,8 @@ impl Node {
             options.consensus_timeout,
             forwarder,
             peer_auth,
+            reachability,
+            options.starting.clone(),
         );
         if config.bootstrap {
             propose_initial_settings(&handle, &config.cluster).await;

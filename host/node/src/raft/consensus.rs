@@ -58,6 +58,11 @@ pub struct RaftView {
     pub last_applied_index: Option<u64>,
     /// Why Raft stopped, when it stopped on an error.
     pub stopped: Option<String>,
+    /// On the leader: how long since a quorum last acknowledged it.
+    pub millis_since_quorum_ack: Option<u64>,
+    /// On the leader: each member and the index up to which its log
+    /// matches the leader's (`None`: not known yet).
+    pub replication: Vec<(NodeId, Option<u64>)>,
 }
 
 /// Why openraft stopped this node's Raft: the node cannot go on.
@@ -377,6 +382,13 @@ impl Metrics<'_> {
                 .as_ref()
                 .err()
                 .map(ToString::to_string),
+            millis_since_quorum_ack: metrics.millis_since_quorum_ack,
+            replication: metrics
+                .replication
+                .iter()
+                .flat_map(|replication| replication.iter())
+                .map(|(id, matched)| (*id, matched.as_ref().map(|log_id| log_id.index)))
+                .collect(),
         }
     }
 }

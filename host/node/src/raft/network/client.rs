@@ -26,7 +26,7 @@ use wasmraft_proto::v1::raft_client::RaftClient;
 use wasmraft_proto::v1::{RaftReply, RaftRequest};
 
 use super::faults::{FaultDecision, Faults, InjectedFault};
-use super::wire;
+use super::{Reachability, wire};
 use crate::auth::PeerAuth;
 use crate::node::address::parse_peer_address;
 use crate::raft::{Node, NodeId, TypeConfig};
@@ -64,6 +64,8 @@ pub struct NetworkFactory {
     faults: Faults,
     /// Signs every call with this node's peer credentials.
     peer_auth: PeerAuth,
+    /// Where each call's outcome is recorded, for the node's health.
+    reachability: Reachability,
 }
 
 impl NetworkFactory {
@@ -72,12 +74,14 @@ impl NetworkFactory {
         settings: NetworkSettings,
         faults: Faults,
         peer_auth: PeerAuth,
+        reachability: Reachability,
     ) -> Self {
         Self {
             from,
             settings,
             faults,
             peer_auth,
+            reachability,
         }
     }
 }
@@ -107,6 +111,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             settings: self.settings,
             faults: self.faults.clone(),
             peer_auth: self.peer_auth.clone(),
+            reachability: self.reachability.clone(),
         }
     }
 }
@@ -122,6 +127,7 @@ pub struct PeerNetwork {
     settings: NetworkSettings,
     faults: Faults,
     peer_auth: PeerAuth,
+    reachability: Reachability,
 }
 
 /// The peer's address could not be turned into an endpoint.
@@ -136,8 +142,28 @@ struct BadAddress {
 type RpcResult<T, E> = Result<T, RPCError<NodeId, Node, RaftError<NodeId, E>>>;
 
 impl PeerNetwork {
-    /// Sends one encoded request and reads the peer's reply, within `ttl`.
+    /// Sends one encoded request and reads the peer's reply, within `ttl`,
+    /// and records whether the peer answered.
     async fn call<Resp, E>(
+        &mut self,
+        action: RPCTypes,
+        request: RaftRequest,
+        ttl: Duration,
+    ) -> RpcResult<Resp, E>
+    where
+        Resp: DeserializeOwned,
+        E: DeserializeOwned + std::error::Error,
+    {
+        let result = self.exchange(action, request, ttl).await;
+        match &result {
+            Ok(_) | Err(RPCError::RemoteError(_)) => self.reachability.answered(self.target),
+            Err(error) => self.reachability.failed(self.target, &error.to_string()),
+        }
+        result
+    }
+
+    /// Sends one encoded request and reads the peer's reply, within `ttl`.
+    async fn exchange<Resp, E>(
         &mut self,
         action: RPCTypes,
         request: RaftRequest,
@@ -333,6 +359,7 @@ mod tests {
             NetworkSettings::default(),
             Faults::none(),
             PeerAuth::new(1, None, Box::new(|| None)),
+            Reachability::default(),
         );
         let mut peer = factory
             .new_client(2, &Node::new(format!("127.0.0.1:{port}")))
@@ -347,6 +374,7 @@ mod tests {
             NetworkSettings::default(),
             Faults::from_fn(|_, _| FaultDecision::Drop),
             PeerAuth::new(1, None, Box::new(|| None)),
+            Reachability::default(),
         );
         let mut peer = factory.new_client(2, &Node::new("127.0.0.1:1")).await;
         let error = peer.vote(vote.clone(), option.clone()).await.unwrap_err();

@@ -10,6 +10,7 @@
 //! - `forward`: [`Forwarder`], the follower's side of the forward hop.
 //! - `introduce`: the `Handshake` and status calls of adding a node.
 //! - `server`: Raft's own messages from peers, decoded and answered.
+//! - `reachability`: which peers have stopped answering, and since when.
 //! - `faults`: the seam where tests drop, delay or partition RPCs.
 //!
 //! Invariant: every outgoing RPC is bounded by a timeout; Raft's messages
@@ -20,9 +21,11 @@ mod client;
 mod faults;
 mod forward;
 pub mod introduce;
+mod reachability;
 pub mod server;
 pub mod wire;
 
 pub use client::{NetworkFactory, NetworkSettings, PeerNetwork};
 pub use faults::{FaultDecision, FaultPolicy, Faults, InjectedFault};
 pub use forward::{ForwardFailure, Forwarder};
+pub use reachability::{Reachability, Unreachable};
