@@ -20,6 +20,7 @@ pub use wasmraft_client as client;
 pub use wasmraft_core as command;
 pub use wasmraft_runtime as wasm;
 
+pub mod admission;
 pub mod api;
 pub mod auth;
 pub mod cli;

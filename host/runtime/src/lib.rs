@@ -306,6 +306,11 @@ impl Runtime {
         self.inner.fingerprint.clone()
     }
 
+    /// How many queries may run at once: the instances not kept for apply.
+    pub fn query_instances_max(&self) -> u32 {
+        self.inner.query_slots.capacity
+    }
+
     pub fn stats(&self) -> RuntimeStats {
         let counters = &self.inner.counters;
         RuntimeStats {

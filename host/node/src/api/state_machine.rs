@@ -132,11 +132,16 @@ impl StateMachineService {
             if consistency != Consistency::Stale {
                 self.node.read_barrier(timeout).await?;
             }
+            // A slot first, waiting without a thread; held until the
+            // blocking work ends, even if the caller goes away meanwhile.
+            let wait_max = timeout.unwrap_or(Duration::from_millis(limits.query_timeout_ms));
+            let permit = self.node.queries().admit(wait_max).await?;
             let reader = self.node.reader().clone();
             let module = request.module;
             let input = request.input;
             let (module, result) = blocking(move || {
                 let result = reader.query(&module, &input, &caller);
+                drop(permit);
                 (module, result)
             })
             .await?;

@@ -33,12 +33,15 @@
 //! | Raft message in an unknown encoding version | `FAILED_PRECONDITION` | both versions |
 //! | malformed Raft message | `INVALID_ARGUMENT` | the decode error |
 //! | method not built yet | `UNIMPLEMENTED` | what comes when |
+//! | a local admission limit (`admission::Shed`: query slots) | `RESOURCE_EXHAUSTED` | the limit and what the node was doing; metadata `retry-after-ms` |
 //!
 //! Messages above tonic's decoding limit never reach a handler: tonic
 //! answers `OUT_OF_RANGE` itself. The limit sits above every cap here, so a
 //! request over a cap but under the limit gets the `INVALID_ARGUMENT` above.
 
 use tonic::metadata::MetadataValue;
+
+use crate::admission::Shed;
 use tonic::{Code, Status};
 
 use super::validate::InputError;
@@ -77,6 +80,9 @@ pub enum ApiError {
     /// The node has no capacity for the request right now; a retry may succeed.
     #[error("the node is busy, retry: {0}")]
     Busy(String),
+    /// A local admission limit turned the request away.
+    #[error(transparent)]
+    Shed(#[from] Shed),
     #[error("internal error: {0}")]
     Internal(String),
     #[error("{0}")]
@@ -153,6 +159,7 @@ pub fn code(error: &ApiError) -> Code {
         ApiError::Wire(WireError::Malformed(_) | WireError::Invalid(_)) => Code::InvalidArgument,
         ApiError::Storage(_) | ApiError::Internal(_) => Code::Internal,
         ApiError::Busy(_) => Code::Unavailable,
+        ApiError::Shed(_) => Code::ResourceExhausted,
         ApiError::Unimplemented(_) => Code::Unimplemented,
     }
 }
@@ -196,6 +203,11 @@ pub fn bounded_message(message: String) -> String {
 /// metadata so a client can retry there.
 pub fn to_status(error: &ApiError) -> Status {
     let mut status = Status::new(code(error), bounded_message(error.to_string()));
+    if let ApiError::Shed(shed) = error {
+        status
+            .metadata_mut()
+            .insert("retry-after-ms", MetadataValue::from(shed.retry_after_ms));
+    }
     if let ApiError::Consensus(ConsensusError::NotLeader {
         leader: Some(LeaderHint { id, address }),
         ..
@@ -577,6 +589,21 @@ mod tests {
             status.metadata().get("wasmraft-leader-address").unwrap(),
             "10.0.0.1:7070"
         );
+    }
+
+    #[test]
+    fn a_shed_request_says_which_limit_and_when_to_retry() {
+        let status = to_status(&ApiError::Shed(Shed {
+            limit: "query slots",
+            detail: "62 queries run and 248 wait on this node".into(),
+            retry_after_ms: 50,
+        }));
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(
+            status.message(),
+            "62 queries run and 248 wait on this node (limit: query slots); retry after 50 ms"
+        );
+        assert_eq!(status.metadata().get("retry-after-ms").unwrap(), "50");
     }
 
     #[test]

@@ -20,6 +20,7 @@ use super::forward::millis;
 use super::health::{self, Health};
 use super::membership::MembershipError;
 use super::write::{self, DEPLOY_TIMEOUT_MAX, PROPOSALS_QUEUED_MAX, Pending};
+use crate::admission::QueryPool;
 use crate::auth::PeerAuth;
 use crate::command::{ClusterSettings, Command};
 use crate::node::config::LimitSettings;
@@ -27,6 +28,9 @@ use crate::raft::network::{Forwarder, Reachability};
 use crate::raft::{Consensus, Member, NodeId, RaftRefusal, RaftView, Role, WaitError};
 use crate::storage::StateReader;
 use crate::wasm::Runtime;
+
+/// Queries that may wait for a query instance, per instance.
+const QUERIES_QUEUED_PER_INSTANCE: usize = 4;
 
 /// A running node as the API sees it. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -70,6 +74,8 @@ pub(super) struct Inner {
     pub(super) starting: std::sync::Mutex<Option<String>>,
     /// Which peers stopped answering this node's Raft calls.
     pub(super) reachability: Reachability,
+    /// Where queries wait for one of the runtime's query instances.
+    pub(super) queries: QueryPool,
 }
 
 /// This node's view of the cluster, from Raft's metrics only.
@@ -117,7 +123,6 @@ impl NodeHandle {
             advertised_address,
             consensus,
             reader,
-            runtime,
             limits,
             consensus_timeout,
             shutting_down: AtomicBool::new(false),
@@ -128,6 +133,11 @@ impl NodeHandle {
             peer_auth,
             starting: std::sync::Mutex::new(starting),
             reachability,
+            queries: QueryPool::new(
+                runtime.query_instances_max() as usize,
+                QUERIES_QUEUED_PER_INSTANCE * runtime.query_instances_max() as usize,
+            ),
+            runtime,
         });
         // The batcher holds the node weakly: when the last handle goes, the
         // queue closes and the batcher ends.
@@ -155,6 +165,11 @@ impl NodeHandle {
 
     pub fn reader(&self) -> &StateReader {
         &self.inner.reader
+    }
+
+    /// The pool queries run on.
+    pub fn queries(&self) -> &QueryPool {
+        &self.inner.queries
     }
 
     pub fn runtime(&self) -> &Runtime {

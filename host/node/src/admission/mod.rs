@@ -1,0 +1,27 @@
+//! Local admission: what this node takes on at once, never affecting apply
+//! (`../shared` design, "Limits": local admission is node configuration,
+//! replicated limits are cluster settings).
+//!
+//! - `queries`: [`QueryPool`], the bounded pool queries run on — at most
+//!   as many at once as the runtime has query instances, a bounded queue
+//!   of waiters, and beyond it an immediate refusal.
+//!
+//! Invariant: a refusal is an [`Shed`] naming the limit and when to retry;
+//! it never leaves work behind (nothing was started).
+
+mod queries;
+
+pub use queries::{QueryPermit, QueryPool};
+
+/// A request turned away by a local limit: `RESOURCE_EXHAUSTED`, with
+/// `retry-after-ms` metadata.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{detail} (limit: {limit}); retry after {retry_after_ms} ms")]
+pub struct Shed {
+    /// The limit's name, as in the node's configuration.
+    pub limit: &'static str,
+    /// What the node was doing, for a person.
+    pub detail: String,
+    /// When a retry has a fair chance.
+    pub retry_after_ms: u64,
+}
