@@ -39,6 +39,11 @@ pub const ANONYMOUS_CALLER: &str = "anonymous";
 
 /// Streams one connection may run at once.
 const STREAMS_PER_CONNECTION_MAX: usize = 1024;
+/// The longest any call may take on this node, whatever deadline its
+/// caller gave (or none): a backstop above every limit of its own (a
+/// deploy's upload, validation, commit and compilation on every node take
+/// at most a few minutes).
+const SERVER_CALL_TIMEOUT: Duration = Duration::from_secs(300);
 /// Idle connections are probed this often, so dead peers are noticed.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -101,6 +106,7 @@ pub(crate) async fn blocking<T: Send + 'static>(
 pub fn router(node: &NodeHandle, raft_message_bytes_max: usize) -> Router {
     let api_message_bytes_max = validate::api_message_bytes_max(node.limits());
     Server::builder()
+        .timeout(SERVER_CALL_TIMEOUT)
         .concurrency_limit_per_connection(STREAMS_PER_CONNECTION_MAX)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .add_service(

@@ -178,6 +178,13 @@ pub(super) async fn batch_proposals(node: Weak<Inner>, mut queue: mpsc::Receiver
                 Err(_) => break,
             }
         }
+        // A caller that went away (its deadline passed, its connection
+        // closed) gets no answer: its command is not proposed. Its retry,
+        // with the same session, is applied once whenever it comes.
+        drop_abandoned(&mut batch);
+        if batch.is_empty() {
+            continue;
+        }
         let Some(inner) = node.upgrade() else {
             break;
         };
@@ -186,6 +193,16 @@ pub(super) async fn batch_proposals(node: Weak<Inner>, mut queue: mpsc::Receiver
             propose_batch(&handle, batch).await;
             drop(permit);
         });
+    }
+}
+
+/// Removes the commands whose callers no longer wait for an answer.
+fn drop_abandoned(batch: &mut Vec<Pending>) {
+    let before = batch.len();
+    batch.retain(|pending| !pending.answer.is_closed());
+    let dropped = before - batch.len();
+    if dropped > 0 {
+        tracing::debug!(dropped, "commands whose callers left are not proposed");
     }
 }
 
@@ -246,5 +263,35 @@ fn input_len(request: &Request) -> usize {
     match &request.command {
         Command::Invoke(invoke) => invoke.input.len(),
         _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_whose_callers_left_are_not_proposed() {
+        let pending = |client: &str| {
+            let (answer, answered) = oneshot::channel();
+            let request = Request {
+                timestamp_ms: 0,
+                caller: client.to_owned(),
+                command: Command::OpenSession {
+                    client_id: client.to_owned(),
+                },
+            };
+            (Pending { request, answer }, answered)
+        };
+        let (waiting, _kept) = pending("a");
+        let (left, gone) = pending("b");
+        drop(gone);
+        let mut batch = vec![waiting, left];
+        drop_abandoned(&mut batch);
+        let callers: Vec<&str> = batch
+            .iter()
+            .map(|pending| pending.request.caller.as_str())
+            .collect();
+        assert_eq!(callers, ["a"]);
     }
 }
