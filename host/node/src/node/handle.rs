@@ -19,6 +19,7 @@ use super::error::{ConsensusError, LeaderHint};
 use super::forward::millis;
 use super::health::{self, Health};
 use super::membership::MembershipError;
+use super::rounds::Rounds;
 use super::write::{self, DEPLOY_TIMEOUT_MAX, PROPOSALS_QUEUED_MAX, Pending};
 use crate::admission::QueryPool;
 use crate::auth::PeerAuth;
@@ -76,6 +77,8 @@ pub(super) struct Inner {
     pub(super) reachability: Reachability,
     /// Where queries wait for one of the runtime's query instances.
     pub(super) queries: QueryPool,
+    /// The quorum rounds concurrent linearizable reads share.
+    pub(super) read_rounds: Arc<Rounds<Result<u64, ConsensusError>>>,
 }
 
 /// This node's view of the cluster, from Raft's metrics only.
@@ -138,6 +141,7 @@ impl NodeHandle {
                 QUERIES_QUEUED_PER_INSTANCE * runtime.query_instances_max() as usize,
             ),
             runtime,
+            read_rounds: Arc::new(Rounds::new()),
         });
         // The batcher holds the node weakly: when the last handle goes, the
         // queue closes and the batcher ends.

@@ -16,6 +16,7 @@ pub mod handle;
 pub mod health;
 pub mod membership;
 mod read;
+mod rounds;
 mod route;
 mod write;
 

@@ -33,11 +33,32 @@ impl NodeHandle {
     }
 
     /// Confirms this node's leadership with a quorum and returns the index
-    /// a linearizable read must see applied.
+    /// a linearizable read must see applied. Concurrent calls share quorum
+    /// rounds (`rounds`): each waits for the next round that starts after
+    /// it was called.
     pub(super) async fn read_index_here(&self, timeout: Duration) -> Result<u64, ConsensusError> {
         if self.is_shutting_down() {
             return Err(ConsensusError::ShuttingDown);
         }
+        let round = {
+            let node = self.clone();
+            move || {
+                let node = node.clone();
+                async move { node.read_index_round().await }
+            }
+        };
+        tokio::time::timeout(timeout, self.inner.read_rounds.join(round))
+            .await
+            .map_err(|_| ConsensusError::Timeout {
+                what: "the linearizable read barrier".to_owned(),
+                after_ms: millis(timeout),
+            })?
+            .unwrap_or(Err(ConsensusError::ShuttingDown))
+    }
+
+    /// One quorum round, within the node's consensus timeout.
+    async fn read_index_round(&self) -> Result<u64, ConsensusError> {
+        let timeout = self.inner.consensus_timeout;
         let confirmed = tokio::time::timeout(timeout, self.inner.consensus.read_index())
             .await
             .map_err(|_| ConsensusError::Timeout {
