@@ -49,6 +49,10 @@ pub enum ClientError {
         /// The leader's address, when the server named it
         /// (`wasmraft-leader-address` metadata on `UNAVAILABLE`).
         leader_address: Option<String>,
+        /// When the server turned the call away by a local limit before
+        /// starting anything (`RESOURCE_EXHAUSTED` with `retry-after-ms`
+        /// metadata): how long it asked the client to wait.
+        retry_after: Option<Duration>,
     },
     /// An invoke was retried until the retry deadline and no attempt got an
     /// answer. The command may or may not have been applied — once at most,
@@ -199,11 +203,18 @@ impl ClientError {
             .get("wasmraft-leader-address")
             .and_then(|value| value.to_str().ok())
             .map(str::to_owned);
+        let retry_after = status
+            .metadata()
+            .get("retry-after-ms")
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse().ok())
+            .map(Duration::from_millis);
         ClientError::Status {
             operation,
             code: status.code(),
             message: status.message().to_owned(),
             leader_address,
+            retry_after,
         }
     }
 }

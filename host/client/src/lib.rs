@@ -96,7 +96,8 @@ pub use types::{
 pub use wasmraft_core::{ClusterSettings, SettingsUpdate};
 
 use retry::{
-    CallKind, backoff, is_answer, is_session_expired, jitter, may_have_been_sent, should_retry,
+    CallKind, backoff, is_answer, is_session_expired, jitter, may_have_been_sent, retry_delay,
+    should_retry,
 };
 use session::SessionPool;
 
@@ -458,10 +459,14 @@ impl Client {
             maybe_applied |= may_have_been_sent(&error);
             let transient =
                 should_retry(CallKind::SessionedInvoke, &error, config.retry_unreachable);
-            let delay = backoff(
-                attempts - 1,
-                config.backoff_initial,
-                config.backoff_max,
+            let delay = retry_delay(
+                &error,
+                backoff(
+                    attempts - 1,
+                    config.backoff_initial,
+                    config.backoff_max,
+                    jitter(),
+                ),
                 jitter(),
             );
             if transient && Instant::now() + delay < deadline {
@@ -793,10 +798,14 @@ impl Client {
                 Ok(value) => return Ok(value),
                 Err(error) => error,
             };
-            let delay = backoff(
-                retries,
-                config.backoff_initial,
-                config.backoff_max,
+            let delay = retry_delay(
+                &error,
+                backoff(
+                    retries,
+                    config.backoff_initial,
+                    config.backoff_max,
+                    jitter(),
+                ),
                 jitter(),
             );
             if !should_retry(kind, &error, config.retry_unreachable)

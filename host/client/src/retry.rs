@@ -30,6 +30,13 @@ pub(crate) fn should_retry(kind: CallKind, error: &ClientError, retry_unreachabl
     match error {
         ClientError::Unreachable { .. } => retry_unreachable,
         ClientError::TimedOut { .. } | ClientError::Transport { .. } => kind != CallKind::Write,
+        // Turned away by a local limit before anything started: any call
+        // may try again, after the wait the server asked for.
+        ClientError::Status {
+            code: Code::ResourceExhausted,
+            retry_after: Some(_),
+            ..
+        } => true,
         ClientError::Status { code, .. } => match code {
             // `CANCELLED` is how tonic servers answer a call past its gRPC
             // deadline.
@@ -62,6 +69,11 @@ pub(crate) fn may_have_been_sent(error: &ClientError) -> bool {
 /// whether the first attempt was applied.
 pub(crate) fn is_answer(error: &ClientError) -> bool {
     match error {
+        // A request shed by a local limit was not looked at.
+        ClientError::Status {
+            retry_after: Some(_),
+            ..
+        } => false,
         ClientError::Status { code, .. } => !matches!(
             code,
             Code::Unavailable
@@ -99,6 +111,20 @@ pub(crate) fn backoff(retry: u32, initial: Duration, max: Duration, jitter: f64)
     half + half.mul_f64(jitter.clamp(0.0, 1.0))
 }
 
+/// The wait before retrying after `error`: `backoff`, or longer when the
+/// server asked for a wait (`retry-after-ms`): that wait, stretched by up to
+/// half again by `jitter` so that the clients it turned away together do
+/// not come back together.
+pub(crate) fn retry_delay(error: &ClientError, backoff: Duration, jitter: f64) -> Duration {
+    match error {
+        ClientError::Status {
+            retry_after: Some(wait),
+            ..
+        } => backoff.max(wait.mul_f64(1.0 + jitter.clamp(0.0, 1.0) / 2.0)),
+        _ => backoff,
+    }
+}
+
 /// A random value in `0.0..1.0` for [`backoff`]; no jitter if the system
 /// gives no randomness.
 pub(crate) fn jitter() -> f64 {
@@ -115,6 +141,7 @@ mod tests {
             code,
             message: message.to_owned(),
             leader_address: None,
+            retry_after: None,
         }
     }
 
@@ -233,5 +260,38 @@ mod tests {
         assert_eq!(backoff(u32::MAX, initial, max, 1.0), max);
         let value = jitter();
         assert!((0.0..1.0).contains(&value));
+    }
+
+    #[test]
+    fn a_shed_call_is_retried_after_the_wait_the_server_asked_for() {
+        let shed = ClientError::Status {
+            operation: "query",
+            code: Code::ResourceExhausted,
+            message: "62 queries run and 248 wait on this node (limit: query slots)".to_owned(),
+            leader_address: None,
+            retry_after: Some(Duration::from_millis(50)),
+        };
+        let out_of_fuel = status(Code::ResourceExhausted, "out of fuel");
+        for kind in [
+            CallKind::ReadOnly,
+            CallKind::SessionedInvoke,
+            CallKind::Write,
+        ] {
+            assert!(should_retry(kind, &shed, false), "{kind:?}");
+            assert!(!should_retry(kind, &out_of_fuel, false), "{kind:?}");
+        }
+        assert!(!is_answer(&shed), "a shed request was not looked at");
+        assert!(
+            is_answer(&out_of_fuel),
+            "out of fuel is the command's result"
+        );
+        let short = Duration::from_millis(10);
+        assert_eq!(retry_delay(&shed, short, 0.0), Duration::from_millis(50));
+        assert_eq!(retry_delay(&shed, short, 1.0), Duration::from_millis(75));
+        assert_eq!(
+            retry_delay(&shed, Duration::from_secs(1), 0.5),
+            Duration::from_secs(1)
+        );
+        assert_eq!(retry_delay(&out_of_fuel, short, 1.0), short);
     }
 }

@@ -134,6 +134,7 @@ mod tests {
             code,
             message: "m".to_owned(),
             leader_address: None,
+            retry_after: None,
         };
         let unreachable = || ClientError::Unreachable {
             endpoint: "http://127.0.0.1:1".to_owned(),
