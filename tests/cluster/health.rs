@@ -2,32 +2,32 @@
 //! member that stopped answering, and recovers its score once the member is
 //! back; followers judge only themselves.
 
-use std::time::{Duration, Instant};
-
 use wasmraft::client::Health;
+use wasmraft::node::health::Health as NodeHealth;
 
 use super::harness::{Cluster, SETTLE};
 
-/// Waits until node `id`'s health satisfies `condition`, and returns it.
+/// Waits until the health of the leader `id` satisfies `condition`, and
+/// returns it as the API answers. The wait wakes on each change of the
+/// leader's Raft metrics, which its heartbeats refresh.
 async fn health_until(
     cluster: &Cluster,
     id: u64,
     what: &str,
-    condition: impl Fn(&Health) -> bool,
+    condition: impl Fn(&NodeHealth) -> bool + Send + Sync + 'static,
 ) -> Health {
-    let client = cluster.client_of(id).await;
-    let deadline = Instant::now() + SETTLE;
-    loop {
-        let health = client.health().await.unwrap();
-        if condition(&health) {
-            return health;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "node {id} never {what}: {health:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let handle = cluster.node(id).handle().clone();
+    let consensus = handle.consensus().clone();
+    consensus
+        .wait_until(SETTLE, what, move |_| condition(&handle.health()))
+        .await
+        .unwrap_or_else(|error| {
+            panic!(
+                "node {id} never {what} ({error}): {:?}",
+                cluster.node(id).handle().health()
+            )
+        });
+    cluster.client_of(id).await.health().await.unwrap()
 }
 
 fn named(health: &Health, name: &str) -> bool {
@@ -38,16 +38,12 @@ fn named(health: &Health, name: &str) -> bool {
 async fn the_leader_names_a_member_that_stopped_answering() {
     let mut cluster = Cluster::start(3).await;
     let leader = cluster.wait_for_leader().await;
-    let follower = cluster
+    let others: Vec<u64> = cluster
         .running()
         .into_iter()
-        .find(|id| *id != leader)
-        .unwrap();
-    let stopped = cluster
-        .running()
-        .into_iter()
-        .find(|id| *id != leader && *id != follower)
-        .unwrap();
+        .filter(|id| *id != leader)
+        .collect();
+    let (follower, stopped) = (others[0], others[1]);
     health_until(&cluster, leader, "scored 100", |health| {
         health.serving && health.score == 100
     })
@@ -55,9 +51,13 @@ async fn the_leader_names_a_member_that_stopped_answering() {
 
     cluster.stop(stopped).await;
     let degraded = health_until(&cluster, leader, "named the stopped member", |health| {
-        named(health, "peer_unreachable")
+        health
+            .reasons
+            .iter()
+            .any(|reason| reason.name == "peer_unreachable")
     })
     .await;
+    assert!(named(&degraded, "peer_unreachable"), "{degraded:?}");
     assert!(
         degraded.serving,
         "two of three voters still serve: {degraded:?}"

@@ -25,7 +25,9 @@ pub struct QueryPool {
 
 /// The right to run one query; hold it for as long as the query runs.
 #[derive(Debug)]
-pub struct QueryPermit(#[allow(dead_code)] OwnedSemaphorePermit);
+pub struct QueryPermit {
+    _slot: OwnedSemaphorePermit,
+}
 
 /// Counts a waiter for as long as it waits.
 struct Waiting<'a>(&'a AtomicUsize);
@@ -63,7 +65,7 @@ impl QueryPool {
     /// up to `wait_max` behind at most `queued_max` others.
     pub async fn admit(&self, wait_max: Duration) -> Result<QueryPermit, Shed> {
         if let Ok(permit) = self.running.clone().try_acquire_owned() {
-            return Ok(QueryPermit(permit));
+            return Ok(QueryPermit { _slot: permit });
         }
         let before = self.queued.fetch_add(1, Ordering::AcqRel);
         let _waiting = Waiting(&self.queued);
@@ -74,7 +76,7 @@ impl QueryPool {
             )));
         }
         match tokio::time::timeout(wait_max, self.running.clone().acquire_owned()).await {
-            Ok(Ok(permit)) => Ok(QueryPermit(permit)),
+            Ok(Ok(permit)) => Ok(QueryPermit { _slot: permit }),
             // The semaphore is never closed; a closed one sheds like a full one.
             Ok(Err(_)) | Err(_) => Err(self.shed(format!(
                 "no query slot came free within {} ms ({} run at once)",

@@ -207,12 +207,7 @@ impl Cluster for ClusterService {
             detail: if health.serving {
                 String::new()
             } else {
-                health
-                    .reasons
-                    .iter()
-                    .map(|reason| reason.detail.as_str())
-                    .collect::<Vec<_>>()
-                    .join("; ")
+                health.detail()
             },
             score: health.score,
             reasons: health

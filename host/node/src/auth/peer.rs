@@ -26,7 +26,7 @@ use std::sync::{Arc, RwLock};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use tonic::Status;
-use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::metadata::{Ascii, MetadataMap, MetadataValue};
 
 use crate::raft::NodeId;
 
@@ -142,6 +142,8 @@ struct Inner {
     node_id: NodeId,
     /// `None`: peers are not authenticated (dev, or no secret given).
     secret: Option<ClusterSecret>,
+    /// This node's own proof, made once: every outgoing call carries it.
+    proof: Option<MetadataValue<Ascii>>,
     /// This node's cluster, once known. It never changes once set.
     cluster_id: RwLock<Option<String>>,
     source: ClusterIdSource,
@@ -171,16 +173,15 @@ impl PeerAuth {
         Self {
             inner: Arc::new(Inner {
                 node_id,
+                // Hex digits are always valid metadata.
+                proof: secret
+                    .as_ref()
+                    .and_then(|secret| secret.proof(node_id).parse().ok()),
                 secret,
                 cluster_id: RwLock::new(None),
                 source,
             }),
         }
-    }
-
-    /// Whether peers must prove themselves.
-    pub fn authenticates(&self) -> bool {
-        self.inner.secret.is_some()
     }
 
     /// This node's cluster id, when it knows it.
@@ -213,10 +214,8 @@ impl PeerAuth {
     pub fn stamp(&self, metadata: &mut MetadataMap) {
         let id = self.inner.node_id;
         metadata.insert(PEER_ID_HEADER, MetadataValue::from(id));
-        if let Some(secret) = &self.inner.secret
-            && let Ok(proof) = secret.proof(id).parse()
-        {
-            metadata.insert(PEER_PROOF_HEADER, proof);
+        if let Some(proof) = &self.inner.proof {
+            metadata.insert(PEER_PROOF_HEADER, proof.clone());
         }
         if let Some(cluster_id) = self.cluster_id()
             && let Ok(value) = cluster_id.parse()

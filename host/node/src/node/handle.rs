@@ -390,12 +390,7 @@ impl NodeHandle {
         let health = if health.serving {
             Ok(())
         } else {
-            Err(health
-                .reasons
-                .iter()
-                .map(|reason| reason.detail.as_str())
-                .collect::<Vec<_>>()
-                .join("; "))
+            Err(health.detail())
         };
         ClusterView {
             this: self.inner.id,

@@ -150,6 +150,17 @@ pub fn assess(this: NodeId, view: &RaftView, local: Local<'_>) -> Health {
     }
 }
 
+impl Health {
+    /// The reasons' details in one line, for a person.
+    pub fn detail(&self) -> String {
+        self.reasons
+            .iter()
+            .map(|reason| reason.detail.as_str())
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
 fn reason(name: &'static str, detail: String) -> Reason {
     Reason { name, detail }
 }

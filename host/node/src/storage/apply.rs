@@ -98,20 +98,25 @@ pub(crate) fn settings_in_force(
 pub(crate) fn read_settings<T: ReadableTable<&'static [u8], &'static [u8]>>(
     table: &T,
 ) -> Result<Option<SettingsRecord>, redb::Error> {
-    match table.get(CLUSTER_SETTINGS)? {
-        Some(bytes) => decode(bytes.value()).map(Some),
-        None => Ok(None),
-    }
+    read_record(table, CLUSTER_SETTINGS)
 }
 
 /// The cluster id recorded in the state, if any.
 pub(crate) fn read_cluster_id<T: ReadableTable<&'static [u8], &'static [u8]>>(
     table: &T,
 ) -> Result<Option<String>, redb::Error> {
-    match table.get(CLUSTER_ID)? {
-        Some(bytes) => decode(bytes.value()).map(Some),
-        None => Ok(None),
-    }
+    read_record(table, CLUSTER_ID)
+}
+
+/// The record under `key` of the `settings` table, if any.
+fn read_record<R: serde::de::DeserializeOwned>(
+    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    key: &[u8],
+) -> Result<Option<R>, redb::Error> {
+    table
+        .get(key)?
+        .map(|bytes| decode(bytes.value()))
+        .transpose()
 }
 
 /// Records `cluster_id` unless the state names the cluster already, and
