@@ -156,10 +156,45 @@ const MEMORY_KEEP_RESIDENT_BYTES: usize = 1 << 20;
 /// Bytes of each table slot kept resident between instances.
 const TABLE_KEEP_RESIDENT_BYTES: usize = 64 << 10;
 
-/// Identifies everything that decides how a guest runs: the engine's compatibility
-/// hash (wasmtime version, compiler flags, features, tunables) plus the host ABI's
-/// constants. Nodes whose fingerprints differ may diverge and must not vote together.
-pub(crate) fn fingerprint(engine: &Engine) -> String {
+/// What marks a fingerprint of [`fingerprint`]'s kind; a recorded one
+/// without it was made by an earlier release from the host's own engine.
+pub const FINGERPRINT_PREFIX: &str = "v2-";
+
+/// Identifies everything that decides how a guest runs, whatever CPU runs
+/// it: the compatibility hash (wasmtime version, compiler flags, features,
+/// tunables) of an engine built with this configuration for the baseline
+/// of this architecture, plus the host ABI's constants. Nodes whose
+/// fingerprints differ may diverge and must not vote together; nodes that
+/// differ only in CPU extensions (AVX-512 or not) compute the same results
+/// and the same fuel, so they share one.
+pub(crate) fn fingerprint(config: &RuntimeConfig, metered: bool) -> Result<String, String> {
+    let mut reference = engine_config(
+        &RuntimeConfig {
+            // The pool's size is not part of what a guest sees.
+            instances_max: 1,
+            ..config.clone()
+        },
+        metered,
+    );
+    // An explicit target: wasmtime then infers no CPU feature of the host.
+    reference
+        .target(&format!(
+            "{}-unknown-{}",
+            std::env::consts::ARCH,
+            std::env::consts::OS
+        ))
+        .map_err(|error| error.to_string())?;
+    let engine = Engine::new(&reference).map_err(|error| error.to_string())?;
+    Ok(format!("{FINGERPRINT_PREFIX}{}", engine_hash(&engine)))
+}
+
+/// The compatibility hash of `engine` itself, CPU features included: the
+/// key of compiled code in the disk cache, which is native to this host.
+pub(crate) fn host_fingerprint(engine: &Engine) -> String {
+    engine_hash(engine)
+}
+
+fn engine_hash(engine: &Engine) -> String {
     let mut hasher = Sha256Hasher(Sha256::new());
     "wasmraft-runtime abi-v1".hash(&mut hasher);
     engine.precompile_compatibility_hash().hash(&mut hasher);
@@ -179,6 +214,15 @@ pub(crate) fn fingerprint(engine: &Engine) -> String {
     )
         .hash(&mut hasher);
     hex::encode(hasher.0.finalize())
+}
+
+/// Whether a fingerprint recorded in the state names the engine whose
+/// fingerprint is `ours`. One of an earlier release (no
+/// [`FINGERPRINT_PREFIX`]) was made from that host's CPU features and is
+/// comparable with none: it matches, and the next settings change records
+/// the cluster's fingerprint in its place.
+pub fn fingerprint_matches(recorded: &str, ours: &str) -> bool {
+    recorded.is_empty() || !recorded.starts_with(FINGERPRINT_PREFIX) || recorded == ours
 }
 
 /// Feeds `Hash` into sha256, so the fingerprint does not depend on std's hasher.

@@ -29,7 +29,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use sha2::{Digest, Sha256};
 use wasmtime::{Engine, InstancePre, Linker, Module, ModuleExport, Store, Trap};
 
-pub use self::config::{APPLY_INSTANCES, CompileFaults, RuntimeConfig};
+pub use self::config::{
+    APPLY_INSTANCES, CompileFaults, FINGERPRINT_PREFIX, RuntimeConfig, fingerprint_matches,
+};
 pub use self::kv::{KvEntries, KvError, KvSource, MemoryKv, WriteSet};
 pub use self::outcome::{Call, CallReport, EntryPoint, Outcome, TrapKind};
 pub use self::validate::{DeployLimits, ModuleInfo, ValidationError};
@@ -267,14 +269,16 @@ impl Runtime {
             .map_err(|error| RuntimeError::Engine(error.to_string()))?;
         let mut linker = Linker::new(&engine);
         imports::define(&mut linker).map_err(|error| RuntimeError::Engine(error.to_string()))?;
-        let fingerprint = config::fingerprint(&engine);
+        let fingerprint = config::fingerprint(&config, metered).map_err(RuntimeError::Engine)?;
         let disk = match &config.cache_dir {
-            Some(dir) => Some(DiskCache::open(dir, &fingerprint).map_err(|error| {
-                RuntimeError::CacheDir {
-                    path: dir.clone(),
-                    message: error.to_string(),
-                }
-            })?),
+            Some(dir) => Some(
+                DiskCache::open(dir, &config::host_fingerprint(&engine)).map_err(|error| {
+                    RuntimeError::CacheDir {
+                        path: dir.clone(),
+                        message: error.to_string(),
+                    }
+                })?,
+            ),
             None => None,
         };
         let ticker_stop = Arc::new(AtomicBool::new(false));
