@@ -28,6 +28,7 @@ async fn start(directory: &Path) -> RunningNode {
         data_dir: directory.to_path_buf(),
         bootstrap: true,
         cluster_secret_file: None,
+        insecure: true,
         raft: Default::default(),
         limits: Default::default(),
         cluster: Default::default(),

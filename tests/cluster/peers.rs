@@ -75,7 +75,7 @@ fn request<T>(cluster: &Cluster, caller: Caller, message: T) -> tonic::Request<T
 /// claimed for a caller of the forger's choosing.
 fn forged_write() -> proto::RaftRequest {
     wire::encode_request(&Forwarded::Write {
-        caller: "cluster-admin".to_owned(),
+        caller: wasmraft::auth::Caller::unchecked("cluster-admin"),
         command: Command::Invoke(Invoke {
             module: "counter".to_owned(),
             input: br#"{"op":"add","by":1000}"#.to_vec(),

@@ -58,6 +58,9 @@ impl ProcessNode {
             .arg(&self.directory)
             .arg("--cluster-secret-file")
             .arg(&self.secret)
+            // These tests are about crashes; tests/cluster/access.rs is
+            // about authentication.
+            .arg("--insecure")
             .stdout(Stdio::null())
             .stderr(log);
         if bootstrap {

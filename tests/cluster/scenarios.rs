@@ -132,7 +132,7 @@ async fn a_partitioned_leader_commits_nothing_and_rejoins_after_healing() {
         .node(old_leader)
         .handle()
         .propose(
-            "test",
+            wasmraft::auth::Caller::unchecked("test"),
             wasmraft::command::Command::Invoke(wasmraft::command::Invoke {
                 module: "counter".into(),
                 input: br#"{"op":"add","by":1000}"#.to_vec(),

@@ -122,6 +122,7 @@ pub async fn launch(
         data_dir: directory.to_path_buf(),
         bootstrap,
         cluster_secret_file: None,
+        insecure: true,
         raft: raft_settings(),
         limits: Default::default(),
         cluster: Default::default(),

@@ -59,6 +59,7 @@ async fn start_error(directory: &Path) -> String {
         data_dir: directory.to_path_buf(),
         bootstrap: false,
         cluster_secret_file: None,
+        insecure: true,
         raft: fixture::raft_settings(),
         limits: Default::default(),
         cluster: Default::default(),

@@ -4,7 +4,7 @@
 //! an invalid command is a refusal on every replica, never a panic or a
 //! misread key.
 
-use super::{AccessChange, Command, Request};
+use super::{AccessChange, AccessRule, Command, Request, TokenGrant};
 
 /// The longest module name.
 pub const MODULE_NAME_BYTES_MAX: usize = 64;
@@ -90,6 +90,10 @@ pub fn caller(caller: &str) -> Result<(), String> {
 /// refused, or `Ok`. Batches are checked command by command.
 pub fn request(request: &Request) -> Result<(), String> {
     caller(&request.caller)?;
+    command(&request.command)
+}
+
+fn command(command: &Command) -> Result<(), String> {
     let name = |name: &str| {
         module_name(name).map_err(|reason| {
             format!(
@@ -98,7 +102,7 @@ pub fn request(request: &Request) -> Result<(), String> {
             )
         })
     };
-    match &request.command {
+    match command {
         Command::Deploy(deploy) => name(&deploy.name),
         Command::Remove { name: module } => name(module),
         Command::Invoke(invoke) => {
@@ -111,13 +115,161 @@ pub fn request(request: &Request) -> Result<(), String> {
                 None => Ok(()),
             }
         }
-        Command::Access(AccessChange::Grant(rule) | AccessChange::Revoke(rule)) => {
-            caller(&rule.subject)
-        }
+        Command::Access(change) => access_change(change),
         Command::OpenSession { client_id: id } => session_prefix(id),
         Command::Batch(_) | Command::Settings(_) => Ok(()),
         Command::ClusterId { cluster_id: id } => cluster_id(id),
+        Command::Authorized(authorized) => {
+            if let Some(id) = &authorized.token_id {
+                token_id(id)?;
+            }
+            match &authorized.command {
+                Command::Batch(_) | Command::Authorized(_) => {
+                    Err("an authorised command holds one plain command".to_owned())
+                }
+                inner => self::command(inner),
+            }
+        }
     }
+}
+
+fn access_change(change: &AccessChange) -> Result<(), String> {
+    match change {
+        AccessChange::Grant(rule) | AccessChange::Revoke(rule) => access_rule(rule),
+        AccessChange::CreateToken(grant) | AccessChange::Bootstrap(grant) => token_grant(grant),
+        AccessChange::RevokeToken { token_id: id } => token_id(id),
+    }
+}
+
+/// The role that may do everything.
+pub const CLUSTER_ADMIN: &str = "cluster_admin";
+/// The roles that apply to every module and the cluster itself.
+pub const CLUSTER_ROLES: [&str; 3] = [CLUSTER_ADMIN, "cluster_operator", "cluster_viewer"];
+/// The roles that apply to the modules a pattern matches.
+pub const MODULE_ROLES: [&str; 3] = ["module_deployer", "module_invoker", "module_querier"];
+
+/// The longest subject (a token's owner, a certificate's common name).
+pub const SUBJECT_BYTES_MAX: usize = 128;
+
+/// Why a subject is refused, or `Ok`: 1 to [`SUBJECT_BYTES_MAX`] ASCII
+/// letters, digits and `. _ - @ : + = /`, so that a subject reads the same
+/// in a log line, a policy file and a certificate's common name.
+pub fn subject(subject: &str) -> Result<(), String> {
+    if subject.is_empty() || subject.len() > SUBJECT_BYTES_MAX {
+        return Err(format!(
+            "a subject has 1 to {SUBJECT_BYTES_MAX} characters, not {}",
+            subject.len()
+        ));
+    }
+    if let Some(bad) = subject
+        .chars()
+        .find(|&c| !(c.is_ascii_alphanumeric() || "._-@:+=/".contains(c)))
+    {
+        return Err(format!(
+            "subject `{}` contains {bad:?}: a subject holds only ASCII letters, digits and `. _ - @ : + = /`",
+            subject.escape_debug().take(80).collect::<String>()
+        ));
+    }
+    Ok(())
+}
+
+/// Why a module pattern is refused, or `Ok`: a module name in which `*`
+/// stands for any run of characters (`bank-*`, `*-test`, `*`). Nothing
+/// else is special, so no pattern can fail to compile in a matcher.
+pub fn module_pattern(pattern: &str) -> Result<(), String> {
+    if pattern.is_empty() || pattern.len() > MODULE_NAME_BYTES_MAX {
+        return Err(format!(
+            "a module pattern has 1 to {MODULE_NAME_BYTES_MAX} characters, not {}",
+            pattern.len()
+        ));
+    }
+    if let Some(bad) = pattern
+        .chars()
+        .find(|&c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || "-_*".contains(c)))
+    {
+        return Err(format!(
+            "module pattern `{}` contains {bad:?}: a pattern holds a-z, 0-9, `-`, `_` and `*` (any run of characters)",
+            pattern.escape_debug().take(80).collect::<String>()
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `name` is matched by `pattern` (as [`module_pattern`] allows):
+/// `*` matches any run of characters, everything else itself.
+pub fn pattern_matches(pattern: &str, name: &str) -> bool {
+    let mut parts = pattern.split('*');
+    // `split` yields at least one part.
+    let first = parts.next().unwrap_or_default();
+    let Some(mut rest) = name.strip_prefix(first) else {
+        return false;
+    };
+    let mut parts: Vec<&str> = parts.collect();
+    let Some(last) = parts.pop() else {
+        // No `*`: the whole name must have been the prefix.
+        return rest.is_empty();
+    };
+    for part in parts {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.ends_with(last)
+}
+
+/// Why a role binding is refused, or `Ok`: a valid subject, a known role,
+/// and a pattern exactly when the role is a module role.
+pub fn access_rule(rule: &AccessRule) -> Result<(), String> {
+    subject(&rule.subject)?;
+    let module_role = MODULE_ROLES.contains(&rule.role.as_str());
+    if !module_role && !CLUSTER_ROLES.contains(&rule.role.as_str()) {
+        return Err(format!(
+            "unknown role `{}`: the roles are {}",
+            rule.role.escape_debug().take(80).collect::<String>(),
+            CLUSTER_ROLES
+                .iter()
+                .chain(&MODULE_ROLES)
+                .copied()
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    match (&rule.module_pattern, module_role) {
+        (Some(pattern), true) => module_pattern(pattern),
+        (None, true) => Err(format!(
+            "role `{}` needs a module pattern (a module name, `prefix-*` or `*`)",
+            rule.role
+        )),
+        (Some(_), false) => Err(format!(
+            "role `{}` applies to the whole cluster and takes no module pattern",
+            rule.role
+        )),
+        (None, false) => Ok(()),
+    }
+}
+
+/// The characters of a token id: 16 hex digits (64 random bits).
+pub const TOKEN_ID_CHARS: usize = 16;
+
+/// Why a token id is refused, or `Ok`.
+pub fn token_id(id: &str) -> Result<(), String> {
+    if id.len() != TOKEN_ID_CHARS
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return Err(format!(
+            "token id `{}` is not {TOKEN_ID_CHARS} lowercase hex digits",
+            id.escape_debug().take(80).collect::<String>()
+        ));
+    }
+    Ok(())
+}
+
+fn token_grant(grant: &TokenGrant) -> Result<(), String> {
+    token_id(&grant.token_id)?;
+    subject(&grant.subject)
 }
 
 /// The most characters of a cluster id.
@@ -199,6 +351,75 @@ mod tests {
                 *expected,
                 "{row:?}"
             );
+        }
+    }
+
+    #[test]
+    fn module_patterns_match_as_documented() {
+        let rows = [
+            ("bank-*", "bank-eu", true),
+            ("bank-*", "bank-", true),
+            ("bank-*", "bank", false),
+            ("bank-*", "xbank-eu", false),
+            ("*-test", "kv-test", true),
+            ("*-test", "kv-test2", false),
+            ("*", "anything", true),
+            ("a*b*c", "abc", true),
+            ("a*b*c", "axxbyyc", true),
+            ("a*b*c", "acb", false),
+            ("a*a", "a", false),
+            ("counter", "counter", true),
+            ("counter", "counters", false),
+            ("**", "x", true),
+        ];
+        for (pattern, name, expected) in rows {
+            assert_eq!(
+                pattern_matches(pattern, name),
+                expected,
+                "{pattern} ~ {name}"
+            );
+        }
+    }
+
+    #[test]
+    fn role_bindings_are_checked_before_they_are_stored() {
+        let rule = |subject: &str, role: &str, pattern: Option<&str>| AccessRule {
+            subject: subject.to_owned(),
+            role: role.to_owned(),
+            module_pattern: pattern.map(str::to_owned),
+        };
+        assert_eq!(access_rule(&rule("alice", "cluster_viewer", None)), Ok(()));
+        assert_eq!(
+            access_rule(&rule("app@eu", "module_invoker", Some("bank-*"))),
+            Ok(())
+        );
+        for (bad, says) in [
+            (rule("", "cluster_viewer", None), "1 to 128 characters"),
+            (rule("a,b", "cluster_viewer", None), "contains ','"),
+            (rule("alice", "root", None), "unknown role `root`"),
+            (
+                rule("alice", "module_invoker", None),
+                "needs a module pattern",
+            ),
+            (
+                rule("alice", "cluster_admin", Some("*")),
+                "takes no module pattern",
+            ),
+            (
+                rule("alice", "module_invoker", Some("bank[")),
+                "contains '['",
+            ),
+            (
+                rule("alice", "module_invoker", Some("{a,b}")),
+                "contains '{'",
+            ),
+            (
+                rule("alice", "module_invoker", Some("")),
+                "1 to 64 characters",
+            ),
+        ] {
+            let refused = access_rule(&bad).unwrap_err();
+            assert!(refused.contains(says), "{bad:?}: {refused}");
         }
     }
 }

@@ -66,6 +66,27 @@ pub enum Command {
     /// again after a crash changes nothing; peers of different clusters
     /// refuse each other's messages by it.
     ClusterId { cluster_id: String },
+    /// A client command with the authorisation its edge gave it. Apply
+    /// checks it again when the access policy changed since `revision`
+    /// (a revoke committed while the command was in flight), against the
+    /// policy in force then: the same answer on every replica. Commands of
+    /// a node that does not authenticate its callers (a dev node) and of
+    /// the system travel unwrapped.
+    Authorized(Box<Authorized>),
+}
+
+/// See [`Command::Authorized`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Authorized {
+    /// The access policy revision the caller was authorised against: the
+    /// log index of the last access change then applied.
+    pub revision: u64,
+    /// The token that authenticated the caller, when one did (a client
+    /// certificate needs none): apply refuses the command if the token was
+    /// revoked meanwhile.
+    pub token_id: Option<String>,
+    /// The command itself: never a batch or another `Authorized`.
+    pub command: Command,
 }
 
 /// A change of the cluster settings.
@@ -133,11 +154,44 @@ pub struct SessionId {
     pub sequence: u64,
 }
 
-/// A change to the replicated access policy.
+/// A change to the replicated access policy. Each one that changes
+/// something moves the policy revision to its log index.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AccessChange {
     Grant(AccessRule),
     Revoke(AccessRule),
+    /// Record a bearer token (its hash only: the secret never enters the log).
+    CreateToken(TokenGrant),
+    /// Forget a token: calls made with it are refused from then on.
+    RevokeToken {
+        token_id: String,
+    },
+    /// The first administrator of a secure cluster, proposed by the node
+    /// that bootstraps it: records the token and grants its subject
+    /// `cluster_admin`, only while the state holds no token and no rule,
+    /// so proposing it again after a crash changes nothing.
+    Bootstrap(TokenGrant),
+}
+
+/// A bearer token as replicated.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenGrant {
+    /// The token's public name (`check::token_id`).
+    pub token_id: String,
+    /// Who the token identifies.
+    pub subject: String,
+    /// sha256 of the token's secret.
+    pub secret_sha256: [u8; 32],
+}
+
+impl std::fmt::Debug for TokenGrant {
+    // A hash of a 256-bit secret reveals nothing, but a log line needs none of it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenGrant")
+            .field("token_id", &self.token_id)
+            .field("subject", &self.subject)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `subject` holds `role`, optionally only for modules matching `module_pattern`.
@@ -216,6 +270,15 @@ pub enum Refusal {
     InvalidCommand(String),
     #[error(transparent)]
     InvalidSetting(SettingError),
+    /// The token the command was authenticated with was revoked before the
+    /// command applied.
+    #[error("the token `{token_id}` was revoked before the command applied")]
+    TokenRevoked { token_id: String },
+    /// The caller lost the permission the command needs before it applied.
+    #[error(
+        "`{subject}` may no longer {action} (the access policy changed before the command applied)"
+    )]
+    PermissionDenied { subject: String, action: String },
 }
 
 /// The result of one guest call, as replicated: identical on every replica.
@@ -267,6 +330,15 @@ impl Command {
             Command::OpenSession { .. } => "open_session",
             Command::Settings(_) => "settings",
             Command::ClusterId { .. } => "cluster_id",
+            Command::Authorized(authorized) => authorized.command.kind(),
+        }
+    }
+
+    /// The command itself, out of its [`Command::Authorized`] envelope.
+    pub fn unwrapped(&self) -> &Command {
+        match self {
+            Command::Authorized(authorized) => &authorized.command,
+            command => command,
         }
     }
 }

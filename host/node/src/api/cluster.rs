@@ -17,7 +17,9 @@ use super::convert::{membership_message, role_message, settings_message};
 use super::modules::unexpected;
 use super::status::ApiError;
 use super::validate;
-use super::{blocking, call_timeout, caller};
+use super::{authorize, blocking, call_timeout, identity};
+use crate::auth::policy::CLUSTER_OBJECT;
+use crate::auth::{Action, PeerAuth};
 use crate::command::{
     ClusterSettings, Command, Response as Applied, SettingsCommand, SettingsUpdate,
 };
@@ -73,7 +75,7 @@ impl ClusterService {
             let others = members
                 .iter()
                 .filter(|member| member.id != view.this)
-                .map(|member| member_status(member));
+                .map(|member| member_status(self.node.peer_auth(), member));
             let mut nodes = futures::future::join_all(others).await;
             nodes.push(local);
             nodes.sort_by_key(|node| node.id);
@@ -93,7 +95,7 @@ impl ClusterService {
 
 /// Asks one member for its own status; a member that does not answer in
 /// time is listed with `error` set.
-async fn member_status(member: &Member) -> proto::NodeStatus {
+async fn member_status(peers: &PeerAuth, member: &Member) -> proto::NodeStatus {
     let failed = |error: String| proto::NodeStatus {
         id: member.id,
         address: member.address.clone(),
@@ -109,6 +111,8 @@ async fn member_status(member: &Member) -> proto::NodeStatus {
     let mut client = ClusterClient::new(endpoint.connect_lazy());
     let mut request = Request::new(proto::StatusRequest { local_only: true });
     request.set_timeout(MEMBER_STATUS_TIMEOUT);
+    // Asked as a node of the cluster, whatever the caller's own credential.
+    peers.stamp(request.metadata_mut());
     match tokio::time::timeout(MEMBER_STATUS_TIMEOUT, client.status(request)).await {
         Err(_) => failed(format!(
             "no answer within {} ms",
@@ -130,6 +134,8 @@ impl Cluster for ClusterService {
         &self,
         request: Request<proto::StatusRequest>,
     ) -> Result<Response<proto::StatusResponse>, Status> {
+        let identity = identity(&self.node, &request)?;
+        authorize(&self.node, &identity, Action::ClusterView, CLUSTER_OBJECT)?;
         let local_only = request.into_inner().local_only;
         Ok(Response::new(
             ClusterService::status(self, local_only).await?,
@@ -140,6 +146,13 @@ impl Cluster for ClusterService {
         &self,
         request: Request<proto::AddNodeRequest>,
     ) -> Result<Response<proto::AddNodeResponse>, Status> {
+        let identity = identity(&self.node, &request)?;
+        authorize(
+            &self.node,
+            &identity,
+            Action::ClusterMembership,
+            CLUSTER_OBJECT,
+        )?;
         let timeout = call_timeout(&request).unwrap_or(ADD_NODE_TIMEOUT);
         let proto::AddNodeRequest { node_id, address } = request.into_inner();
         let address = address.trim().to_owned();
@@ -157,6 +170,13 @@ impl Cluster for ClusterService {
         &self,
         request: Request<proto::RemoveNodeRequest>,
     ) -> Result<Response<proto::RemoveNodeResponse>, Status> {
+        let identity = identity(&self.node, &request)?;
+        authorize(
+            &self.node,
+            &identity,
+            Action::ClusterMembership,
+            CLUSTER_OBJECT,
+        )?;
         let timeout = call_timeout(&request).unwrap_or(REMOVE_NODE_TIMEOUT);
         let node_id = request.into_inner().node_id;
         let membership = self
@@ -171,8 +191,15 @@ impl Cluster for ClusterService {
 
     async fn transfer_leader(
         &self,
-        _request: Request<proto::TransferLeaderRequest>,
+        request: Request<proto::TransferLeaderRequest>,
     ) -> Result<Response<proto::TransferLeaderResponse>, Status> {
+        let identity = identity(&self.node, &request)?;
+        authorize(
+            &self.node,
+            &identity,
+            Action::ClusterMembership,
+            CLUSTER_OBJECT,
+        )?;
         // openraft 0.9 has no leadership transfer (no TimeoutNow message);
         // it arrives with the move to openraft 0.10.
         Err(ApiError::Unimplemented(
@@ -183,8 +210,15 @@ impl Cluster for ClusterService {
 
     async fn snapshot(
         &self,
-        _request: Request<proto::SnapshotRequest>,
+        request: Request<proto::SnapshotRequest>,
     ) -> Result<Response<proto::SnapshotResponse>, Status> {
+        let identity = identity(&self.node, &request)?;
+        authorize(
+            &self.node,
+            &identity,
+            Action::ClusterSnapshot,
+            CLUSTER_OBJECT,
+        )?;
         self.node
             .consensus()
             .trigger_snapshot()
@@ -224,8 +258,10 @@ impl Cluster for ClusterService {
 
     async fn get_settings(
         &self,
-        _request: Request<proto::GetSettingsRequest>,
+        request: Request<proto::GetSettingsRequest>,
     ) -> Result<Response<proto::GetSettingsResponse>, Status> {
+        let identity = identity(&self.node, &request)?;
+        authorize(&self.node, &identity, Action::ClusterView, CLUSTER_OBJECT)?;
         let reader = self.node.reader().clone();
         let (applied, record) = blocking(move || reader.settings_at())
             .await?
@@ -253,7 +289,13 @@ impl Cluster for ClusterService {
         &self,
         request: Request<proto::SetSettingsRequest>,
     ) -> Result<Response<proto::SetSettingsResponse>, Status> {
-        let caller = caller(&request);
+        let identity = identity(&self.node, &request)?;
+        let caller = authorize(
+            &self.node,
+            &identity,
+            Action::ClusterSettings,
+            CLUSTER_OBJECT,
+        )?;
         let timeout = call_timeout(&request);
         let request = request.into_inner();
         let update = SettingsUpdate {

@@ -1,5 +1,5 @@
 //! The gRPC API of a node (`proto/wasmraft/v1`), all services on one port:
-//! `Modules`, `StateMachine`, `Cluster` and the internal `Raft`.
+//! `Modules`, `StateMachine`, `Cluster`, `Access` and the internal `Raft`.
 //!
 //! Handlers convert protobuf to wasmraft's own types, validate at the edge
 //! (`validate`), go through the node ([`NodeHandle`]: every state change is a
@@ -8,6 +8,7 @@
 //!
 //! Invariant: no handler writes state; a query reads it, a command proposes.
 
+mod access;
 mod cluster;
 mod convert;
 mod modules;
@@ -20,22 +21,21 @@ use std::time::Duration;
 
 use tonic::transport::Server;
 use tonic::transport::server::Router;
+use wasmraft_proto::v1::access_server::AccessServer;
 use wasmraft_proto::v1::cluster_server::ClusterServer;
 use wasmraft_proto::v1::modules_server::ModulesServer;
 use wasmraft_proto::v1::raft_server::RaftServer;
 use wasmraft_proto::v1::state_machine_server::StateMachineServer;
 
+pub use self::access::AccessService;
 pub use self::cluster::ClusterService;
 pub use self::modules::{ModulesService, deploy_module};
 pub use self::raft::RaftService;
 pub use self::state_machine::StateMachineService;
 pub use self::status::ApiError;
 pub use self::validate::{DeployUpload, InputError};
+use crate::auth::{Action, Caller, Identity};
 use crate::node::handle::NodeHandle;
-
-/// The subject of calls until authentication arrives: every caller is this
-/// one. Authentication replaces [`caller`], the only place that reads it.
-pub const ANONYMOUS_CALLER: &str = "anonymous";
 
 /// Streams one connection may run at once.
 const STREAMS_PER_CONNECTION_MAX: usize = 1024;
@@ -47,9 +47,24 @@ const SERVER_CALL_TIMEOUT: Duration = Duration::from_secs(300);
 /// Idle connections are probed this often, so dead peers are noticed.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 
-/// The subject a request acts for.
-pub(crate) fn caller<T>(_request: &tonic::Request<T>) -> String {
-    ANONYMOUS_CALLER.to_owned()
+/// Who `request` comes from: every method but `Cluster.Health` asks this
+/// first, before it reads its input.
+pub(crate) fn identity<T>(
+    node: &NodeHandle,
+    request: &tonic::Request<T>,
+) -> Result<Identity, ApiError> {
+    Ok(node.gate().authenticate(request.metadata())?)
+}
+
+/// The caller `identity` acts as for `action` on `object`, if the policy in
+/// force lets it.
+pub(crate) fn authorize(
+    node: &NodeHandle,
+    identity: &Identity,
+    action: Action,
+    object: &str,
+) -> Result<Caller, ApiError> {
+    Ok(node.gate().authorize(identity, action, object)?)
 }
 
 /// The time the node may spend on a call: what the caller gave it (its
@@ -119,6 +134,10 @@ pub fn router(node: &NodeHandle, raft_message_bytes_max: usize) -> Router {
         )
         .add_service(
             ClusterServer::new(ClusterService::new(node.clone()))
+                .max_decoding_message_size(api_message_bytes_max),
+        )
+        .add_service(
+            AccessServer::new(AccessService::new(node.clone()))
                 .max_decoding_message_size(api_message_bytes_max),
         )
         .add_service(

@@ -11,7 +11,8 @@ use wasmraft_proto::v1::modules_server::Modules;
 use super::convert::module_message;
 use super::status::ApiError;
 use super::validate::{self, DeployAssembler, DeployUpload, InputError};
-use super::{blocking, call_timeout, caller};
+use super::{authorize, blocking, call_timeout, identity};
+use crate::auth::{Action, Caller};
 use crate::command::settings::module_limits;
 use crate::command::{Command, Deploy, Response as Applied};
 use crate::node::handle::NodeHandle;
@@ -36,7 +37,7 @@ impl ModulesService {
 /// `Modules.Deploy` after the stream, and of `serve --dev`'s examples.
 pub async fn deploy_module(
     node: &NodeHandle,
-    caller: &str,
+    caller: &Caller,
     upload: DeployUpload,
     timeout: Option<Duration>,
     report: &(dyn Fn(proto::DeployPhase) + Send + Sync),
@@ -65,7 +66,7 @@ pub async fn deploy_module(
 
 async fn deploy_in_span(
     node: &NodeHandle,
-    caller: &str,
+    caller: &Caller,
     upload: DeployUpload,
     timeout: Option<Duration>,
     report: &(dyn Fn(proto::DeployPhase) + Send + Sync),
@@ -103,7 +104,7 @@ async fn deploy_in_span(
     let size_bytes = wasm.len() as u64;
     let proposed = node
         .propose(
-            caller,
+            caller.clone(),
             Command::Deploy(Deploy {
                 name: name.clone(),
                 wasm,
@@ -173,9 +174,10 @@ impl Modules for ModulesService {
         &self,
         request: Request<Streaming<proto::DeployChunk>>,
     ) -> Result<Response<proto::DeployResponse>, Status> {
-        let caller = caller(&request);
+        let identity = identity(&self.node, &request)?;
         let timeout = call_timeout(&request);
         let upload = self.receive(request.into_inner()).await?;
+        let caller = authorize(&self.node, &identity, Action::ModuleDeploy, &upload.name)?;
         let module = deploy_module(&self.node, &caller, upload, timeout, &|_| {}).await?;
         Ok(Response::new(proto::DeployResponse {
             module: Some(module),
@@ -190,9 +192,10 @@ impl Modules for ModulesService {
         &self,
         request: Request<Streaming<proto::DeployChunk>>,
     ) -> Result<Response<Self::DeployWithProgressStream>, Status> {
-        let caller = caller(&request);
+        let identity = identity(&self.node, &request)?;
         let timeout = call_timeout(&request);
         let upload = self.receive(request.into_inner()).await?;
+        let caller = authorize(&self.node, &identity, Action::ModuleDeploy, &upload.name)?;
         // Room for every phase and the result: sending never waits, and a
         // client that went away only makes the sends fail.
         let (events, received) = tokio::sync::mpsc::channel(DEPLOY_EVENTS_MAX);
@@ -220,15 +223,20 @@ impl Modules for ModulesService {
 
     async fn list(
         &self,
-        _request: Request<proto::ListModulesRequest>,
+        request: Request<proto::ListModulesRequest>,
     ) -> Result<Response<proto::ListModulesResponse>, Status> {
+        let identity = identity(&self.node, &request)?;
         let node = self.node.clone();
         let modules = blocking(move || -> Result<_, ApiError> {
-            // The table is ordered by name, as the API promises.
+            // The table is ordered by name, as the API promises. A caller
+            // sees the modules it may see one by one (`Modules.Get`).
             let records = node.reader().modules()?;
             let settings = node.settings()?;
             Ok(records
                 .into_iter()
+                .filter(|record| {
+                    authorize(&node, &identity, Action::ModuleGet, &record.name).is_ok()
+                })
                 .map(|record| module_message(&settings, record))
                 .collect())
         })
@@ -240,8 +248,10 @@ impl Modules for ModulesService {
         &self,
         request: Request<proto::GetModuleRequest>,
     ) -> Result<Response<proto::GetModuleResponse>, Status> {
+        let identity = identity(&self.node, &request)?;
         let name = request.into_inner().name;
         validate::module_name(&name).map_err(ApiError::from)?;
+        authorize(&self.node, &identity, Action::ModuleGet, &name)?;
         let node = self.node.clone();
         let module = blocking(move || -> Result<_, ApiError> {
             match node.reader().module(&name)? {
@@ -259,10 +269,11 @@ impl Modules for ModulesService {
         &self,
         request: Request<proto::RemoveModuleRequest>,
     ) -> Result<Response<proto::RemoveModuleResponse>, Status> {
-        let caller = caller(&request);
+        let identity = identity(&self.node, &request)?;
         let timeout = call_timeout(&request);
         let name = request.into_inner().name;
         validate::module_name(&name).map_err(ApiError::from)?;
+        let caller = authorize(&self.node, &identity, Action::ModuleRemove, &name)?;
         let span = tracing::info_span!("remove", module = %name);
         let proposed = self
             .node

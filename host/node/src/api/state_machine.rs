@@ -12,7 +12,9 @@ use wasmraft_proto::v1::state_machine_server::StateMachine;
 use super::modules::unexpected;
 use super::status::{ApiError, call_output};
 use super::validate::{self, InputError};
-use super::{blocking, call_timeout, caller};
+use super::{authorize, blocking, call_timeout, identity};
+use crate::auth::policy::CLUSTER_OBJECT;
+use crate::auth::{Action, Identity};
 use crate::command::{Command, Invoke, Refusal, Response as Applied};
 use crate::node::handle::NodeHandle;
 use crate::storage::QueryAnswer;
@@ -30,12 +32,13 @@ impl StateMachineService {
 
     async fn invoke(
         &self,
-        caller: String,
+        identity: Identity,
         request: proto::InvokeRequest,
         timeout: Option<Duration>,
     ) -> Result<proto::InvokeResponse, ApiError> {
         let limits = self.node.limits();
         validate::module_name(&request.module)?;
+        let caller = authorize(&self.node, &identity, Action::ModuleInvoke, &request.module)?;
         validate::payload("the input", request.input.len(), limits)?;
         let session = validate::session(&request.client_id, request.sequence)?;
         let span = tracing::info_span!(
@@ -83,10 +86,11 @@ impl StateMachineService {
 
     async fn open_session(
         &self,
-        caller: String,
+        identity: Identity,
         request: proto::OpenSessionRequest,
         timeout: Option<Duration>,
     ) -> Result<proto::OpenSessionResponse, ApiError> {
+        let caller = authorize(&self.node, &identity, Action::SessionOpen, CLUSTER_OBJECT)?;
         validate::open_session(&request.client_id)?;
         let span = tracing::info_span!("open_session", client_id = %request.client_id);
         let proposed = self
@@ -112,12 +116,13 @@ impl StateMachineService {
 
     async fn query(
         &self,
-        caller: String,
+        identity: Identity,
         request: proto::QueryRequest,
         timeout: Option<Duration>,
     ) -> Result<proto::QueryResponse, ApiError> {
         let limits = self.node.limits();
         validate::module_name(&request.module)?;
+        let mut caller = authorize(&self.node, &identity, Action::ModuleQuery, &request.module)?;
         validate::payload("the input", request.input.len(), limits)?;
         let consistency = Consistency::try_from(request.consistency)
             .map_err(|_| InputError::Consistency(request.consistency))?;
@@ -131,7 +136,18 @@ impl StateMachineService {
         async {
             if consistency != Consistency::Stale {
                 self.node.read_barrier(timeout).await?;
+                // This node has now applied everything committed before the
+                // query arrived, a revoke included: ask the policy again if
+                // it changed while waiting.
+                if caller.authorization.as_ref().map(|a| a.revision)
+                    != Some(self.node.gate().view().revision)
+                    && identity != Identity::Anonymous
+                {
+                    caller =
+                        authorize(&self.node, &identity, Action::ModuleQuery, &request.module)?;
+                }
             }
+            let caller = caller.subject;
             // A slot first, waiting without a thread; held until the
             // blocking work ends, even if the caller goes away meanwhile.
             let wait_max = timeout.unwrap_or(Duration::from_millis(limits.query_timeout_ms));
@@ -174,10 +190,10 @@ impl StateMachine for StateMachineService {
         &self,
         request: Request<proto::InvokeRequest>,
     ) -> Result<Response<proto::InvokeResponse>, Status> {
-        let caller = caller(&request);
+        let identity = identity(&self.node, &request)?;
         let timeout = call_timeout(&request);
         let response =
-            StateMachineService::invoke(self, caller, request.into_inner(), timeout).await?;
+            StateMachineService::invoke(self, identity, request.into_inner(), timeout).await?;
         Ok(Response::new(response))
     }
 
@@ -185,10 +201,10 @@ impl StateMachine for StateMachineService {
         &self,
         request: Request<proto::QueryRequest>,
     ) -> Result<Response<proto::QueryResponse>, Status> {
-        let caller = caller(&request);
+        let identity = identity(&self.node, &request)?;
         let timeout = call_timeout(&request);
         let response =
-            StateMachineService::query(self, caller, request.into_inner(), timeout).await?;
+            StateMachineService::query(self, identity, request.into_inner(), timeout).await?;
         Ok(Response::new(response))
     }
 
@@ -196,10 +212,11 @@ impl StateMachine for StateMachineService {
         &self,
         request: Request<proto::OpenSessionRequest>,
     ) -> Result<Response<proto::OpenSessionResponse>, Status> {
-        let caller = caller(&request);
+        let identity = identity(&self.node, &request)?;
         let timeout = call_timeout(&request);
         let response =
-            StateMachineService::open_session(self, caller, request.into_inner(), timeout).await?;
+            StateMachineService::open_session(self, identity, request.into_inner(), timeout)
+                .await?;
         Ok(Response::new(response))
     }
 }

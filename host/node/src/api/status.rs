@@ -32,6 +32,9 @@
 //! | `MembershipError::Consensus` | as the `ConsensusError` | |
 //! | Raft message in an unknown encoding version | `FAILED_PRECONDITION` | both versions |
 //! | malformed Raft message | `INVALID_ARGUMENT` | the decode error |
+//! | no credential, a malformed, unknown or revoked token, a peer credential of another secret (`Denied::Unauthenticated`); a token revoked while its command was in flight (`Refusal::TokenRevoked`) | `UNAUTHENTICATED` | what is wrong, what to send |
+//! | a valid credential without the permission (`Denied::PermissionDenied`); a permission revoked while the command was in flight (`Refusal::PermissionDenied`) | `PERMISSION_DENIED` | who may not do what, and the roles that may |
+//! | revoking a binding or a token that does not exist | `NOT_FOUND` | what was not found |
 //! | method not built yet | `UNIMPLEMENTED` | what comes when |
 //! | a local admission limit (`admission::Shed`: query slots) | `RESOURCE_EXHAUSTED` | the limit and what the node was doing; metadata `retry-after-ms` |
 //!
@@ -42,6 +45,7 @@
 use tonic::metadata::MetadataValue;
 
 use crate::admission::Shed;
+use crate::auth::Denied;
 use tonic::{Code, Status};
 
 use super::validate::InputError;
@@ -87,6 +91,10 @@ pub enum ApiError {
     Internal(String),
     #[error("{0}")]
     Unimplemented(&'static str),
+    #[error(transparent)]
+    Denied(#[from] Denied),
+    #[error("{0}")]
+    NotFound(String),
 }
 
 impl From<redb::Error> for ApiError {
@@ -126,6 +134,8 @@ pub fn code(error: &ApiError) -> Code {
             | Refusal::InvalidCommand(_)
             | Refusal::InvalidSetting(_) => Code::InvalidArgument,
             Refusal::SetupFailed(_) | Refusal::SessionExpired { .. } => Code::FailedPrecondition,
+            Refusal::TokenRevoked { .. } => Code::Unauthenticated,
+            Refusal::PermissionDenied { .. } => Code::PermissionDenied,
         },
         ApiError::CallFailed { result, .. } => match &result.outcome {
             CallOutcome::GuestError(_)
@@ -161,6 +171,15 @@ pub fn code(error: &ApiError) -> Code {
         ApiError::Busy(_) => Code::Unavailable,
         ApiError::Shed(_) => Code::ResourceExhausted,
         ApiError::Unimplemented(_) => Code::Unimplemented,
+        ApiError::Denied(denied) => denied_code(denied),
+        ApiError::NotFound(_) => Code::NotFound,
+    }
+}
+
+fn denied_code(denied: &Denied) -> Code {
+    match denied {
+        Denied::Unauthenticated(_) => Code::Unauthenticated,
+        Denied::PermissionDenied(_) => Code::PermissionDenied,
     }
 }
 
@@ -173,6 +192,7 @@ fn consensus_code(error: &ConsensusError) -> Code {
         ConsensusError::Timeout { .. } => Code::DeadlineExceeded,
         ConsensusError::Membership(_) => Code::FailedPrecondition,
         ConsensusError::Fatal(_) => Code::Internal,
+        ConsensusError::Denied(denied) => denied_code(denied),
     }
 }
 

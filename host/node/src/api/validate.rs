@@ -22,6 +22,9 @@ const MESSAGE_BYTES_FLOOR: u64 = 4 * 1024 * 1024;
 /// A request the node refuses before it reaches the log.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InputError {
+    /// A role binding, subject or token id that cannot be stored.
+    #[error("{0}")]
+    Access(String),
     #[error(
         "invalid module name `{name}`: {reason} (1 to 64 characters from a-z, 0-9, `-` and `_`, starting with a letter)"
     )]

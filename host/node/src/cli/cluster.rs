@@ -67,21 +67,14 @@ struct NewSecretArgs {
 /// Writes a new cluster secret to a file that did not exist, readable by
 /// its owner only.
 fn new_secret(args: &NewSecretArgs) -> anyhow::Result<ExitCode> {
-    use std::io::Write as _;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(&args.file).map_err(|error| {
+    let secret = ClusterSecret::generate()
+        .map_err(|error| anyhow::anyhow!("no randomness for a secret: {error}"))?;
+    crate::auth::write_private(&args.file, secret.as_bytes()).map_err(|error| {
         anyhow::anyhow!(
             "cannot create {}: {error} (an existing secret is never overwritten)",
             args.file.display()
         )
     })?;
-    let secret = ClusterSecret::generate()
-        .map_err(|error| anyhow::anyhow!("no randomness for a secret: {error}"))?;
-    file.write_all(secret.as_bytes())?;
-    file.sync_all()?;
     println!(
         "cluster secret written to {}; give every node `--cluster-secret-file {}`",
         args.file.display(),

@@ -11,6 +11,7 @@ use anyhow::Context;
 use sha2::{Digest, Sha256};
 
 use crate::api::{self, DeployUpload};
+use crate::auth::Caller;
 use crate::command::ModuleLimits;
 use crate::node::config::{LimitSettings, NodeConfig, RaftSettings};
 use crate::node::handle::NodeHandle;
@@ -57,6 +58,17 @@ pub struct ServeArgs {
     /// it, any caller can send Raft messages to this node.
     #[arg(long, env = "WASMRAFT_CLUSTER_SECRET_FILE", conflicts_with_all = ["dev", "config"])]
     cluster_secret_file: Option<PathBuf>,
+    /// Serve every caller without authentication, as `anonymous` allowed
+    /// everything: only for a network you trust entirely. Without it, a
+    /// node needs --cluster-secret-file and authenticates every call but
+    /// `Cluster.Health` by bearer token.
+    #[arg(long, conflicts_with_all = ["dev", "config"])]
+    insecure: bool,
+    /// With --dev: authenticate callers as a cluster node does (a bootstrap
+    /// admin token, roles), to try access control locally. The cluster
+    /// secret is made in the data directory.
+    #[arg(long, requires = "dev")]
+    auth: bool,
     /// Read every node setting from a TOML file (see `NodeConfig`).
     #[arg(long, conflicts_with_all = ["dev", "node_id"])]
     config: Option<PathBuf>,
@@ -86,10 +98,20 @@ fn node_config(args: &ServeArgs) -> anyhow::Result<NodeConfig> {
         None if args.dev => parse_listen(DEV_LISTEN).map_err(anyhow::Error::msg)?,
         None => anyhow::bail!("--listen is required"),
     };
+    anyhow::ensure!(
+        !args.dev || args.auth || listen.ip().is_loopback(),
+        "a dev node serves unauthenticated callers as administrators, so it listens on loopback only (127.0.0.1 or ::1); add --auth to authenticate callers, or run a cluster node"
+    );
     let data_dir = match &args.data_dir {
         Some(dir) => dir.clone(),
         None if args.dev => PathBuf::from(DEV_DATA_DIR),
         None => anyhow::bail!("--data-dir is required"),
+    };
+    // A dev node with --auth keeps its own cluster secret.
+    let cluster_secret_file = match &args.cluster_secret_file {
+        Some(file) => Some(file.clone()),
+        None if args.auth => Some(dev_secret_file(&data_dir)?),
+        None => None,
     };
     let config = NodeConfig {
         node_id: if args.dev {
@@ -101,7 +123,8 @@ fn node_config(args: &ServeArgs) -> anyhow::Result<NodeConfig> {
         advertise: args.advertise.clone(),
         data_dir,
         bootstrap: args.dev || args.bootstrap,
-        cluster_secret_file: args.cluster_secret_file.clone(),
+        cluster_secret_file,
+        insecure: args.insecure || (args.dev && !args.auth),
         raft: RaftSettings::default(),
         limits: LimitSettings::default(),
         cluster: Default::default(),
@@ -111,6 +134,20 @@ fn node_config(args: &ServeArgs) -> anyhow::Result<NodeConfig> {
         config.validate()?;
     }
     Ok(config)
+}
+
+/// The cluster secret of a dev node with --auth, made on its first start.
+fn dev_secret_file(data_dir: &std::path::Path) -> anyhow::Result<PathBuf> {
+    let path = data_dir.join("cluster.secret");
+    if !path.exists() {
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("cannot create {}", data_dir.display()))?;
+        let secret = crate::auth::ClusterSecret::generate()
+            .map_err(|error| anyhow::anyhow!("no randomness for a secret: {error}"))?;
+        crate::auth::write_private(&path, secret.as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(path)
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -126,6 +163,16 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
 async fn serve(args: ServeArgs, config: NodeConfig) -> anyhow::Result<()> {
     let data_dir = config.data_dir.clone();
     let examples = args.dev && !args.no_examples;
+    if config.insecure && !args.dev {
+        tracing::warn!(
+            "--insecure: every caller is served unauthenticated, as `anonymous` allowed everything; anyone who reaches {} controls this cluster",
+            config.listen
+        );
+        eprintln!(
+            "WARNING: --insecure: authentication is off; anyone who reaches {} may do anything",
+            config.listen
+        );
+    }
     let options = NodeOptions {
         // A script that starts a dev node and waits for it to serve finds
         // the examples deployed.
@@ -141,6 +188,17 @@ async fn serve(args: ServeArgs, config: NodeConfig) -> anyhow::Result<()> {
         println!("wasmraft node {} serving on {}", node.id(), node.endpoint());
         Ok(())
     };
+    if let Some(token) = node.admin_token() {
+        println!(
+            "The cluster's first administrator is `{}`, with this token (shown once; kept in {}, mode 0600):",
+            crate::node::FIRST_ADMIN,
+            node.admin_token_file().display()
+        );
+        println!("  {token}");
+        println!(
+            "Use it with --token or WASMRAFT_TOKEN, and create tokens for others: wasmraft access token create SUBJECT"
+        );
+    }
     if outcome.is_ok() {
         if args.dev {
             print_dev_banner(&node, &data_dir);
@@ -179,7 +237,13 @@ async fn deploy_examples(handle: &NodeHandle) -> anyhow::Result<()> {
             init_argument: None,
             limits: ModuleLimits::default(),
         };
-        let module = api::deploy_module(handle, api::ANONYMOUS_CALLER, upload, None, &|_| {})
+        // The node's own setup: not a caller's command.
+        let caller = if handle.gate().enforced() {
+            Caller::system()
+        } else {
+            Caller::unchecked(crate::auth::ANONYMOUS)
+        };
+        let module = api::deploy_module(handle, &caller, upload, None, &|_| {})
             .await
             .with_context(|| format!("cannot deploy the example module `{name}`"))?;
         println!(
@@ -203,6 +267,13 @@ fn print_dev_banner(node: &RunningNode, data_dir: &std::path::Path) {
         "wasmraft dev node serving on {endpoint} (data in {})",
         data_dir.display()
     );
+    if node.handle().gate().enforced() {
+        println!("Callers authenticate (--auth): pass --token or WASMRAFT_TOKEN.");
+    } else {
+        println!(
+            "Dev mode: no authentication; every local caller is `anonymous` with all rights (cluster_admin). `--dev --auth` tries access control."
+        );
+    }
     println!("Try:");
     println!("  {prefix}wasmraft invoke counter '{{\"op\":\"add\",\"by\":1}}'");
     println!("  {prefix}wasmraft query counter '{{\"op\":\"get\"}}'");

@@ -30,6 +30,11 @@ pub struct NodeConfig {
     /// are not authenticated.
     #[serde(default)]
     pub cluster_secret_file: Option<PathBuf>,
+    /// Serve every caller without authentication, as `anonymous` allowed
+    /// everything. Off by default: a node authenticates every call (but
+    /// `Cluster.Health`) by bearer token, and needs `cluster_secret_file`.
+    #[serde(default)]
+    pub insecure: bool,
     #[serde(default)]
     pub raft: RaftSettings,
     #[serde(default)]
@@ -268,6 +273,12 @@ impl NodeConfig {
             crate::node::address::parse_peer_address(advertise)
                 .map_err(|reason| invalid("advertise", reason))?;
         }
+        if !self.insecure && self.cluster_secret_file.is_none() {
+            return Err(invalid(
+                "cluster_secret_file",
+                "a node that authenticates its callers needs the cluster secret its peers prove themselves with (`wasmraft cluster new-secret FILE`, then --cluster-secret-file FILE on every node); or run with --insecure to serve everyone unauthenticated",
+            ));
+        }
         self.raft.validate()?;
         self.limits.validate()?;
         validate_cluster(&self.cluster)?;
@@ -352,6 +363,7 @@ mod tests {
             node_id = 3
             listen = "127.0.0.1:7073"
             data_dir = "/var/lib/wasmraft"
+            cluster_secret_file = "/etc/wasmraft/cluster.secret"
             [raft]
             heartbeat_interval_ms = 100
             election_timeout_ms_min = 400
@@ -359,6 +371,25 @@ mod tests {
         "#;
         let config: NodeConfig = toml::from_str(text).unwrap();
         config.validate().unwrap();
+        assert!(
+            !config.insecure,
+            "a node authenticates its callers unless told not to"
+        );
+        // Secure by default: without a cluster secret, only --insecure starts.
+        let secretless = NodeConfig {
+            cluster_secret_file: None,
+            ..config.clone()
+        };
+        assert_eq!(
+            secretless.validate().unwrap_err().field,
+            "cluster_secret_file"
+        );
+        NodeConfig {
+            insecure: true,
+            ..secretless
+        }
+        .validate()
+        .unwrap();
         assert_eq!(config.raft.election_timeout_ms_min, 400);
         assert_eq!(
             config.raft.snapshot_after_entries,

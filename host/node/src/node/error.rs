@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::auth::Denied;
 use crate::raft::{ChangeRefused, FatalError, NodeId};
 
 /// The leader, as far as this node knows it.
@@ -47,6 +48,9 @@ pub enum ConsensusError {
     Membership(ChangeRefused),
     #[error("the node's Raft stopped on a fatal error: {0}")]
     Fatal(FatalError),
+    /// The leader refused a forwarded caller it authorised again.
+    #[error(transparent)]
+    Denied(Denied),
 }
 
 fn not_leader_message(this: NodeId, leader: Option<&LeaderHint>) -> String {

@@ -17,15 +17,17 @@ use serde::{Deserialize, Serialize};
 use super::error::ConsensusError;
 use super::membership::{Membership, MembershipError};
 use super::write::Proposed;
+use crate::auth::Caller;
 use crate::command::Command;
 use crate::raft::NodeId;
 
 /// A request a follower hands to the leader.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Forwarded {
-    /// Propose `command` for `caller`. Answer: `Result<Proposed, ConsensusError>`.
+    /// Propose `command` for `caller`, whom the leader authorises again.
+    /// Answer: `Result<Proposed, ConsensusError>`.
     Write {
-        caller: String,
+        caller: Caller,
         command: Command,
         timeout_ms: u64,
     },
@@ -60,13 +62,20 @@ pub(crate) fn millis(duration: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::Authorization;
     use crate::command::codec;
 
     #[test]
     fn forwarded_requests_round_trip() {
         let requests = [
             Forwarded::Write {
-                caller: "alice".into(),
+                caller: Caller {
+                    subject: "alice".into(),
+                    authorization: Some(Authorization {
+                        revision: 7,
+                        token_id: Some("0123456789abcdef".into()),
+                    }),
+                },
                 command: Command::Remove {
                     name: "counter".into(),
                 },

@@ -22,10 +22,10 @@ use super::membership::MembershipError;
 use super::rounds::Rounds;
 use super::write::{self, DEPLOY_TIMEOUT_MAX, PROPOSALS_QUEUED_MAX, Pending};
 use crate::admission::QueryPool;
-use crate::auth::PeerAuth;
+use crate::auth::{Gate, PeerAuth};
 use crate::command::{ClusterSettings, Command};
 use crate::node::config::LimitSettings;
-use crate::raft::network::{Forwarder, Reachability};
+use crate::raft::network::{Forwarder, Reachability, introduce};
 use crate::raft::{Consensus, Member, NodeId, RaftRefusal, RaftView, Role, WaitError};
 use crate::storage::StateReader;
 use crate::wasm::Runtime;
@@ -70,6 +70,8 @@ pub(super) struct Inner {
     pub(super) proposals: mpsc::Sender<Pending>,
     /// This node's peer credentials, and the check of its peers'.
     pub(super) peer_auth: PeerAuth,
+    /// Authentication and authorisation of this node's callers.
+    pub(super) gate: Gate,
     /// Why the node is not ready to serve yet, while it is not (a dev node
     /// deploying its examples): its health says `starting` until cleared.
     pub(super) starting: std::sync::Mutex<Option<String>>,
@@ -117,6 +119,7 @@ impl NodeHandle {
         consensus_timeout: Duration,
         forwarder: Forwarder,
         peer_auth: PeerAuth,
+        gate: Gate,
         reachability: Reachability,
         starting: Option<String>,
     ) -> Self {
@@ -134,6 +137,7 @@ impl NodeHandle {
             admitted: AtomicBool::new(false),
             proposals,
             peer_auth,
+            gate,
             starting: std::sync::Mutex::new(starting),
             reachability,
             queries: QueryPool::new(
@@ -165,6 +169,11 @@ impl NodeHandle {
     /// This node's peer credentials, and the check of its peers'.
     pub fn peer_auth(&self) -> &PeerAuth {
         &self.inner.peer_auth
+    }
+
+    /// Who this node's callers are, and what they may do.
+    pub fn gate(&self) -> &Gate {
+        &self.inner.gate
     }
 
     pub fn reader(&self) -> &StateReader {
@@ -328,6 +337,49 @@ impl NodeHandle {
         self.inner
             .consensus
             .with_metrics(|metrics| metrics.applied_index())
+    }
+
+    /// Waits until every member has applied the entry at `index` (this
+    /// node too), up to `timeout`: an access change is in force on every
+    /// node when it returns. Answers the members that did not confirm it in
+    /// time (unreachable, or behind).
+    pub async fn applied_everywhere(&self, index: u64, timeout: Duration) -> Vec<NodeId> {
+        let deadline = std::time::Instant::now() + timeout;
+        let here = self
+            .inner
+            .consensus
+            .wait_until(timeout, "the entry is applied here", |metrics| {
+                metrics
+                    .applied_index()
+                    .is_some_and(|applied| applied >= index)
+            })
+            .await
+            .is_ok();
+        let view = self.inner.consensus.view();
+        let mut members: Vec<Member> = view.voters.into_iter().chain(view.learners).collect();
+        members.sort_by_key(|member| member.id);
+        members.dedup_by_key(|member| member.id);
+        let others = members
+            .into_iter()
+            .filter(|member| member.id != self.inner.id)
+            .map(|member| async move {
+                let confirmed = match crate::node::address::parse_peer_address(&member.address) {
+                    Ok(url) => {
+                        introduce::applied_on(&url, &self.inner.peer_auth, index, deadline).await
+                    }
+                    Err(_) => false,
+                };
+                (!confirmed).then_some(member.id)
+            });
+        let mut missing: Vec<NodeId> = futures::future::join_all(others)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        if !here {
+            missing.insert(0, self.inner.id);
+        }
+        missing
     }
 
     /// Waits until some leader is known, up to `timeout`.

@@ -261,7 +261,7 @@ pub(crate) async fn add_node(
     // The new voter serves reads as soon as this returns: let it apply the
     // log up to its own promotion first, so it knows every module and
     // write the cluster acknowledged before it joined.
-    if !introduce::applied_on(&url, index, deadline).await {
+    if !introduce::applied_on(&url, handle.peer_auth(), index, deadline).await {
         tracing::warn!(
             id,
             index,

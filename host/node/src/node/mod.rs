@@ -35,9 +35,11 @@ use tonic::transport::server::TcpIncoming;
 use tracing::Instrument;
 
 use self::config::{ConfigError, NodeConfig};
-use crate::auth::{ClusterSecret, PeerAuth, SecretError};
+use crate::auth::{Caller, ClusterSecret, Gate, PeerAuth, SecretError, Token};
 use crate::command::settings;
-use crate::command::{ClusterSettings, Command, Response, SettingsCommand, SettingsUpdate};
+use crate::command::{
+    AccessChange, ClusterSettings, Command, Response, SettingsCommand, SettingsUpdate, TokenGrant,
+};
 use crate::raft::lease;
 use crate::raft::network::{Faults, Forwarder, NetworkFactory, NetworkSettings, Reachability};
 use crate::raft::{Consensus, NodeId};
@@ -139,6 +141,8 @@ pub struct RunningNode {
     local_addr: SocketAddr,
     data_directory: DataDirectory,
     stop_serving: Option<oneshot::Sender<()>>,
+    /// The first administrator's token, when this start created it.
+    admin_token: Option<Token>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     /// Resolve once Raft's tasks have dropped the log and the state store.
     released: Vec<lease::Released>,
@@ -213,11 +217,13 @@ impl Node {
         let log = LogStore::open(data.log_file()).map_err(StartError::Log)?;
         let state = StateMachineStore::open(data.state_directory(), runtime.clone())?;
         let reader = state.reader();
+        let access = state.access();
         check_engine(&reader, &runtime)?;
         let (log, log_released) = lease::lease(log);
         let (state, state_released) = lease::lease(state);
 
         let peer_auth = peer_auth(&config, &reader)?;
+        let gate = Gate::new(!config.insecure, access, peer_auth.clone());
         let reachability = Reachability::default();
         let raft_message_bytes_max = raft_message_bytes_max(&config);
         let network = NetworkFactory::new(
@@ -262,12 +268,17 @@ impl Node {
             options.consensus_timeout,
             forwarder,
             peer_auth,
+            gate,
             reachability,
             options.starting.clone(),
         );
+        let mut admin_token = None;
         if config.bootstrap {
             propose_initial_settings(&handle, &config.cluster).await;
             propose_cluster_id(&handle).await;
+            if !config.insecure {
+                admin_token = propose_first_admin(&handle, &data).await;
+            }
         }
         let router = crate::api::router(&handle, raft_message_bytes_max);
         let (stop_serving, stopped) = oneshot::channel::<()>();
@@ -282,6 +293,7 @@ impl Node {
             local_addr,
             data_directory: data,
             stop_serving: Some(stop_serving),
+            admin_token,
             server,
             released: vec![log_released, state_released],
         })
@@ -295,7 +307,7 @@ fn check_engine(reader: &StateReader, runtime: &Runtime) -> Result<(), StartErro
         return Ok(());
     };
     let ours = runtime.engine_fingerprint();
-    if record.engine_fingerprint.is_empty() || record.engine_fingerprint == ours {
+    if crate::wasm::fingerprint_matches(&record.engine_fingerprint, &ours) {
         return Ok(());
     }
     Err(StartError::Engine {
@@ -357,7 +369,7 @@ async fn propose_cluster_id(handle: &NodeHandle) {
     let command = Command::ClusterId {
         cluster_id: hex::encode(random),
     };
-    match handle.propose("", command, None).await {
+    match handle.propose(Caller::system(), command, None).await {
         Ok(Proposed {
             response: Response::ClusterId { cluster_id },
             ..
@@ -372,6 +384,73 @@ async fn propose_cluster_id(handle: &NodeHandle) {
             %error,
             "the cluster id is not recorded yet; the next start with --bootstrap proposes one again"
         ),
+    }
+}
+
+/// The subject of the token a secure cluster's bootstrap creates.
+pub const FIRST_ADMIN: &str = "admin";
+
+/// Creates the first administrator of a secure cluster this node
+/// bootstraps, unless the state holds a token or a role binding already:
+/// a token for [`FIRST_ADMIN`], who is granted `cluster_admin`. The token
+/// is written (mode 0600) to the data directory before it is proposed, so
+/// a crash in between leaves it there to be proposed again at the next
+/// start. Returns the token when this call created it in the cluster.
+async fn propose_first_admin(handle: &NodeHandle, data: &DataDirectory) -> Option<Token> {
+    let view = handle.gate().view();
+    if view.revision != 0 || !view.rules.is_empty() || view.tokens().next().is_some() {
+        return None;
+    }
+    let path = data.admin_token_file();
+    let token = match std::fs::read_to_string(&path) {
+        Ok(text) => match Token::parse(text.trim()) {
+            Ok(token) => token,
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "cannot read the first admin token");
+                return None;
+            }
+        },
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let token = match Token::generate() {
+                Ok(token) => token,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot make the first admin token; the next start with --bootstrap tries again");
+                    return None;
+                }
+            };
+            let text = format!("{token}\n");
+            if let Err(error) = crate::auth::write_private(&path, text.as_bytes()) {
+                tracing::warn!(path = %path.display(), %error, "cannot write the first admin token; the next start with --bootstrap tries again");
+                return None;
+            }
+            token
+        }
+        Err(error) => {
+            tracing::warn!(path = %path.display(), %error, "cannot read the first admin token");
+            return None;
+        }
+    };
+    let command = Command::Access(AccessChange::Bootstrap(TokenGrant {
+        token_id: token.id().to_owned(),
+        subject: FIRST_ADMIN.to_owned(),
+        secret_sha256: token.secret_sha256(),
+    }));
+    match handle.propose(Caller::system(), command, None).await {
+        Ok(Proposed {
+            response: Response::AccessChanged { changed: true },
+            ..
+        }) => {
+            tracing::info!(token_id = token.id(), path = %path.display(), "first administrator created");
+            Some(token)
+        }
+        Ok(other) => {
+            tracing::info!(response = ?other.response, "the cluster has an administrator already");
+            None
+        }
+        Err(error) => {
+            tracing::warn!(%error, "the first administrator is not recorded yet; the next start with --bootstrap proposes it again");
+            None
+        }
     }
 }
 
@@ -392,7 +471,7 @@ async fn propose_initial_settings(handle: &NodeHandle, initial: &ClusterSettings
         initial: true,
         engine_fingerprint: handle.runtime().engine_fingerprint(),
     });
-    match handle.propose("", command, None).await {
+    match handle.propose(Caller::system(), command, None).await {
         Ok(_) => tracing::info!("cluster settings recorded"),
         Err(error) => tracing::warn!(
             %error,
@@ -428,6 +507,17 @@ impl RunningNode {
     /// configuration asked for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The first administrator's token, when this start created the
+    /// cluster's first administrator (a secure bootstrap): shown once.
+    pub fn admin_token(&self) -> Option<&Token> {
+        self.admin_token.as_ref()
+    }
+
+    /// Where the first administrator's token is kept.
+    pub fn admin_token_file(&self) -> PathBuf {
+        self.data_directory.admin_token_file()
     }
 
     /// The URL clients dial: `http://` + [`RunningNode::local_addr`].

@@ -11,6 +11,7 @@ use super::error::ConsensusError;
 use super::forward::{Forwarded, ForwardedAnswer, millis};
 use super::handle::NodeHandle;
 use super::membership;
+use crate::auth::policy::command_permission;
 use crate::raft::network::ForwardFailure;
 use crate::raft::{Metrics, NodeId};
 
@@ -138,6 +139,17 @@ impl NodeHandle {
                 timeout_ms,
             } => {
                 let timeout = self.write_timeout(&command, Some(Duration::from_millis(timeout_ms)));
+                // The follower authorised the caller; so does the leader,
+                // by its own policy, before the command is proposed.
+                let caller = match self
+                    .gate()
+                    .reauthorize(&caller, command_permission(&command))
+                {
+                    Ok(caller) => caller,
+                    Err(denied) => {
+                        return ForwardedAnswer::Write(Err(ConsensusError::Denied(denied)));
+                    }
+                };
                 ForwardedAnswer::Write(self.propose_here(caller, command, timeout).await)
             }
             Forwarded::ReadIndex { timeout_ms } => {

@@ -15,7 +15,8 @@ use tracing::Instrument;
 use super::error::ConsensusError;
 use super::forward::{Forwarded, millis};
 use super::handle::{Inner, NodeHandle};
-use crate::command::{Command, Request, Response};
+use crate::auth::{Authorization, Caller};
+use crate::command::{Authorized, Command, Request, Response};
 use crate::raft::FatalError;
 
 /// An invoke waiting for the batcher, and where its answer goes.
@@ -55,14 +56,14 @@ impl NodeHandle {
     /// node's consensus timeout. A follower forwards it to the leader.
     pub async fn propose(
         &self,
-        caller: impl Into<String>,
+        caller: Caller,
         command: Command,
         timeout: Option<Duration>,
     ) -> Result<Proposed, ConsensusError> {
         let timeout = self.write_timeout(&command, timeout);
         self.routed(
             Instant::now() + timeout,
-            (caller.into(), command),
+            (caller, command),
             |(caller, command)| self.propose_here(caller, command, timeout),
             |(caller, command), timeout_ms| Forwarded::Write {
                 caller,
@@ -74,23 +75,35 @@ impl NodeHandle {
     }
 
     /// Proposes on this node, which must be the leader: it stamps the
-    /// timestamp with its clock.
+    /// timestamp with its clock. A caller authorised at the edge has its
+    /// command wrapped with that authorisation, which apply checks again if
+    /// the policy changed meanwhile.
     pub(super) async fn propose_here(
         &self,
-        caller: String,
+        caller: Caller,
         command: Command,
         timeout: Duration,
     ) -> Result<Proposed, ConsensusError> {
         if self.is_shutting_down() {
             return Err(ConsensusError::ShuttingDown);
         }
+        let command = match caller.authorization {
+            Some(Authorization { revision, token_id }) => {
+                Command::Authorized(Box::new(Authorized {
+                    revision,
+                    token_id,
+                    command,
+                }))
+            }
+            None => command,
+        };
         let request = Request {
             timestamp_ms: now_ms(),
-            caller,
+            caller: caller.subject,
             command,
         };
         if !matches!(
-            request.command,
+            request.command.unwrapped(),
             Command::Invoke(_) | Command::OpenSession { .. }
         ) {
             // Deploys are large and rare, settings and access changes rare:
@@ -260,7 +273,7 @@ async fn propose_batch(handle: &NodeHandle, mut batch: Vec<Pending>) {
 }
 
 fn input_len(request: &Request) -> usize {
-    match &request.command {
+    match request.command.unwrapped() {
         Command::Invoke(invoke) => invoke.input.len(),
         _ => 0,
     }

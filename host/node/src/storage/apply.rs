@@ -10,20 +10,21 @@
 use redb::{ReadableTable, WriteTransaction};
 use sha2::{Digest, Sha256};
 
+use super::access;
 use super::sessions::{self, SessionRecord};
 use super::state::{
-    ACCESS, BLOBS, CLUSTER_ID, CLUSTER_SETTINGS, KV, MODULES, ModuleRecord, SETTINGS, module_key,
+    BLOBS, CLUSTER_ID, CLUSTER_SETTINGS, KV, MODULES, ModuleRecord, SETTINGS, module_key,
     module_key_range,
 };
 use crate::command::settings::module_limits;
 use crate::command::{
-    AccessChange, CallOutcome, CallResult, ClusterSettings, Command, Deploy, Deployed, Invoke,
-    ModuleHash, Refusal, Request, Response, SessionId, SettingsCommand, SettingsRecord, check,
-    codec,
+    CallOutcome, CallResult, ClusterSettings, Command, Deploy, Deployed, Invoke, ModuleHash,
+    Refusal, Request, Response, SessionId, SettingsCommand, SettingsRecord, check, codec,
 };
 use crate::raft::LogId;
 use crate::wasm::{
-    Call, CallReport, DeployLimits, EntryPoint, KvError, KvSource, LoadedModule, Outcome, Runtime,
+    Call, CallReport, DeployLimits, EntryPoint, FINGERPRINT_PREFIX, KvError, KvSource,
+    LoadedModule, Outcome, Runtime, fingerprint_matches,
 };
 
 /// How many times apply retries a call the node could not start (the host
@@ -238,6 +239,28 @@ fn apply_one(
     if let Err(reason) = check::request(request) {
         return Ok(Response::Refused(Refusal::InvalidCommand(reason)));
     }
+    apply_command(
+        txn,
+        context,
+        clock,
+        record,
+        place,
+        request,
+        &request.command,
+    )
+}
+
+/// Applies `command`, the command of `request` (or the one its
+/// [`Command::Authorized`] envelope holds).
+fn apply_command(
+    txn: &WriteTransaction,
+    context: &ApplyContext<'_>,
+    clock: &mut Clock,
+    record: &mut Option<SettingsRecord>,
+    place: Place<'_>,
+    request: &Request,
+    command: &Command,
+) -> Result<Response, ApplyError> {
     // Handlers see the clamped time only.
     let origin = &Origin {
         caller: &request.caller,
@@ -250,11 +273,11 @@ fn apply_one(
         settings: &settings,
         legacy_sessions: record.is_none(),
     };
-    match &request.command {
+    match command {
         Command::Deploy(deploy) => apply_deploy(txn, rules, place, origin, deploy),
         Command::Remove { name } => Ok(apply_remove(txn, name)?),
         Command::Invoke(invoke) => apply_invoke_once(txn, rules, place, origin, invoke),
-        Command::Access(change) => Ok(apply_access(txn, change)?),
+        Command::Access(change) => Ok(access::apply_change(txn, place.log_id.index, change)?),
         Command::Batch(_) => Ok(Response::Refused(Refusal::NestedBatch)),
         Command::OpenSession { client_id } => Ok(sessions::open(
             txn,
@@ -264,6 +287,20 @@ fn apply_one(
             &check::session_name(client_id, place.log_id.index, place.position),
         )?),
         Command::ClusterId { cluster_id } => Ok(apply_cluster_id(txn, cluster_id)?),
+        Command::Authorized(authorized) => {
+            if let Some(refusal) = access::recheck(txn, &request.caller, authorized)? {
+                return Ok(Response::Refused(refusal));
+            }
+            apply_command(
+                txn,
+                context,
+                clock,
+                record,
+                place,
+                request,
+                &authorized.command,
+            )
+        }
         Command::Settings(command) => {
             let response = apply_settings(txn, context.runtime, place, record.clone(), command)?;
             if let Response::Settings(changed) = &response {
@@ -309,15 +346,19 @@ fn apply_settings(
         Ok(settings) => settings,
         Err(error) => return Ok(Response::Refused(Refusal::InvalidSetting(error))),
     };
+    // A fingerprint of an earlier release (made from that host's CPU, so
+    // comparable with none) gives way to the proposer's.
     let engine_fingerprint = match current {
-        Some(current) => current.engine_fingerprint,
-        None => command.engine_fingerprint.clone(),
+        Some(current) if current.engine_fingerprint.starts_with(FINGERPRINT_PREFIX) => {
+            current.engine_fingerprint
+        }
+        Some(_) | None => command.engine_fingerprint.clone(),
     };
     // The record names the engine every member must run. A node whose own
     // engine differs would compute other fuel figures than its peers: it is
     // this node that cannot go on, not the command that is wrong.
     let ours = runtime.engine_fingerprint();
-    if !engine_fingerprint.is_empty() && engine_fingerprint != ours {
+    if !fingerprint_matches(&engine_fingerprint, &ours) {
         return Err(HostFailure::EngineMismatch {
             cluster: engine_fingerprint,
             ours,
@@ -688,17 +729,6 @@ fn commit_writes(
         };
     }
     Ok(())
-}
-
-fn apply_access(txn: &WriteTransaction, change: &AccessChange) -> Result<Response, redb::Error> {
-    let mut table = txn.open_table(ACCESS)?;
-    let changed = match change {
-        AccessChange::Grant(rule) => table
-            .insert(codec::encode(rule).as_slice(), [].as_slice())?
-            .is_none(),
-        AccessChange::Revoke(rule) => table.remove(codec::encode(rule).as_slice())?.is_some(),
-    };
-    Ok(Response::AccessChanged { changed })
 }
 
 /// A one-line description of a failed call, for refusals.

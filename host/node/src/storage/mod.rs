@@ -11,6 +11,7 @@
 //! - A storage failure is fatal to the node (openraft's `StorageError`); a
 //!   guest failure never is.
 
+mod access;
 mod apply;
 pub mod format;
 mod inspect;
@@ -76,6 +77,12 @@ impl DataDirectory {
     /// The state database and the current snapshot.
     pub fn state_directory(&self) -> std::path::PathBuf {
         self.root.join("state")
+    }
+
+    /// The first administrator's token of a cluster this node bootstrapped
+    /// (mode 0600).
+    pub fn admin_token_file(&self) -> std::path::PathBuf {
+        self.root.join("admin.token")
     }
 
     /// Compiled modules, keyed by content hash and engine fingerprint.

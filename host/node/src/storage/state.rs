@@ -32,15 +32,19 @@ pub(crate) const SESSIONS_BY_USE: Table = TableDefinition::new("sessions_by_use"
 /// Encoded access rule → empty value.
 pub(crate) const ACCESS: Table = TableDefinition::new("access");
 /// [`CLUSTER_SETTINGS`] → the cluster settings record (format 2);
-/// [`CLUSTER_ID`] → the cluster's id, once named.
+/// [`CLUSTER_ID`] → the cluster's id, once named; [`ACCESS_REVISION`] →
+/// the access policy revision.
 pub(crate) const SETTINGS: Table = TableDefinition::new("settings");
 /// `caller, 0x00, last used index (u64 big-endian), client id` → empty: each
 /// caller's sessions in the order they were last used (format 2).
 pub(crate) const SESSIONS_BY_CALLER: Table = TableDefinition::new("sessions_by_caller");
+/// Token id → the token's [`TokenGrant`](crate::command::TokenGrant) (its
+/// subject and the sha256 of its secret).
+pub(crate) const TOKENS: Table = TableDefinition::new("tokens");
 
 /// Every table with its id in snapshot files. The ids are part of the
 /// snapshot format: never renumber, only append.
-pub(crate) const TABLES: [(u8, Table); 9] = [
+pub(crate) const TABLES: [(u8, Table); 10] = [
     (0, META),
     (1, MODULES),
     (2, BLOBS),
@@ -50,24 +54,29 @@ pub(crate) const TABLES: [(u8, Table); 9] = [
     (6, SESSIONS_BY_USE),
     (7, SETTINGS),
     (8, SESSIONS_BY_CALLER),
+    (9, TOKENS),
 ];
 
 /// Tables whose content is the replicated state proper, as digested.
 /// `meta` is left out: it records how far the node got, not what the state
 /// is; the session indexes are derived from `sessions`.
-pub(crate) const DIGESTED_TABLES: [(u8, Table); 6] = [
+pub(crate) const DIGESTED_TABLES: [(u8, Table); 7] = [
     (1, MODULES),
     (2, BLOBS),
     (3, KV),
     (4, SESSIONS),
     (5, ACCESS),
     (7, SETTINGS),
+    (9, TOKENS),
 ];
 
 /// The key of the cluster settings in the `settings` table.
 pub(crate) const CLUSTER_SETTINGS: &[u8] = b"cluster";
 /// The key of the cluster id in the `settings` table.
 pub(crate) const CLUSTER_ID: &[u8] = b"cluster_id";
+/// The key of the access policy revision in the `settings` table: the log
+/// index of the last access change (absent: none yet).
+pub(crate) const ACCESS_REVISION: &[u8] = b"access_revision";
 /// The size of the session table as bounded by `session_table_bytes_max`.
 pub(crate) const SESSION_BYTES: &[u8] = b"session_bytes";
 

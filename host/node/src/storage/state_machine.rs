@@ -22,6 +22,7 @@ use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{ErrorSubject, ErrorVerb};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 
+use super::access;
 use super::apply::{self, ApplyContext, Clock, TableKv};
 use super::format::{
     self, FormatVersion, RELEASE, STATE_FORMAT, STATE_FORMAT_OLDEST, UnknownFormat,
@@ -32,12 +33,24 @@ use super::state::{
     TABLES, WRITTEN_BY,
 };
 use super::{storage_error, store_error};
+use crate::auth::AccessCache;
 use crate::command::settings::module_limits;
-use crate::command::{CallResult, Response, SettingsRecord, codec};
+use crate::command::{CallResult, Command, Response, SettingsRecord, codec};
 use crate::raft::{
     Entry, EntryPayload, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
 use crate::wasm::{Call, EntryPoint, Outcome, Runtime};
+
+/// Whether applying `command` may change the access state.
+fn changes_access(command: &Command) -> bool {
+    match command.unwrapped() {
+        Command::Access(_) => true,
+        Command::Batch(requests) => requests
+            .iter()
+            .any(|request| changes_access(&request.command)),
+        _ => false,
+    }
+}
 
 const STATE_FILE: &str = "state.redb";
 const SNAPSHOT_FILE: &str = "snapshot.bin";
@@ -68,6 +81,9 @@ struct Shared {
     /// asks for it, and hashing the whole state each time costs as much as
     /// the state is large. One log id is one state (Raft), so it keys it.
     digest_cache: Mutex<Option<(LogId, StateDigest)>>,
+    /// The access state as last applied, for the edge: replaced after each
+    /// commit that changed it and after each snapshot installed.
+    access: AccessCache,
 }
 
 impl std::fmt::Debug for StateMachineStore {
@@ -119,6 +135,8 @@ impl StateMachineStore {
             migrate(&db, from)?;
         }
         record_writer(&db)?;
+        let access = AccessCache::default();
+        access.replace(access::load(&db.begin_read().map_err(redb::Error::from)?)?);
         Ok(Self {
             shared: Arc::new(Shared {
                 directory,
@@ -127,6 +145,7 @@ impl StateMachineStore {
                 snapshot_lock: Mutex::new(()),
                 snapshot_counter: AtomicU64::new(0),
                 digest_cache: Mutex::new(None),
+                access,
             }),
         })
     }
@@ -142,6 +161,18 @@ impl StateMachineStore {
             .read()
             .expect("state database lock poisoned")
             .clone()
+    }
+
+    /// The access state in force on this node, as the edge reads it.
+    pub fn access(&self) -> AccessCache {
+        self.shared.access.clone()
+    }
+
+    /// Reads the access state of `db` again into the cache.
+    fn reload_access(&self, db: &Database) -> Result<(), redb::Error> {
+        let view = access::load(&db.begin_read()?)?;
+        self.shared.access.replace(view);
+        Ok(())
     }
 
     /// A read-only view for queries and status, consistent per call.
@@ -343,6 +374,8 @@ impl StateMachineStore {
             .write()
             .expect("state database lock poisoned") = Arc::new(db);
         publish(&snapshot_partial, &self.snapshot_path()).map_err(|e| install_error(&e))?;
+        self.reload_access(&self.db())
+            .map_err(|e| install_error(&e))?;
         Ok(())
     }
 
@@ -353,6 +386,7 @@ impl StateMachineStore {
         };
         let mut responses = Vec::new();
         let mut last_log_id = None;
+        let mut access_changed = false;
         let result = (|| -> Result<(), apply::ApplyError> {
             let txn = db.begin_write()?;
             let mut membership = None;
@@ -375,6 +409,7 @@ impl StateMachineStore {
                 let response = match &entry.payload {
                     EntryPayload::Blank => Response::Empty,
                     EntryPayload::Normal(request) => {
+                        access_changed |= changes_access(&request.command);
                         apply::apply_request(&txn, &context, &mut clock, &entry.log_id, request)?
                     }
                     EntryPayload::Membership(change) => {
@@ -398,6 +433,9 @@ impl StateMachineStore {
                 }
             }
             txn.commit()?;
+            if access_changed {
+                self.reload_access(&db)?;
+            }
             Ok(())
         })();
         match result {

@@ -81,7 +81,7 @@ pub async fn handshake(
 
 /// Whether the node at `url` reports having applied `index` before
 /// `deadline`, asking it every [`APPLIED_POLL`].
-pub async fn applied_on(url: &str, index: u64, deadline: Instant) -> bool {
+pub async fn applied_on(url: &str, auth: &PeerAuth, index: u64, deadline: Instant) -> bool {
     let Ok(endpoint) = Endpoint::from_shared(url.to_owned()) else {
         return false;
     };
@@ -90,8 +90,10 @@ pub async fn applied_on(url: &str, index: u64, deadline: Instant) -> bool {
         let left = deadline.saturating_duration_since(Instant::now());
         let asked = tokio::time::timeout(left.min(STATUS_TIMEOUT), async {
             let channel = endpoint.connect().await.ok()?;
+            let mut request = tonic::Request::new(proto::StatusRequest { local_only: true });
+            auth.stamp(request.metadata_mut());
             let status = ClusterClient::new(channel)
-                .status(proto::StatusRequest { local_only: true })
+                .status(request)
                 .await
                 .ok()?
                 .into_inner();
