@@ -19,7 +19,7 @@ use super::status::ApiError;
 use super::validate;
 use super::{authorize, blocking, call_timeout, identity};
 use crate::auth::policy::CLUSTER_OBJECT;
-use crate::auth::{Action, PeerAuth};
+use crate::auth::{Action, Caller, PeerAuth};
 use crate::command::{
     ClusterSettings, Command, Response as Applied, SettingsCommand, SettingsUpdate,
 };
@@ -45,6 +45,12 @@ pub struct ClusterService {
 impl ClusterService {
     pub fn new(node: NodeHandle) -> Self {
         Self { node }
+    }
+
+    /// The caller of `request`, if it may take `action` on the cluster.
+    fn allow<T>(&self, request: &Request<T>, action: Action) -> Result<Caller, ApiError> {
+        let identity = identity(&self.node, request)?;
+        authorize(&self.node, &identity, action, CLUSTER_OBJECT)
     }
 
     /// This node's own entry: indexes from Raft, digest from the state.
@@ -134,8 +140,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<proto::StatusRequest>,
     ) -> Result<Response<proto::StatusResponse>, Status> {
-        let identity = identity(&self.node, &request)?;
-        authorize(&self.node, &identity, Action::ClusterView, CLUSTER_OBJECT)?;
+        self.allow(&request, Action::ClusterView)?;
         let local_only = request.into_inner().local_only;
         Ok(Response::new(
             ClusterService::status(self, local_only).await?,
@@ -146,13 +151,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<proto::AddNodeRequest>,
     ) -> Result<Response<proto::AddNodeResponse>, Status> {
-        let identity = identity(&self.node, &request)?;
-        authorize(
-            &self.node,
-            &identity,
-            Action::ClusterMembership,
-            CLUSTER_OBJECT,
-        )?;
+        self.allow(&request, Action::ClusterMembership)?;
         let timeout = call_timeout(&request).unwrap_or(ADD_NODE_TIMEOUT);
         let proto::AddNodeRequest { node_id, address } = request.into_inner();
         let address = address.trim().to_owned();
@@ -170,13 +169,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<proto::RemoveNodeRequest>,
     ) -> Result<Response<proto::RemoveNodeResponse>, Status> {
-        let identity = identity(&self.node, &request)?;
-        authorize(
-            &self.node,
-            &identity,
-            Action::ClusterMembership,
-            CLUSTER_OBJECT,
-        )?;
+        self.allow(&request, Action::ClusterMembership)?;
         let timeout = call_timeout(&request).unwrap_or(REMOVE_NODE_TIMEOUT);
         let node_id = request.into_inner().node_id;
         let membership = self
@@ -193,13 +186,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<proto::TransferLeaderRequest>,
     ) -> Result<Response<proto::TransferLeaderResponse>, Status> {
-        let identity = identity(&self.node, &request)?;
-        authorize(
-            &self.node,
-            &identity,
-            Action::ClusterMembership,
-            CLUSTER_OBJECT,
-        )?;
+        self.allow(&request, Action::ClusterMembership)?;
         // openraft 0.9 has no leadership transfer (no TimeoutNow message);
         // it arrives with the move to openraft 0.10.
         Err(ApiError::Unimplemented(
@@ -212,13 +199,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<proto::SnapshotRequest>,
     ) -> Result<Response<proto::SnapshotResponse>, Status> {
-        let identity = identity(&self.node, &request)?;
-        authorize(
-            &self.node,
-            &identity,
-            Action::ClusterSnapshot,
-            CLUSTER_OBJECT,
-        )?;
+        self.allow(&request, Action::ClusterSnapshot)?;
         self.node
             .consensus()
             .trigger_snapshot()
@@ -260,8 +241,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<proto::GetSettingsRequest>,
     ) -> Result<Response<proto::GetSettingsResponse>, Status> {
-        let identity = identity(&self.node, &request)?;
-        authorize(&self.node, &identity, Action::ClusterView, CLUSTER_OBJECT)?;
+        self.allow(&request, Action::ClusterView)?;
         let reader = self.node.reader().clone();
         let (applied, record) = blocking(move || reader.settings_at())
             .await?
@@ -289,13 +269,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<proto::SetSettingsRequest>,
     ) -> Result<Response<proto::SetSettingsResponse>, Status> {
-        let identity = identity(&self.node, &request)?;
-        let caller = authorize(
-            &self.node,
-            &identity,
-            Action::ClusterSettings,
-            CLUSTER_OBJECT,
-        )?;
+        let caller = self.allow(&request, Action::ClusterSettings)?;
         let timeout = call_timeout(&request);
         let request = request.into_inner();
         let update = SettingsUpdate {

@@ -20,7 +20,7 @@ use casbin::function_map::OperatorFunction;
 use casbin::prelude::*;
 use casbin::rhai::Dynamic;
 
-use crate::command::check::{self, MODULE_ROLES};
+use crate::command::check;
 use crate::command::{AccessRule, Command};
 
 /// The casbin model.
@@ -248,15 +248,10 @@ impl Policy {
     }
 }
 
-/// Whether `role` (a module role) is one of `MODULE_ROLES`.
-pub fn is_module_role(role: &str) -> bool {
-    MODULE_ROLES.contains(&role)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::command::check::CLUSTER_ROLES;
+    use crate::command::check::{CLUSTER_ROLES, MODULE_ROLES};
 
     fn rule(subject: &str, role: &str, pattern: Option<&str>) -> AccessRule {
         AccessRule {
@@ -271,7 +266,7 @@ mod tests {
         let names: Vec<&str> = Action::ALL.iter().map(|action| action.name()).collect();
         for [role, action, object] in role_permissions() {
             assert!(
-                CLUSTER_ROLES.contains(&role) || is_module_role(role),
+                CLUSTER_ROLES.contains(&role) || MODULE_ROLES.contains(&role),
                 "{role}"
             );
             assert!(
