@@ -8,6 +8,7 @@
 //! acknowledged one counted: the counter example's value must cover every
 //! acknowledged write and nothing that was never sent.
 
+mod access;
 pub(crate) mod harness;
 mod health;
 mod hostile;

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
-use wasmraft::auth::ClusterSecret;
+use wasmraft::auth::{ClusterSecret, PeerAuth};
 use wasmraft::client::{Client, ClientConfig, Consistency, DeployOptions};
 use wasmraft::node::config::{NodeConfig, RaftSettings};
 use wasmraft::node::{Node, NodeOptions, RunningNode};
@@ -118,7 +118,6 @@ impl Cluster {
 
     /// Like [`Cluster::start`], with nodes that authenticate their callers
     /// (as `serve --node-id` does unless `--insecure`).
-    #[allow(dead_code)] // for the access tests to come
     pub async fn start_secure(size: u64) -> Cluster {
         Self::start_as(size, test_raft_settings(), true).await
     }
@@ -149,6 +148,23 @@ impl Cluster {
             cluster.add(id).await.expect("the node joins");
         }
         cluster
+    }
+
+    /// The id node 1's bootstrap gave the cluster.
+    pub fn cluster_id(&self) -> String {
+        self.node(1)
+            .handle()
+            .peer_auth()
+            .cluster_id()
+            .expect("the bootstrap named the cluster")
+    }
+
+    /// What a node (id 99, no member) signing with `secret` for
+    /// `cluster_id` stamps on its calls.
+    pub fn node_credentials(secret: ClusterSecret, cluster_id: &str) -> PeerAuth {
+        let auth = PeerAuth::new(99, Some(secret), Box::new(|| None));
+        auth.adopt(cluster_id);
+        auth
     }
 
     /// Starts node `id` (a new slot, or the existing one's directory and

@@ -39,22 +39,15 @@ async fn raft_client(cluster: &Cluster, id: u64) -> RaftClient<Channel> {
 
 fn credentials(cluster: &Cluster, caller: Caller) -> Option<PeerAuth> {
     let ours = ClusterSecret::from_file(&cluster.secret_file).unwrap();
-    let cluster_id = cluster
-        .node(1)
-        .handle()
-        .peer_auth()
-        .cluster_id()
-        .expect("the bootstrap named the cluster");
-    let signed = |secret: ClusterSecret, cluster_id: String| {
-        let auth = PeerAuth::new(99, Some(secret), Box::new(|| None));
-        auth.adopt(&cluster_id);
-        Some(auth)
-    };
+    let cluster_id = cluster.cluster_id();
     match caller {
         Caller::Anonymous | Caller::Client => None,
-        Caller::OtherSecret => signed(ClusterSecret::new(&[7; 32]).unwrap(), cluster_id),
-        Caller::OtherCluster => signed(ours, "another-cluster".to_owned()),
-        Caller::Peer => signed(ours, cluster_id),
+        Caller::OtherSecret => Some(Cluster::node_credentials(
+            ClusterSecret::new(&[7; 32]).unwrap(),
+            &cluster_id,
+        )),
+        Caller::OtherCluster => Some(Cluster::node_credentials(ours, "another-cluster")),
+        Caller::Peer => Some(Cluster::node_credentials(ours, &cluster_id)),
     }
 }
 

@@ -52,6 +52,11 @@ struct Args {
     /// The module to load; it must speak the `kv` example's protocol.
     #[arg(long, default_value = "kv")]
     module: String,
+    /// Bearer token sent with every put (a node that authenticates: a
+    /// cluster node, or `serve --dev --auth`, whose token is in
+    /// `DATA_DIR/admin.token`).
+    #[arg(long, env = "WASMRAFT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -70,20 +75,28 @@ async fn client_loop(
 ) -> Tally {
     let mut tally = Tally::default();
     let value = "v".repeat(args.value_bytes);
+    let authorization = args.token.as_ref().map(|token| {
+        tonic::metadata::MetadataValue::try_from(format!("Bearer {token}"))
+            .expect("checked in main")
+    });
     let mut sequence = 0usize;
     while !stop.load(Ordering::Relaxed) {
         let key = (worker * 7919 + sequence * 104_729) % args.keys;
         sequence += 1;
         let input = format!(r#"{{"op":"put","key":"key-{key:08}","value":"{value}"}}"#);
+        let mut request = tonic::Request::new(proto::InvokeRequest {
+            module: args.module.clone(),
+            input: input.into_bytes(),
+            client_id: String::new(),
+            sequence: 0,
+        });
+        if let Some(authorization) = &authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", authorization.clone());
+        }
         let started = Instant::now();
-        let result = client
-            .invoke(proto::InvokeRequest {
-                module: args.module.clone(),
-                input: input.into_bytes(),
-                client_id: String::new(),
-                sequence: 0,
-            })
-            .await;
+        let result = client.invoke(request).await;
         let elapsed = started.elapsed();
         if !measuring.load(Ordering::Relaxed) {
             continue;
@@ -116,6 +129,14 @@ async fn main() -> anyhow::Result<()> {
     let args = Arc::new(Args::parse());
     if args.clients.is_empty() || args.clients.contains(&0) {
         bail!("--clients needs concurrency levels of at least 1");
+    }
+    if let Some(token) = &args.token
+        && tonic::metadata::MetadataValue::<tonic::metadata::Ascii>::try_from(format!(
+            "Bearer {token}"
+        ))
+        .is_err()
+    {
+        bail!("--token holds characters a header cannot carry");
     }
     let mut channels = Vec::new();
     for _ in 0..args.connections.max(1) {

@@ -17,6 +17,10 @@ pub enum ClientError {
     /// A [`crate::ClientConfig`] field is out of range.
     #[error("invalid client configuration: {0}")]
     InvalidConfig(String),
+    /// An argument the client checks before sending is wrong (an unknown
+    /// role, a pattern on a cluster role). Nothing was sent.
+    #[error("{0}")]
+    InvalidInput(String),
     /// No connection could be opened to the endpoint (refused, unknown
     /// host, connect timeout). Nothing was sent, so nothing was applied.
     #[error("cannot reach {endpoint}: {reason}")]
@@ -93,6 +97,7 @@ impl ClientError {
             ClientError::MissingField { .. } => Some(Code::Internal),
             ClientError::InvalidEndpoint { .. }
             | ClientError::InvalidConfig(_)
+            | ClientError::InvalidInput(_)
             | ClientError::Randomness(_) => None,
         }
     }
@@ -124,6 +129,7 @@ impl ClientError {
                 "give the endpoint as a URL such as http://127.0.0.1:7070".to_owned()
             }
             ClientError::InvalidConfig(_) => "fix the client configuration".to_owned(),
+            ClientError::InvalidInput(_) => "fix the arguments; nothing was sent".to_owned(),
             ClientError::Unreachable { .. } => {
                 "no node listens there: check the address, or start one with `wasmraft serve --dev`"
                     .to_owned()
@@ -159,6 +165,7 @@ impl ClientError {
                     format!("the node cannot serve this now; the leader is at {leader}, retry")
                 }
                 _ => membership_explanation(operation, *code)
+                    .or_else(|| access_explanation(operation, *code))
                     .unwrap_or_else(|| code_explanation(*code))
                     .to_owned(),
             },
@@ -273,6 +280,21 @@ fn membership_explanation(operation: &str, code: Code) -> Option<&'static str> {
         Code::AlreadyExists => "`wasmraft cluster status` lists the members and their addresses",
         Code::DeadlineExceeded => {
             "the change did not finish in time; `wasmraft cluster status` shows where it stands, and running the same command again finishes it"
+        }
+        _ => return None,
+    })
+}
+
+fn access_explanation(operation: &str, code: Code) -> Option<&'static str> {
+    Some(match (operation, code) {
+        ("revoke", Code::NotFound) => {
+            "no such binding: `wasmraft access list` shows them; give the subject, role and pattern exactly as granted"
+        }
+        ("revoke token", Code::NotFound) => {
+            "no token has that id (it may be revoked already); the id is the 16 hex digits after `wr_`"
+        }
+        ("grant" | "revoke" | "create token" | "revoke token", Code::InvalidArgument) => {
+            "the message says which part of the binding or subject to change"
         }
         _ => return None,
     })

@@ -64,6 +64,7 @@
 //! was sent (the endpoint was unreachable); reads retry on `UNAVAILABLE`
 //! and transport failures.
 
+mod access;
 mod error;
 mod retry;
 mod session;
@@ -84,6 +85,7 @@ use wasmraft_proto::v1::cluster_client::ClusterClient;
 use wasmraft_proto::v1::modules_client::ModulesClient;
 use wasmraft_proto::v1::state_machine_client::StateMachineClient;
 
+pub use access::{CreatedToken, RoleBinding, WhoAmI};
 pub use error::{ClientError, code_name};
 pub use status_json::{
     CLUSTER_STATUS_SCHEMA_VERSION, ClusterStatusJson, MemberJson, NodeStatusJson,

@@ -58,6 +58,7 @@ pub(crate) fn may_have_been_sent(error: &ClientError) -> bool {
         ClientError::Unreachable { .. }
             | ClientError::InvalidEndpoint { .. }
             | ClientError::InvalidConfig(_)
+            | ClientError::InvalidInput(_)
             | ClientError::Randomness(_)
     )
 }

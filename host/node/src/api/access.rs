@@ -19,7 +19,9 @@ use crate::command::{AccessChange, AccessRule, Command, Response as Applied, Tok
 use crate::node::handle::NodeHandle;
 
 /// How long a change may wait for every member to apply it, when the
-/// caller set no shorter deadline.
+/// caller set no deadline. A member slower than this (partitioned, or
+/// busy applying a long call) still refuses, at apply, every command
+/// ordered after the change; only its stale reads may lag.
 const SPREAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves `wasmraft.v1.Access`.
@@ -55,6 +57,7 @@ impl AccessService {
             return Err(InputError::Access(reason).into());
         }
         let span = tracing::info_span!("access_change", change = ?change);
+        let deadline = std::time::Instant::now() + timeout.unwrap_or(SPREAD_TIMEOUT);
         let proposed = self
             .node
             .propose(caller, Command::Access(change), timeout)
@@ -66,7 +69,7 @@ impl AccessService {
             other => return Err(unexpected("access change", &other)),
         };
         if changed {
-            let wait = timeout.unwrap_or(SPREAD_TIMEOUT).min(SPREAD_TIMEOUT);
+            let wait = deadline.saturating_duration_since(std::time::Instant::now());
             let missing = self.node.applied_everywhere(proposed.index, wait).await;
             if !missing.is_empty() {
                 tracing::warn!(

@@ -151,13 +151,13 @@ impl Cluster for ClusterService {
         &self,
         request: Request<proto::AddNodeRequest>,
     ) -> Result<Response<proto::AddNodeResponse>, Status> {
-        self.allow(&request, Action::ClusterMembership)?;
+        let caller = self.allow(&request, Action::ClusterMembership)?;
         let timeout = call_timeout(&request).unwrap_or(ADD_NODE_TIMEOUT);
         let proto::AddNodeRequest { node_id, address } = request.into_inner();
         let address = address.trim().to_owned();
         let membership = self
             .node
-            .add_node(node_id, address, timeout)
+            .add_node(caller, node_id, address, timeout)
             .await
             .map_err(ApiError::from)?;
         Ok(Response::new(proto::AddNodeResponse {
@@ -169,12 +169,12 @@ impl Cluster for ClusterService {
         &self,
         request: Request<proto::RemoveNodeRequest>,
     ) -> Result<Response<proto::RemoveNodeResponse>, Status> {
-        self.allow(&request, Action::ClusterMembership)?;
+        let caller = self.allow(&request, Action::ClusterMembership)?;
         let timeout = call_timeout(&request).unwrap_or(REMOVE_NODE_TIMEOUT);
         let node_id = request.into_inner().node_id;
         let membership = self
             .node
-            .remove_node(node_id, timeout)
+            .remove_node(caller, node_id, timeout)
             .await
             .map_err(ApiError::from)?;
         Ok(Response::new(proto::RemoveNodeResponse {

@@ -12,7 +12,7 @@ use super::convert::module_message;
 use super::status::ApiError;
 use super::validate::{self, DeployAssembler, DeployUpload, InputError};
 use super::{authorize, blocking, call_timeout, identity};
-use crate::auth::{Action, Caller};
+use crate::auth::{Action, Caller, Identity};
 use crate::command::settings::module_limits;
 use crate::command::{Command, Deploy, Response as Applied};
 use crate::node::handle::NodeHandle;
@@ -154,17 +154,32 @@ pub(super) fn unexpected(what: &str, response: &Applied) -> ApiError {
 }
 
 impl ModulesService {
-    /// Reads a deploy stream whole, refusing it as early as it can.
+    /// Reads a deploy stream whole, refusing it as early as it can: a
+    /// caller who may not deploy the module its header names is refused
+    /// before the node buffers the wasm that follows.
     async fn receive(
         &self,
+        identity: &Identity,
         mut stream: Streaming<proto::DeployChunk>,
-    ) -> Result<DeployUpload, Status> {
+    ) -> Result<(DeployUpload, Caller), Status> {
         let settings = self.node.settings().map_err(ApiError::from)?;
         let mut assembler = DeployAssembler::new(self.node.limits(), settings.module_bytes_max);
+        let mut caller = None;
         while let Some(chunk) = stream.message().await? {
             assembler.push(chunk.content).map_err(ApiError::from)?;
+            if caller.is_none()
+                && let Some(name) = assembler.module_name()
+            {
+                caller = Some(authorize(&self.node, identity, Action::ModuleDeploy, name)?);
+            }
         }
-        Ok(assembler.finish().map_err(ApiError::from)?)
+        let upload = assembler.finish().map_err(ApiError::from)?;
+        // `finish` refuses a stream without a header, so the name was seen.
+        let caller = match caller {
+            Some(caller) => caller,
+            None => authorize(&self.node, identity, Action::ModuleDeploy, &upload.name)?,
+        };
+        Ok((upload, caller))
     }
 }
 
@@ -176,8 +191,7 @@ impl Modules for ModulesService {
     ) -> Result<Response<proto::DeployResponse>, Status> {
         let identity = identity(&self.node, &request)?;
         let timeout = call_timeout(&request);
-        let upload = self.receive(request.into_inner()).await?;
-        let caller = authorize(&self.node, &identity, Action::ModuleDeploy, &upload.name)?;
+        let (upload, caller) = self.receive(&identity, request.into_inner()).await?;
         let module = deploy_module(&self.node, &caller, upload, timeout, &|_| {}).await?;
         Ok(Response::new(proto::DeployResponse {
             module: Some(module),
@@ -194,8 +208,7 @@ impl Modules for ModulesService {
     ) -> Result<Response<Self::DeployWithProgressStream>, Status> {
         let identity = identity(&self.node, &request)?;
         let timeout = call_timeout(&request);
-        let upload = self.receive(request.into_inner()).await?;
-        let caller = authorize(&self.node, &identity, Action::ModuleDeploy, &upload.name)?;
+        let (upload, caller) = self.receive(&identity, request.into_inner()).await?;
         // Room for every phase and the result: sending never waits, and a
         // client that went away only makes the sends fail.
         let (events, received) = tokio::sync::mpsc::channel(DEPLOY_EVENTS_MAX);

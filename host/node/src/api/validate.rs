@@ -198,6 +198,12 @@ impl DeployAssembler {
         }
     }
 
+    /// The module's name, once the header arrived: a deploy is authorised
+    /// on it before the rest of the stream is read.
+    pub fn module_name(&self) -> Option<&str> {
+        self.header.as_ref().map(|header| header.name.as_str())
+    }
+
     /// Takes the next chunk of the stream.
     pub fn push(&mut self, content: Option<Content>) -> Result<(), InputError> {
         match (content, &mut self.header) {

@@ -115,7 +115,11 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
         return EXIT_USAGE;
     }
     match client_error(error) {
-        Some(ClientError::InvalidEndpoint { .. } | ClientError::InvalidConfig(_)) => EXIT_USAGE,
+        Some(
+            ClientError::InvalidEndpoint { .. }
+            | ClientError::InvalidConfig(_)
+            | ClientError::InvalidInput(_),
+        ) => EXIT_USAGE,
         Some(error) if error.is_unreachable() => EXIT_UNREACHABLE,
         _ => EXIT_SERVER_ERROR,
     }

@@ -3,6 +3,7 @@
 //! Each subcommand module owns its clap arguments and its `run` function;
 //! this file only lists them.
 
+mod access;
 mod cluster;
 mod connection;
 mod examples;
@@ -44,6 +45,10 @@ enum Commands {
     Query(query::QueryArgs),
     /// Inspect the cluster: leader, members, indexes, state digests.
     Cluster(cluster::ClusterArgs),
+    /// Grant and revoke roles, list them, create and revoke tokens.
+    Access(access::AccessArgs),
+    /// Show who the node takes you for (your token's subject) and your roles.
+    Whoami(access::WhoAmIArgs),
     /// The example modules bundled in this binary.
     Examples(examples::ExamplesArgs),
 }
@@ -58,6 +63,8 @@ impl Cli {
             Commands::Invoke(args) => invoke::run(args),
             Commands::Query(args) => query::run(args),
             Commands::Cluster(args) => cluster::run(args),
+            Commands::Access(args) => access::run(args),
+            Commands::Whoami(args) => access::run_whoami(args),
             Commands::Examples(args) => examples::run(args),
         };
         match result {

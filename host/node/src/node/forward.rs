@@ -34,15 +34,21 @@ pub enum Forwarded {
     /// Confirm leadership with a quorum and name the log index a
     /// linearizable read must wait for. Answer: `Result<u64, ConsensusError>`.
     ReadIndex { timeout_ms: u64 },
-    /// Add a node (learner, catch up, voter). Answer:
-    /// `Result<Membership, MembershipError>`.
+    /// Add a node (learner, catch up, voter) for `caller`, whom the leader
+    /// authorises again. Answer: `Result<Membership, MembershipError>`.
     AddNode {
+        caller: Caller,
         id: NodeId,
         address: String,
         timeout_ms: u64,
     },
-    /// Remove a member. Answer: `Result<Membership, MembershipError>`.
-    RemoveNode { id: NodeId, timeout_ms: u64 },
+    /// Remove a member for `caller`, whom the leader authorises again.
+    /// Answer: `Result<Membership, MembershipError>`.
+    RemoveNode {
+        caller: Caller,
+        id: NodeId,
+        timeout_ms: u64,
+    },
 }
 
 /// The leader's answer to a [`Forwarded`] request, by kind; the follower
@@ -83,11 +89,13 @@ mod tests {
             },
             Forwarded::ReadIndex { timeout_ms: 10 },
             Forwarded::AddNode {
+                caller: Caller::unchecked("operator"),
                 id: 4,
                 address: "127.0.0.1:7074".into(),
                 timeout_ms: 60_000,
             },
             Forwarded::RemoveNode {
+                caller: Caller::system(),
                 id: 2,
                 timeout_ms: 1,
             },

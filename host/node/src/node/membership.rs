@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::error::ConsensusError;
 use super::forward::{Forwarded, millis};
 use super::handle::NodeHandle;
+use crate::auth::Caller;
 use crate::node::address::parse_peer_address;
 use crate::raft::network::introduce;
 use crate::raft::{ChangeRefused, Member, NodeId, RaftRefusal};
@@ -103,6 +104,7 @@ impl NodeHandle {
     /// once it caught up. A follower forwards it to the leader.
     pub async fn add_node(
         &self,
+        caller: Caller,
         id: NodeId,
         address: String,
         timeout: Duration,
@@ -112,6 +114,7 @@ impl NodeHandle {
             address,
             |address| add_node(self, id, address, timeout),
             |address, timeout_ms| Forwarded::AddNode {
+                caller: caller.clone(),
                 id,
                 address,
                 timeout_ms,
@@ -124,6 +127,7 @@ impl NodeHandle {
     /// forwards it to the leader.
     pub async fn remove_node(
         &self,
+        caller: Caller,
         id: NodeId,
         timeout: Duration,
     ) -> Result<Membership, MembershipError> {
@@ -132,7 +136,11 @@ impl NodeHandle {
             Instant::now() + timeout,
             (),
             |()| remove_node(self, id, timeout),
-            |(), timeout_ms| Forwarded::RemoveNode { id, timeout_ms },
+            |(), timeout_ms| Forwarded::RemoveNode {
+                caller: caller.clone(),
+                id,
+                timeout_ms,
+            },
         )
         .await
     }

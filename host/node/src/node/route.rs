@@ -10,8 +10,9 @@ use tracing::Instrument;
 use super::error::ConsensusError;
 use super::forward::{Forwarded, ForwardedAnswer, millis};
 use super::handle::NodeHandle;
-use super::membership;
-use crate::auth::policy::command_permission;
+use super::membership::{self, MembershipError};
+use crate::auth::policy::{CLUSTER_OBJECT, command_permission};
+use crate::auth::{Action, Caller};
 use crate::raft::network::ForwardFailure;
 use crate::raft::{Metrics, NodeId};
 
@@ -126,6 +127,15 @@ impl NodeHandle {
         }
     }
 
+    /// Checks, by this node's policy, a caller a follower authorised to
+    /// change the membership.
+    fn reauthorize_membership(&self, caller: &Caller) -> Result<(), MembershipError> {
+        self.gate()
+            .reauthorize(caller, Some((Action::ClusterMembership, CLUSTER_OBJECT)))
+            .map(drop)
+            .map_err(|denied| MembershipError::Consensus(ConsensusError::Denied(denied)))
+    }
+
     /// Serves a request a follower forwarded (the internal `Raft.Forward`
     /// RPC): runs it here, never forwarding again.
     pub async fn serve_forwarded(&self, forwarded: Forwarded) -> ForwardedAnswer {
@@ -156,15 +166,24 @@ impl NodeHandle {
                 ForwardedAnswer::ReadIndex(self.read_index_here(timeout(timeout_ms)).await)
             }
             Forwarded::AddNode {
+                caller,
                 id,
                 address,
                 timeout_ms,
-            } => ForwardedAnswer::Membership(
-                membership::add_node(self, id, address, Duration::from_millis(timeout_ms)).await,
-            ),
-            Forwarded::RemoveNode { id, timeout_ms } => ForwardedAnswer::Membership(
-                membership::remove_node(self, id, timeout(timeout_ms)).await,
-            ),
+            } => ForwardedAnswer::Membership(match self.reauthorize_membership(&caller) {
+                Ok(()) => {
+                    membership::add_node(self, id, address, Duration::from_millis(timeout_ms)).await
+                }
+                Err(refused) => Err(refused),
+            }),
+            Forwarded::RemoveNode {
+                caller,
+                id,
+                timeout_ms,
+            } => ForwardedAnswer::Membership(match self.reauthorize_membership(&caller) {
+                Ok(()) => membership::remove_node(self, id, timeout(timeout_ms)).await,
+                Err(refused) => Err(refused),
+            }),
         }
     }
 }
