@@ -15,3 +15,4 @@ mod hostile;
 mod peers;
 mod processes;
 mod scenarios;
+mod tls;

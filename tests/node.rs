@@ -29,6 +29,7 @@ async fn start(directory: &Path) -> RunningNode {
         bootstrap: true,
         cluster_secret_file: None,
         insecure: true,
+        tls: Default::default(),
         raft: Default::default(),
         limits: Default::default(),
         cluster: Default::default(),

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
+use wasmraft::auth::tls::TlsSettings;
 use wasmraft::auth::{ClusterSecret, PeerAuth};
 use wasmraft::client::{Client, ClientConfig, Consistency, DeployOptions};
 use wasmraft::node::config::{NodeConfig, RaftSettings};
@@ -103,6 +104,77 @@ pub struct Cluster {
     /// token node 1's bootstrap created, which [`Cluster::client_of`] sends.
     secure: bool,
     pub admin_token: Option<String>,
+    /// With TLS: every node's settings (one certificate for all, for
+    /// 127.0.0.1), and the authority clients check it against.
+    tls: Option<TlsSettings>,
+    pub tls_authority: Option<TestAuthority>,
+}
+
+/// A certificate authority made for one test, and what it signed, as PEM
+/// files in a directory of the test.
+pub struct TestAuthority {
+    certificate: rcgen::Certificate,
+    key: rcgen::KeyPair,
+    pub certificate_pem: String,
+    directory: PathBuf,
+}
+
+impl TestAuthority {
+    pub fn new(name: &str, directory: &std::path::Path) -> TestAuthority {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let certificate = params.self_signed(&key).unwrap();
+        let certificate_pem = certificate.pem();
+        let directory = directory.join(name);
+        std::fs::create_dir_all(&directory).unwrap();
+        std::fs::write(directory.join("ca.pem"), &certificate_pem).unwrap();
+        TestAuthority {
+            certificate,
+            key,
+            certificate_pem,
+            directory,
+        }
+    }
+
+    /// The authority's certificate file.
+    pub fn certificate_file(&self) -> PathBuf {
+        self.directory.join("ca.pem")
+    }
+
+    /// A certificate for `common_name`, valid for `addresses` (IPs or DNS
+    /// names; none for a client): (certificate PEM, key PEM), also written
+    /// as `<common_name>.pem` and `<common_name>.key`.
+    pub fn issue(&self, common_name: &str, addresses: &[&str]) -> (String, String) {
+        let names: Vec<String> = addresses.iter().map(|name| (*name).to_owned()).collect();
+        let mut params = rcgen::CertificateParams::new(names).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, common_name);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let certificate = params
+            .signed_by(&key, &self.certificate, &self.key)
+            .unwrap();
+        let (certificate, key) = (certificate.pem(), key.serialize_pem());
+        std::fs::write(
+            self.directory.join(format!("{common_name}.pem")),
+            &certificate,
+        )
+        .unwrap();
+        std::fs::write(self.directory.join(format!("{common_name}.key")), &key).unwrap();
+        (certificate, key)
+    }
+
+    /// The files [`TestAuthority::issue`] wrote for `common_name`.
+    pub fn files(&self, common_name: &str) -> (PathBuf, PathBuf) {
+        (
+            self.directory.join(format!("{common_name}.pem")),
+            self.directory.join(format!("{common_name}.key")),
+        )
+    }
 }
 
 impl Cluster {
@@ -113,17 +185,38 @@ impl Cluster {
     }
 
     pub async fn start_with(size: u64, raft: RaftSettings) -> Cluster {
-        Self::start_as(size, raft, false).await
+        Self::start_as(size, raft, false, false).await
     }
 
     /// Like [`Cluster::start`], with nodes that authenticate their callers
     /// (as `serve --node-id` does unless `--insecure`).
     pub async fn start_secure(size: u64) -> Cluster {
-        Self::start_as(size, test_raft_settings(), true).await
+        Self::start_as(size, test_raft_settings(), true, false).await
     }
 
-    async fn start_as(size: u64, raft: RaftSettings, secure: bool) -> Cluster {
+    /// Like [`Cluster::start_secure`], every node serving TLS with a
+    /// certificate of a test authority, which also signs client
+    /// certificates (mTLS).
+    pub async fn start_tls(size: u64) -> Cluster {
+        Self::start_as(size, test_raft_settings(), true, true).await
+    }
+
+    async fn start_as(size: u64, raft: RaftSettings, secure: bool, tls: bool) -> Cluster {
         let secret_directory = tempfile::tempdir().unwrap();
+        let (tls, tls_authority) = if tls {
+            let authority = TestAuthority::new("wasmraft-test-ca", secret_directory.path());
+            authority.issue("node", &["127.0.0.1", "localhost"]);
+            let (cert_file, key_file) = authority.files("node");
+            let settings = TlsSettings {
+                cert_file: Some(cert_file),
+                key_file: Some(key_file),
+                client_ca_file: Some(authority.certificate_file()),
+                peer_ca_file: None,
+            };
+            (Some(settings), Some(authority))
+        } else {
+            (None, None)
+        };
         let secret_file = secret_directory.path().join("cluster-secret");
         std::fs::write(&secret_file, ClusterSecret::generate().unwrap()).unwrap();
         let mut cluster = Cluster {
@@ -134,6 +227,8 @@ impl Cluster {
             _secret_directory: secret_directory,
             secure,
             admin_token: None,
+            tls,
+            tls_authority,
         };
         cluster.launch(1, true).await;
         cluster.wait_for_leader().await;
@@ -187,6 +282,7 @@ impl Cluster {
             bootstrap,
             cluster_secret_file: Some(self.secret_file.clone()),
             insecure: !self.secure,
+            tls: self.tls.clone().unwrap_or_default(),
             raft: self.raft.clone(),
             limits: Default::default(),
             cluster: Default::default(),
@@ -280,6 +376,14 @@ impl Cluster {
         self.slots.remove(&id);
     }
 
+    /// A running node other than `leader`.
+    pub fn follower_of(&self, leader: NodeId) -> NodeId {
+        self.running()
+            .into_iter()
+            .find(|id| *id != leader)
+            .expect("another node runs")
+    }
+
     /// Waits until the running nodes agree on one running leader, and
     /// returns it.
     pub async fn wait_for_leader(&self) -> NodeId {
@@ -322,17 +426,37 @@ impl Cluster {
 
     /// A client of node `id` sending `token` (none: no credential).
     pub async fn client_with_token(&self, id: NodeId, token: Option<String>) -> Client {
-        Client::connect_with(
-            &format!("http://{}", self.address(id)),
+        self.client_with(
+            id,
             ClientConfig {
-                request_timeout: Duration::from_secs(10),
-                retry_deadline: SETTLE,
                 bearer_token: token,
-                ..ClientConfig::default()
+                ca_certificate_pem: self
+                    .tls_authority
+                    .as_ref()
+                    .map(|authority| authority.certificate_pem.clone().into_bytes()),
+                ..Self::client_config()
             },
         )
         .await
-        .unwrap()
+    }
+
+    /// The client configuration of tests: an attempt may wait for an
+    /// election, and retries go on until the cluster settled.
+    pub fn client_config() -> ClientConfig {
+        ClientConfig {
+            request_timeout: Duration::from_secs(10),
+            retry_deadline: SETTLE,
+            ..ClientConfig::default()
+        }
+    }
+
+    /// A client of node `id` configured by `config`, over TLS when the
+    /// cluster serves it.
+    pub async fn client_with(&self, id: NodeId, config: ClientConfig) -> Client {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        Client::connect_with(&format!("{scheme}://{}", self.address(id)), config)
+            .await
+            .unwrap()
     }
 
     /// Deploys the counter example through node `through`.

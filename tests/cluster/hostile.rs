@@ -40,11 +40,7 @@ async fn hostile_calls_leave_every_replica_alive_and_equal() {
     let mut cluster = Cluster::start(3).await;
     let leader = cluster.wait_for_leader().await;
     cluster.deploy_counter(leader).await;
-    let follower = cluster
-        .running()
-        .into_iter()
-        .find(|id| *id != leader)
-        .unwrap();
+    let follower = cluster.follower_of(leader);
     let client = cluster.client_of(follower).await;
     let mut failures = Vec::new();
     for (index, (what, items, expected)) in ROWS.iter().enumerate() {
@@ -99,11 +95,7 @@ async fn cluster_settings_are_replicated_and_checked_by_name() {
 
     let mut cluster = Cluster::start(3).await;
     let leader = cluster.wait_for_leader().await;
-    let follower = cluster
-        .running()
-        .into_iter()
-        .find(|id| *id != leader)
-        .unwrap();
+    let follower = cluster.follower_of(leader);
     let client = cluster.client_of(follower).await;
     let before = client.settings().await.unwrap();
     assert!(

@@ -18,11 +18,7 @@ fn code(error: &ClientError) -> Option<Code> {
 async fn three_nodes_elect_a_leader_and_replace_a_lost_one() {
     let mut cluster = Cluster::start(3).await;
     let leader = cluster.wait_for_leader().await;
-    let follower = cluster
-        .running()
-        .into_iter()
-        .find(|id| *id != leader)
-        .unwrap();
+    let follower = cluster.follower_of(leader);
     // Deployed and written through a follower: it forwards to the leader.
     cluster.deploy_counter(follower).await;
     let tally = Tally::default();
@@ -55,11 +51,7 @@ async fn five_nodes_keep_writing_with_two_lost_and_take_them_back() {
     let tally = Tally::default();
     increment(&cluster.client_of(leader).await, 10, &tally).await;
     // A minority of two, the leader among them.
-    let follower = cluster
-        .running()
-        .into_iter()
-        .find(|id| *id != leader)
-        .unwrap();
+    let follower = cluster.follower_of(leader);
     cluster.stop(leader).await;
     cluster.stop(follower).await;
     let majority = cluster.running();

@@ -123,6 +123,7 @@ pub async fn launch(
         bootstrap,
         cluster_secret_file: None,
         insecure: true,
+        tls: Default::default(),
         raft: raft_settings(),
         limits: Default::default(),
         cluster: Default::default(),

@@ -60,6 +60,7 @@ async fn start_error(directory: &Path) -> String {
         bootstrap: false,
         cluster_secret_file: None,
         insecure: true,
+        tls: Default::default(),
         raft: fixture::raft_settings(),
         limits: Default::default(),
         cluster: Default::default(),

@@ -79,7 +79,7 @@ use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use wasmraft_proto::v1;
 use wasmraft_proto::v1::cluster_client::ClusterClient;
 use wasmraft_proto::v1::modules_client::ModulesClient;
@@ -138,6 +138,13 @@ pub struct ClientConfig {
     pub in_flight_invokes_max: usize,
     /// Sent as `authorization: Bearer TOKEN` on every call.
     pub bearer_token: Option<String>,
+    /// For an `https://` endpoint: the authority (PEM) the node's
+    /// certificate chains to; without it, the system's trusted roots.
+    pub ca_certificate_pem: Option<Vec<u8>>,
+    /// For an `https://` endpoint whose node accepts client certificates:
+    /// this client's certificate and key (PEM). Its common name is then the
+    /// caller's subject, with no token.
+    pub client_identity_pem: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl Default for ClientConfig {
@@ -152,6 +159,8 @@ impl Default for ClientConfig {
             retry_unreachable: true,
             in_flight_invokes_max: 1024,
             bearer_token: None,
+            ca_certificate_pem: None,
+            client_identity_pem: None,
         }
     }
 }
@@ -170,6 +179,11 @@ impl std::fmt::Debug for ClientConfig {
             .field(
                 "bearer_token",
                 &self.bearer_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("ca_certificate_pem", &self.ca_certificate_pem.is_some())
+            .field(
+                "client_identity_pem",
+                &self.client_identity_pem.as_ref().map(|_| "<redacted>"),
             )
             .finish()
     }
@@ -239,10 +253,20 @@ impl Client {
             endpoint: endpoint.to_owned(),
             reason,
         };
-        let channel = Endpoint::from_shared(url.clone())
+        let mut endpoint = Endpoint::from_shared(url.clone())
             .map_err(|error| invalid(error.to_string()))?
             .user_agent(concat!("wasmraft-client/", env!("CARGO_PKG_VERSION")))
-            .map_err(|error| invalid(error.to_string()))?
+            .map_err(|error| invalid(error.to_string()))?;
+        if url.starts_with("https://") {
+            endpoint = endpoint
+                .tls_config(tls_config(&config))
+                .map_err(|error| invalid(error.to_string()))?;
+        } else if config.ca_certificate_pem.is_some() || config.client_identity_pem.is_some() {
+            return Err(invalid(
+                "TLS certificates are given but the endpoint is http://; use https://".to_owned(),
+            ));
+        }
+        let channel = endpoint
             .connect_timeout(config.connect_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(30))
@@ -870,19 +894,29 @@ fn normalise_endpoint(endpoint: &str) -> Result<String, ClientError> {
     } else {
         format!("http://{endpoint}")
     };
-    if url.starts_with("https://") {
-        return Err(invalid(
-            "TLS (https) is not supported by this client yet; use http://",
-        ));
-    }
-    if !url.starts_with("http://") {
-        return Err(invalid("the scheme must be http://"));
-    }
-    let authority = &url["http://".len()..];
+    let Some(authority) = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+    else {
+        return Err(invalid("the scheme must be http:// or https://"));
+    };
     if authority.is_empty() || authority.starts_with('/') || authority.starts_with(':') {
         return Err(invalid("it names no host"));
     }
     Ok(url)
+}
+
+/// The TLS of an `https://` endpoint: the given authority, else the
+/// system's roots; the client's own certificate when given.
+fn tls_config(config: &ClientConfig) -> ClientTlsConfig {
+    let mut tls = match &config.ca_certificate_pem {
+        Some(pem) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)),
+        None => ClientTlsConfig::new().with_native_roots(),
+    };
+    if let Some((certificate, key)) = &config.client_identity_pem {
+        tls = tls.identity(Identity::from_pem(certificate, key));
+    }
+    tls
 }
 
 /// 128 random bits as hex: unique across processes without coordination.
@@ -918,13 +952,11 @@ mod tests {
             normalise_endpoint(" http://node-1:7070 ").expect("valid"),
             "http://node-1:7070"
         );
-        for bad in [
-            "",
-            "https://node:7070",
-            "ftp://node",
-            "http://",
-            "http://:7070",
-        ] {
+        assert_eq!(
+            normalise_endpoint("https://node-1:7070").expect("valid"),
+            "https://node-1:7070"
+        );
+        for bad in ["", "ftp://node", "https://", "http://", "http://:7070"] {
             assert!(
                 matches!(
                     normalise_endpoint(bad),

@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use tonic::transport::Endpoint;
 use tonic::{Request, Response, Status};
 use wasmraft_proto::v1 as proto;
 use wasmraft_proto::v1::cluster_client::ClusterClient;
@@ -23,7 +22,6 @@ use crate::auth::{Action, Caller, PeerAuth};
 use crate::command::{
     ClusterSettings, Command, Response as Applied, SettingsCommand, SettingsUpdate,
 };
-use crate::node::address::parse_peer_address;
 use crate::node::membership::Membership;
 use crate::node::{ClusterView, NodeHandle};
 use crate::raft::Member;
@@ -108,9 +106,7 @@ async fn member_status(peers: &PeerAuth, member: &Member) -> proto::NodeStatus {
         error,
         ..proto::NodeStatus::default()
     };
-    let endpoint = match parse_peer_address(&member.address)
-        .and_then(|url| Endpoint::from_shared(url).map_err(|error| error.to_string()))
-    {
+    let endpoint = match peers.endpoint(&member.address) {
         Ok(endpoint) => endpoint.connect_timeout(MEMBER_STATUS_TIMEOUT),
         Err(reason) => return failed(format!("bad address: {reason}")),
     };

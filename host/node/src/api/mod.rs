@@ -19,8 +19,8 @@ pub mod validate;
 
 use std::time::Duration;
 
-use tonic::transport::Server;
 use tonic::transport::server::Router;
+use tonic::transport::{Server, ServerTlsConfig};
 use wasmraft_proto::v1::access_server::AccessServer;
 use wasmraft_proto::v1::cluster_server::ClusterServer;
 use wasmraft_proto::v1::modules_server::ModulesServer;
@@ -34,6 +34,7 @@ pub use self::raft::RaftService;
 pub use self::state_machine::StateMachineService;
 pub use self::status::ApiError;
 pub use self::validate::{DeployUpload, InputError};
+use crate::auth::tls::certificate_subject;
 use crate::auth::{Action, Caller, Identity};
 use crate::node::handle::NodeHandle;
 
@@ -53,7 +54,14 @@ pub(crate) fn identity<T>(
     node: &NodeHandle,
     request: &tonic::Request<T>,
 ) -> Result<Identity, ApiError> {
-    Ok(node.gate().authenticate(request.metadata())?)
+    // The TLS layer verified the chain against the client CA: only its
+    // name is read here.
+    let certificate_subject = request
+        .peer_certs()
+        .and_then(|chain| chain.first().and_then(|leaf| certificate_subject(leaf)));
+    Ok(node
+        .gate()
+        .authenticate_with_certificate(request.metadata(), certificate_subject.as_deref())?)
 }
 
 /// The caller `identity` acts as for `action` on `object`, if the policy in
@@ -118,9 +126,17 @@ pub(crate) async fn blocking<T: Send + 'static>(
 /// the internal `Raft` service's messages (one log entry of the largest
 /// kind must fit); the client services accept inputs up to
 /// `limits.payload_bytes_max`.
-pub fn router(node: &NodeHandle, raft_message_bytes_max: usize) -> Router {
+pub fn router(
+    node: &NodeHandle,
+    raft_message_bytes_max: usize,
+    tls: Option<ServerTlsConfig>,
+) -> Result<Router, tonic::transport::Error> {
     let api_message_bytes_max = validate::api_message_bytes_max(node.limits());
-    Server::builder()
+    let mut server = Server::builder();
+    if let Some(tls) = tls {
+        server = server.tls_config(tls)?;
+    }
+    Ok(server
         .timeout(SERVER_CALL_TIMEOUT)
         .concurrency_limit_per_connection(STREAMS_PER_CONNECTION_MAX)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
@@ -144,7 +160,7 @@ pub fn router(node: &NodeHandle, raft_message_bytes_max: usize) -> Router {
             RaftServer::new(RaftService::new(node.clone()))
                 .max_decoding_message_size(raft_message_bytes_max)
                 .max_encoding_message_size(raft_message_bytes_max),
-        )
+        ))
 }
 
 #[cfg(test)]

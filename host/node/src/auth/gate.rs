@@ -29,7 +29,7 @@ use tonic::metadata::MetadataMap;
 use super::peer::{PEER_PROOF_HEADER, PeerAuth};
 use super::policy::{Action, Policy};
 use super::token::Token;
-use crate::command::{AccessRule, TokenGrant};
+use crate::command::{AccessRule, TokenGrant, check};
 use crate::raft::NodeId;
 
 /// The subject of every call on a node that does not authenticate.
@@ -226,6 +226,18 @@ impl Gate {
 
     /// Who the call of `metadata` comes from (see the module documentation).
     pub fn authenticate(&self, metadata: &MetadataMap) -> Result<Identity, Denied> {
+        self.authenticate_with_certificate(metadata, None)
+    }
+
+    /// Like [`Gate::authenticate`], for a caller whose TLS client
+    /// certificate (checked by the TLS layer against the client CA) names
+    /// `certificate_subject`: without a token or a peer proof, that is who
+    /// it is. A token, when sent, takes precedence.
+    pub fn authenticate_with_certificate(
+        &self,
+        metadata: &MetadataMap,
+        certificate_subject: Option<&str>,
+    ) -> Result<Identity, Denied> {
         if let Some(value) = metadata.get("authorization") {
             let text = value.to_str().map_err(|_| {
                 Denied::Unauthenticated("the `authorization` metadata is not text".to_owned())
@@ -266,6 +278,17 @@ impl Gate {
         }
         if !self.enforced {
             return Ok(Identity::Anonymous);
+        }
+        if let Some(subject) = certificate_subject {
+            check::subject(subject).map_err(|reason| {
+                Denied::Unauthenticated(format!(
+                    "the client certificate's common name cannot be a subject: {reason}"
+                ))
+            })?;
+            return Ok(Identity::Subject {
+                subject: subject.to_owned(),
+                token_id: None,
+            });
         }
         Err(Denied::Unauthenticated(
             "this cluster requires authentication: send `authorization: Bearer TOKEN` (the CLI's --token or WASMRAFT_TOKEN)".to_owned(),

@@ -8,6 +8,8 @@
 //!   an action to a caller, against the replicated access state.
 //! - `peer`: peer authentication — the internal `Raft` service takes calls
 //!   only from nodes holding the cluster secret, of the same cluster id.
+//! - `tls`: the node's TLS (rustls through tonic) for clients and peers,
+//!   and the subject of a client certificate (its CN).
 //!
 //! Invariants: every client method passes [`Gate::authenticate`] and
 //! [`Gate::authorize`] (except `Cluster.Health`) before it reads or
@@ -21,6 +23,7 @@
 pub mod gate;
 pub mod peer;
 pub mod policy;
+pub mod tls;
 pub mod token;
 
 pub use gate::{ANONYMOUS, AccessCache, AccessView, Authorization, Caller, Denied, Gate, Identity};

@@ -27,7 +27,9 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use tonic::Status;
 use tonic::metadata::{Ascii, MetadataMap, MetadataValue};
+use tonic::transport::{ClientTlsConfig, Endpoint};
 
+use crate::node::address::parse_peer_address;
 use crate::raft::NodeId;
 
 /// Metadata naming the calling node.
@@ -136,6 +138,8 @@ pub type ClusterIdSource = Box<dyn Fn() -> Option<String> + Send + Sync>;
 #[derive(Clone)]
 pub struct PeerAuth {
     inner: Arc<Inner>,
+    /// With TLS on, peers are dialled over it, checked against the peer CA.
+    tls: Option<Arc<ClientTlsConfig>>,
 }
 
 struct Inner {
@@ -181,6 +185,36 @@ impl PeerAuth {
                 cluster_id: RwLock::new(None),
                 source,
             }),
+            tls: None,
+        }
+    }
+
+    /// These credentials, dialling peers over TLS with `tls`.
+    pub fn with_tls(mut self, tls: ClientTlsConfig) -> Self {
+        self.tls = Some(Arc::new(tls));
+        self
+    }
+
+    /// Whether peers are dialled over TLS.
+    pub fn dials_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// The endpoint of the peer at `address` (`HOST:PORT`, or a URL): over
+    /// TLS when this node has it, whatever scheme the address names.
+    pub fn endpoint(&self, address: &str) -> Result<Endpoint, String> {
+        let url = parse_peer_address(address)?;
+        match &self.tls {
+            None => Endpoint::from_shared(url).map_err(|error| error.to_string()),
+            Some(tls) => {
+                let url = match url.strip_prefix("http://") {
+                    Some(rest) => format!("https://{rest}"),
+                    None => url,
+                };
+                Endpoint::from_shared(url)
+                    .and_then(|endpoint| endpoint.tls_config(tls.as_ref().clone()))
+                    .map_err(|error| error.to_string())
+            }
         }
     }
 

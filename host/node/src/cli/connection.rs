@@ -11,6 +11,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -28,12 +29,24 @@ pub const EXIT_UNREACHABLE: u8 = 3;
 /// How to reach the cluster; flattened into every client subcommand.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConnectionArgs {
-    /// The node to talk to, as http://HOST:PORT.
+    /// The node to talk to, as http://HOST:PORT (or https:// for a node
+    /// serving TLS).
     #[arg(long, env = "WASMRAFT_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
     endpoint: String,
     /// Bearer token sent with every call.
     #[arg(long, env = "WASMRAFT_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// For https://: the authority (PEM) the node's certificate chains to
+    /// [default: the system's trusted roots].
+    #[arg(long, value_name = "FILE", env = "WASMRAFT_CA_CERT")]
+    ca_cert: Option<PathBuf>,
+    /// For https://: a client certificate (PEM) to authenticate with instead
+    /// of a token; its common name is your subject.
+    #[arg(long, value_name = "FILE", env = "WASMRAFT_CERT", requires = "key")]
+    cert: Option<PathBuf>,
+    /// The private key of --cert (PEM).
+    #[arg(long, value_name = "FILE", env = "WASMRAFT_KEY", requires = "cert")]
+    key: Option<PathBuf>,
     /// Timeout of one attempt of a call, in milliseconds (a deploy gets
     /// twelve times as long, for validation and compilation).
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
@@ -52,11 +65,30 @@ impl ConnectionArgs {
     /// credentials and timeouts.
     pub async fn client_at(&self, endpoint: &str) -> Result<Client, ClientError> {
         let request_timeout = Duration::from_millis(self.timeout_ms);
+        let read = |path: &PathBuf, option: &str| {
+            std::fs::read(path).map_err(|error| {
+                ClientError::InvalidConfig(format!(
+                    "cannot read {option} {}: {error}",
+                    path.display()
+                ))
+            })
+        };
+        let ca_certificate_pem = self
+            .ca_cert
+            .as_ref()
+            .map(|path| read(path, "--ca-cert"))
+            .transpose()?;
+        let client_identity_pem = match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => Some((read(cert, "--cert")?, read(key, "--key")?)),
+            _ => None,
+        };
         let config = ClientConfig {
             request_timeout,
             deploy_timeout: request_timeout.saturating_mul(12),
             retry_unreachable: false,
             bearer_token: self.token.clone(),
+            ca_certificate_pem,
+            client_identity_pem,
             ..ClientConfig::default()
         };
         Client::connect_with(endpoint, config).await

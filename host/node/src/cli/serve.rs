@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 
 use crate::api::{self, DeployUpload};
 use crate::auth::Caller;
+use crate::auth::tls::TlsSettings;
 use crate::command::ModuleLimits;
 use crate::node::config::{LimitSettings, NodeConfig, RaftSettings};
 use crate::node::handle::NodeHandle;
@@ -69,6 +70,22 @@ pub struct ServeArgs {
     /// secret is made in the data directory.
     #[arg(long, requires = "dev")]
     auth: bool,
+    /// Serve TLS with this certificate chain (PEM); peers are then dialled
+    /// over TLS too, presenting it.
+    #[arg(long, value_name = "FILE", requires = "tls_key", conflicts_with_all = ["dev", "config"])]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert", conflicts_with_all = ["dev", "config"])]
+    tls_key: Option<PathBuf>,
+    /// Accept client certificates signed by this authority (PEM): a client
+    /// presenting one is the subject its common name (CN) names, with no
+    /// token. Also the authority peers' certificates are checked against,
+    /// unless --tls-peer-ca is given.
+    #[arg(long, value_name = "FILE", requires = "tls_cert", conflicts_with_all = ["dev", "config"])]
+    tls_client_ca: Option<PathBuf>,
+    /// The authority the other nodes' certificates chain to (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert", conflicts_with_all = ["dev", "config"])]
+    tls_peer_ca: Option<PathBuf>,
     /// Read every node setting from a TOML file (see `NodeConfig`).
     #[arg(long, conflicts_with_all = ["dev", "node_id"])]
     config: Option<PathBuf>,
@@ -125,6 +142,12 @@ fn node_config(args: &ServeArgs) -> anyhow::Result<NodeConfig> {
         bootstrap: args.dev || args.bootstrap,
         cluster_secret_file,
         insecure: args.insecure || (args.dev && !args.auth),
+        tls: TlsSettings {
+            cert_file: args.tls_cert.clone(),
+            key_file: args.tls_key.clone(),
+            client_ca_file: args.tls_client_ca.clone(),
+            peer_ca_file: args.tls_peer_ca.clone(),
+        },
         raft: RaftSettings::default(),
         limits: LimitSettings::default(),
         cluster: Default::default(),

@@ -35,6 +35,9 @@ pub struct NodeConfig {
     /// `Cluster.Health`) by bearer token, and needs `cluster_secret_file`.
     #[serde(default)]
     pub insecure: bool,
+    /// TLS for this node's port, and for the calls it makes to its peers.
+    #[serde(default)]
+    pub tls: crate::auth::tls::TlsSettings,
     #[serde(default)]
     pub raft: RaftSettings,
     #[serde(default)]
@@ -279,6 +282,9 @@ impl NodeConfig {
                 "a node that authenticates its callers needs the cluster secret its peers prove themselves with (`wasmraft cluster new-secret FILE`, then --cluster-secret-file FILE on every node); or run with --insecure to serve everyone unauthenticated",
             ));
         }
+        self.tls
+            .validate()
+            .map_err(|reason| invalid("tls", reason))?;
         self.raft.validate()?;
         self.limits.validate()?;
         validate_cluster(&self.cluster)?;
@@ -386,6 +392,7 @@ mod tests {
         );
         NodeConfig {
             insecure: true,
+            tls: Default::default(),
             ..secretless
         }
         .validate()

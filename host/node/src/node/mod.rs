@@ -108,6 +108,8 @@ pub enum StartError {
     State(#[from] OpenStateError),
     #[error("cannot start Raft: {0}")]
     Raft(String),
+    #[error("cannot set up TLS: {0}")]
+    Tls(String),
     #[error("cannot bootstrap the cluster: {0}")]
     Bootstrap(String),
     #[error(transparent)]
@@ -222,7 +224,11 @@ impl Node {
         let (log, log_released) = lease::lease(log);
         let (state, state_released) = lease::lease(state);
 
-        let peer_auth = peer_auth(&config, &reader)?;
+        let tls = config.tls.load().map_err(StartError::Tls)?;
+        let mut peer_auth = peer_auth(&config, &reader)?;
+        if let Some(tls) = &tls {
+            peer_auth = peer_auth.with_tls(tls.peers.clone());
+        }
         let gate = Gate::new(!config.insecure, access, peer_auth.clone());
         let reachability = Reachability::default();
         let raft_message_bytes_max = raft_message_bytes_max(&config);
@@ -280,7 +286,8 @@ impl Node {
                 admin_token = propose_first_admin(&handle, &data).await;
             }
         }
-        let router = crate::api::router(&handle, raft_message_bytes_max);
+        let router = crate::api::router(&handle, raft_message_bytes_max, tls.map(|tls| tls.server))
+            .map_err(|error| StartError::Tls(error.to_string()))?;
         let (stop_serving, stopped) = oneshot::channel::<()>();
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {

@@ -21,14 +21,13 @@ use openraft::raft::{
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use wasmraft_proto::v1::raft_client::RaftClient;
 use wasmraft_proto::v1::{RaftReply, RaftRequest};
 
 use super::faults::{FaultDecision, Faults, InjectedFault};
 use super::{Reachability, wire};
 use crate::auth::PeerAuth;
-use crate::node::address::parse_peer_address;
 use crate::raft::{Node, NodeId, TypeConfig};
 
 /// Sizes and times of the Raft network.
@@ -92,17 +91,15 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerNetwork {
         // Nothing is dialled here: the channel connects on first use and
         // reconnects by itself. A bad address fails every call instead.
-        let client = parse_peer_address(&node.address)
-            .and_then(|url| Endpoint::from_shared(url).map_err(|error| error.to_string()))
-            .map(|endpoint| {
-                let channel = endpoint
-                    .connect_timeout(self.settings.connect_timeout)
-                    .tcp_nodelay(true)
-                    .connect_lazy();
-                RaftClient::new(channel)
-                    .max_decoding_message_size(self.settings.message_bytes_max)
-                    .max_encoding_message_size(self.settings.message_bytes_max)
-            });
+        let client = self.peer_auth.endpoint(&node.address).map(|endpoint| {
+            let channel = endpoint
+                .connect_timeout(self.settings.connect_timeout)
+                .tcp_nodelay(true)
+                .connect_lazy();
+            RaftClient::new(channel)
+                .max_decoding_message_size(self.settings.message_bytes_max)
+                .max_encoding_message_size(self.settings.message_bytes_max)
+        });
         PeerNetwork {
             from: self.from,
             target,

@@ -9,13 +9,12 @@ use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use wasmraft_proto::v1::raft_client::RaftClient;
 
 use super::wire;
 use super::{FaultDecision, Faults};
 use crate::auth::PeerAuth;
-use crate::node::address::parse_peer_address;
 use crate::raft::NodeId;
 
 /// Why a forwarded request got no answer from the leader.
@@ -70,10 +69,10 @@ impl Forwarder {
         if let Some(client) = channels.get(address) {
             return Ok(client.clone());
         }
-        let url = parse_peer_address(address).map_err(|reason| ForwardFailure { reason })?;
-        let endpoint = Endpoint::from_shared(url).map_err(|error| ForwardFailure {
-            reason: error.to_string(),
-        })?;
+        let endpoint = self
+            .peer_auth
+            .endpoint(address)
+            .map_err(|reason| ForwardFailure { reason })?;
         let channel = endpoint
             .connect_timeout(self.connect_timeout)
             .tcp_nodelay(true)

@@ -5,7 +5,6 @@
 
 use std::time::{Duration, Instant};
 
-use tonic::transport::Endpoint;
 use wasmraft_proto::v1 as proto;
 use wasmraft_proto::v1::cluster_client::ClusterClient;
 use wasmraft_proto::v1::raft_client::RaftClient;
@@ -40,9 +39,7 @@ pub async fn handshake(
     fingerprint: Vec<u8>,
     timeout: Duration,
 ) -> Result<Introduced, String> {
-    let endpoint = Endpoint::from_shared(url)
-        .map_err(|error| error.to_string())?
-        .connect_timeout(timeout);
+    let endpoint = auth.endpoint(&url)?.connect_timeout(timeout);
     let mut request = tonic::Request::new(proto::HandshakeRequest {
         node_id: from,
         cluster_id: auth.cluster_id().unwrap_or_default(),
@@ -82,7 +79,7 @@ pub async fn handshake(
 /// Whether the node at `url` reports having applied `index` before
 /// `deadline`, asking it every [`APPLIED_POLL`].
 pub async fn applied_on(url: &str, auth: &PeerAuth, index: u64, deadline: Instant) -> bool {
-    let Ok(endpoint) = Endpoint::from_shared(url.to_owned()) else {
+    let Ok(endpoint) = auth.endpoint(url) else {
         return false;
     };
     let endpoint = endpoint.connect_timeout(STATUS_TIMEOUT);
