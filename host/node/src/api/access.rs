@@ -175,12 +175,14 @@ impl Access for AccessService {
         let subject = request.into_inner().subject;
         let view = self.node.gate().view();
         // The view holds the rules in order: subject, role, pattern.
-        let bindings = view
-            .rules
-            .iter()
-            .filter(|rule| subject.is_empty() || rule.subject == subject)
-            .map(binding_message)
-            .collect();
+        let bindings = if subject.is_empty() {
+            view.rules().map(binding_message).collect()
+        } else {
+            view.rules_of(&subject)
+                .iter()
+                .map(binding_message)
+                .collect()
+        };
         Ok(Response::new(proto::ListRoleBindingsResponse { bindings }))
     }
 
@@ -236,9 +238,8 @@ impl Access for AccessService {
             _ => String::new(),
         };
         let bindings = view
-            .rules
+            .rules_of(&subject)
             .iter()
-            .filter(|rule| rule.subject == subject)
             .map(binding_message)
             .collect();
         Ok(Response::new(proto::WhoAmIResponse {

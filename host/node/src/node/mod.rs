@@ -405,7 +405,7 @@ pub const FIRST_ADMIN: &str = "admin";
 /// start. Returns the token when this call created it in the cluster.
 async fn propose_first_admin(handle: &NodeHandle, data: &DataDirectory) -> Option<Token> {
     let view = handle.gate().view();
-    if view.revision != 0 || !view.rules.is_empty() || view.tokens().next().is_some() {
+    if view.revision != 0 || view.rules().next().is_some() || view.tokens().next().is_some() {
         return None;
     }
     let path = data.admin_token_file();

@@ -14,7 +14,9 @@ use crate::command::check::CLUSTER_ADMIN;
 use crate::command::{AccessChange, AccessRule, Authorized, Refusal, Response, TokenGrant, codec};
 
 /// The policy revision recorded (0: no access change yet).
-fn revision(table: &impl ReadableTable<&'static [u8], &'static [u8]>) -> Result<u64, redb::Error> {
+pub(crate) fn revision(
+    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
+) -> Result<u64, redb::Error> {
     table
         .get(ACCESS_REVISION)?
         .map(|bytes| decode(bytes.value()))
@@ -89,15 +91,16 @@ pub(crate) fn apply_change(
 /// Checks again, at apply, a command authorised at the edge: when the
 /// policy changed since its revision, its token must still be held and
 /// its caller still hold the permission it needs, by the policy in force
-/// now. `None` when it may apply; the refusal otherwise. A pure function
-/// of the state, so every replica answers alike.
+/// now (`current_revision`, as the entry read it). `None` when it may
+/// apply; the refusal otherwise. A pure function of the state, so every
+/// replica answers alike.
 pub(crate) fn recheck(
     txn: &WriteTransaction,
+    current_revision: u64,
     caller: &str,
     authorized: &Authorized,
 ) -> Result<Option<Refusal>, redb::Error> {
-    let current = revision(&txn.open_table(SETTINGS)?)?;
-    if authorized.revision >= current {
+    if authorized.revision >= current_revision {
         return Ok(None);
     }
     if let Some(token_id) = &authorized.token_id

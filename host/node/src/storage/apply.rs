@@ -78,6 +78,25 @@ apply_storage_error!(
     redb::CommitError
 );
 
+/// What the commands of one entry read from the state before they run, read
+/// once per entry: a command of a batch that changes it (a settings or an
+/// access change) updates it for the commands after it.
+pub(crate) struct EntryState {
+    settings: Option<SettingsRecord>,
+    /// The policy revision in force (see [`access::recheck`]).
+    access_revision: u64,
+}
+
+impl EntryState {
+    fn read(txn: &WriteTransaction) -> Result<Self, redb::Error> {
+        let table = txn.open_table(SETTINGS)?;
+        Ok(Self {
+            settings: read_settings(&table)?,
+            access_revision: access::revision(&table)?,
+        })
+    }
+}
+
 /// What a handler needs besides the transaction.
 pub(crate) struct ApplyContext<'a> {
     pub runtime: &'a Runtime,
@@ -195,15 +214,13 @@ pub(crate) fn apply_request(
 ) -> Result<Response, ApplyError> {
     let span = tracing::debug_span!("apply", index = log_id.index, kind = request.command.kind());
     let _entered = span.enter();
-    // Read once per entry; a settings command of a batch updates it for
-    // the commands after it.
-    let mut settings = read_settings(&txn.open_table(SETTINGS)?)?;
+    let mut entry = EntryState::read(txn)?;
     let Command::Batch(requests) = &request.command else {
         return apply_one(
             txn,
             context,
             clock,
-            &mut settings,
+            &mut entry,
             Place {
                 log_id,
                 position: 0,
@@ -220,7 +237,7 @@ pub(crate) fn apply_request(
             txn,
             context,
             clock,
-            &mut settings,
+            &mut entry,
             Place { log_id, position },
             request,
         )?);
@@ -232,22 +249,14 @@ fn apply_one(
     txn: &WriteTransaction,
     context: &ApplyContext<'_>,
     clock: &mut Clock,
-    record: &mut Option<SettingsRecord>,
+    entry: &mut EntryState,
     place: Place<'_>,
     request: &Request,
 ) -> Result<Response, ApplyError> {
     if let Err(reason) = check::request(request) {
         return Ok(Response::Refused(Refusal::InvalidCommand(reason)));
     }
-    apply_command(
-        txn,
-        context,
-        clock,
-        record,
-        place,
-        request,
-        &request.command,
-    )
+    apply_command(txn, context, clock, entry, place, request, &request.command)
 }
 
 /// Applies `command`, the command of `request` (or the one its
@@ -256,7 +265,7 @@ fn apply_command(
     txn: &WriteTransaction,
     context: &ApplyContext<'_>,
     clock: &mut Clock,
-    record: &mut Option<SettingsRecord>,
+    entry: &mut EntryState,
     place: Place<'_>,
     request: &Request,
     command: &Command,
@@ -266,18 +275,24 @@ fn apply_command(
         caller: &request.caller,
         timestamp_ms: clock.stamp(request.timestamp_ms),
     };
-    // A copy (six numbers), so that a settings command may replace `record`.
-    let settings = settings_in_force(record.as_ref()).into_owned();
+    // A copy (six numbers), so that a settings command may replace the record.
+    let settings = settings_in_force(entry.settings.as_ref()).into_owned();
     let rules = &Rules {
         runtime: context.runtime,
         settings: &settings,
-        legacy_sessions: record.is_none(),
+        legacy_sessions: entry.settings.is_none(),
     };
     match command {
         Command::Deploy(deploy) => apply_deploy(txn, rules, place, origin, deploy),
         Command::Remove { name } => Ok(apply_remove(txn, name)?),
         Command::Invoke(invoke) => apply_invoke_once(txn, rules, place, origin, invoke),
-        Command::Access(change) => Ok(access::apply_change(txn, place.log_id.index, change)?),
+        Command::Access(change) => {
+            let response = access::apply_change(txn, place.log_id.index, change)?;
+            if let Response::AccessChanged { changed: true } = response {
+                entry.access_revision = place.log_id.index;
+            }
+            Ok(response)
+        }
         Command::Batch(_) => Ok(Response::Refused(Refusal::NestedBatch)),
         Command::OpenSession { client_id } => Ok(sessions::open(
             txn,
@@ -288,23 +303,26 @@ fn apply_command(
         )?),
         Command::ClusterId { cluster_id } => Ok(apply_cluster_id(txn, cluster_id)?),
         Command::Authorized(authorized) => {
-            if let Some(refusal) = access::recheck(txn, &request.caller, authorized)? {
+            if let Some(refusal) =
+                access::recheck(txn, entry.access_revision, &request.caller, authorized)?
+            {
                 return Ok(Response::Refused(refusal));
             }
             apply_command(
                 txn,
                 context,
                 clock,
-                record,
+                entry,
                 place,
                 request,
                 &authorized.command,
             )
         }
         Command::Settings(command) => {
-            let response = apply_settings(txn, context.runtime, place, record.clone(), command)?;
+            let response =
+                apply_settings(txn, context.runtime, place, entry.settings.clone(), command)?;
             if let Response::Settings(changed) = &response {
-                *record = Some(changed.clone());
+                entry.settings = Some(changed.clone());
             }
             Ok(response)
         }
