@@ -32,6 +32,7 @@ async fn start(directory: &Path) -> RunningNode {
         tls: Default::default(),
         raft: Default::default(),
         limits: Default::default(),
+        membership: Default::default(),
         cluster: Default::default(),
     };
     let node = Node::start(config, NodeOptions::default())

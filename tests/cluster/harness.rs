@@ -285,6 +285,7 @@ impl Cluster {
             tls: self.tls.clone().unwrap_or_default(),
             raft: self.raft.clone(),
             limits: Default::default(),
+            membership: Default::default(),
             cluster: Default::default(),
         };
         let options = NodeOptions {

@@ -348,8 +348,32 @@ async fn refused_membership_changes_change_nothing() {
         .unwrap()
         .port();
     let nobody = format!("127.0.0.1:{free_port}");
-    let rows: [(u64, &str, Code, &str); 5] = [
-        (0, "127.0.0.1:7999", Code::InvalidArgument, "0 is reserved"),
+    let rows: [(u64, &str, Code, &str); 9] = [
+        (
+            0,
+            "127.0.0.1:7999",
+            Code::InvalidArgument,
+            "node id 0 is below 1",
+        ),
+        (
+            1 << 53,
+            "127.0.0.1:7999",
+            Code::InvalidArgument,
+            "above 9007199254740991 (setting `membership.node_id_max`)",
+        ),
+        (
+            7,
+            "169.254.169.254:80",
+            Code::InvalidArgument,
+            "link-local address, which this cluster does not accept for a member (setting `membership.allow_link_local`)",
+        ),
+        (
+            7,
+            "0.0.0.0:7999",
+            Code::InvalidArgument,
+            "0.0.0.0 is the unspecified address",
+        ),
+        (7, "[ff02::1]:7999", Code::InvalidArgument, "multicast"),
         (
             2,
             "127.0.0.1:7999",

@@ -126,6 +126,7 @@ pub async fn launch(
         tls: Default::default(),
         raft: raft_settings(),
         limits: Default::default(),
+        membership: Default::default(),
         cluster: Default::default(),
     };
     let options = wasmraft::node::NodeOptions {

@@ -63,6 +63,7 @@ async fn start_error(directory: &Path) -> String {
         tls: Default::default(),
         raft: fixture::raft_settings(),
         limits: Default::default(),
+        membership: Default::default(),
         cluster: Default::default(),
     };
     match wasmraft::node::Node::start(config, Default::default()).await {

@@ -151,6 +151,10 @@ impl Cluster for ClusterService {
         let timeout = call_timeout(&request).unwrap_or(ADD_NODE_TIMEOUT);
         let proto::AddNodeRequest { node_id, address } = request.into_inner();
         let address = address.trim().to_owned();
+        // Refused here, before anything is forwarded or dialled; the leader
+        // checks again by its own rules and the membership in force.
+        crate::node::membership::check_candidate(self.node.membership_rules(), node_id, &address)
+            .map_err(ApiError::from)?;
         let membership = self
             .node
             .add_node(caller, node_id, address, timeout)

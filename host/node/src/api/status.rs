@@ -24,7 +24,7 @@
 //! | `ConsensusError::Timeout` (no commit in time) | `DEADLINE_EXCEEDED` | what timed out; retry with the same session |
 //! | `ConsensusError::Membership` | `FAILED_PRECONDITION` | the reason |
 //! | `ConsensusError::Fatal`, storage failure, unexpected response | `INTERNAL` | the failure |
-//! | `MembershipError::ZeroId`, `BadAddress` | `INVALID_ARGUMENT` | the reason |
+//! | `MembershipError::Rule`, `BadAddress` | `INVALID_ARGUMENT` | the reason |
 //! | `MembershipError::AlreadyMember`, `AddressInUse` | `ALREADY_EXISTS` | the member holding the id or address |
 //! | `MembershipError::NotMember` | `NOT_FOUND` | the id |
 //! | `MembershipError::Unreachable`, `WrongId`, `EngineMismatch`, `OtherCluster`, `HasData`, `LastVoter`, `InProgress` | `FAILED_PRECONDITION` | what to do |
@@ -150,7 +150,7 @@ pub fn code(error: &ApiError) -> Code {
         },
         ApiError::Consensus(error) => consensus_code(error),
         ApiError::Membership(error) => match error {
-            MembershipError::ZeroId | MembershipError::BadAddress { .. } => Code::InvalidArgument,
+            MembershipError::Rule(_) | MembershipError::BadAddress { .. } => Code::InvalidArgument,
             MembershipError::AlreadyMember { .. } | MembershipError::AddressInUse { .. } => {
                 Code::AlreadyExists
             }
@@ -502,9 +502,13 @@ mod tests {
                 "the leader, node 1 at 10.0.0.1:7070: connection refused",
             ),
             (
-                MembershipError::ZeroId.into(),
+                MembershipError::Rule(crate::node::rules::RuleRefusal {
+                    setting: Some("node_id_min".into()),
+                    reason: "node id 0 is below 1".into(),
+                })
+                .into(),
                 Code::InvalidArgument,
-                "0 is reserved",
+                "node id 0 is below 1 (setting `membership.node_id_min`)",
             ),
             (
                 MembershipError::AddressInUse {

@@ -150,6 +150,7 @@ fn node_config(args: &ServeArgs) -> anyhow::Result<NodeConfig> {
         },
         raft: RaftSettings::default(),
         limits: LimitSettings::default(),
+        membership: Default::default(),
         cluster: Default::default(),
     };
     // Port 0 picks a free port in dev mode (the endpoint is printed).

@@ -42,6 +42,11 @@ pub struct NodeConfig {
     pub raft: RaftSettings,
     #[serde(default)]
     pub limits: LimitSettings,
+    /// The node ids, addresses, ports and cluster size membership changes
+    /// may use (`[membership]`): checked for this node's own id and address
+    /// when it starts, and for every node added through it or while it leads.
+    #[serde(default)]
+    pub membership: crate::node::rules::MembershipRules,
     /// The cluster settings a cluster bootstrapped by this node starts with.
     /// Read only when this node bootstraps: from then on the settings live in
     /// the replicated state and change with `wasmraft cluster settings set`.
@@ -272,10 +277,26 @@ impl NodeConfig {
                 "port 0 picks a random port that peers cannot know; give a port or an `advertise` address",
             ));
         }
-        if let Some(advertise) = &self.advertise {
-            crate::node::address::parse_peer_address(advertise)
-                .map_err(|reason| invalid("advertise", reason))?;
-        }
+        self.membership
+            .validate()
+            .map_err(|refusal| invalid("membership", refusal.to_string()))?;
+        self.membership
+            .check_id(self.node_id)
+            .map_err(|refusal| invalid("node_id", refusal.to_string()))?;
+        let (field, address) = match &self.advertise {
+            Some(advertise) => ("advertise", advertise.clone()),
+            None => ("listen", self.listen.to_string()),
+        };
+        let url = crate::node::address::parse_peer_address(&address)
+            .map_err(|reason| invalid(field, reason))?;
+        self.membership.check_address(&url).map_err(|refusal| {
+            let hint = if field == "listen" {
+                "; peers dial this node at its listen address unless an `advertise` address is given"
+            } else {
+                ""
+            };
+            invalid(field, format!("{refusal}{hint}"))
+        })?;
         if !self.insecure && self.cluster_secret_file.is_none() {
             return Err(invalid(
                 "cluster_secret_file",
@@ -408,6 +429,47 @@ mod tests {
             config.validate().unwrap_err().to_string(),
             "invalid setting `cluster.fuel_per_call_max`: 5 is outside 10000..=100000000000"
         );
+        // The node's own id and address obey its `[membership]` rules.
+        let rows: [(&str, &str); 4] = [
+            (
+                "\n[membership]\nnode_id_max = 2\n",
+                "invalid setting `node_id`: node id 3 is above 2 (setting `membership.node_id_max`)",
+            ),
+            (
+                "\n[membership]\nallow_loopback = false\n",
+                "invalid setting `listen`: 127.0.0.1 is a loopback address, which this cluster does not accept for a member (setting `membership.allow_loopback`); peers dial this node at its listen address unless an `advertise` address is given",
+            ),
+            (
+                "\n[membership]\nport_min = 9000\nport_max = 8000\n",
+                "invalid setting `membership`: 8000 is below port_min (9000) (setting `membership.port_max`)",
+            ),
+            (
+                "\nadvertise = \"169.254.1.1:7073\"\n",
+                "invalid setting `advertise`: 169.254.1.1 is a link-local address, which this cluster does not accept for a member (setting `membership.allow_link_local`)",
+            ),
+        ];
+        for (extra, expected) in rows {
+            // Top-level keys must come before the first table.
+            let config: NodeConfig = match extra.strip_prefix("\nadvertise") {
+                Some(_) => toml::from_str(&format!("{extra}{text}")).unwrap(),
+                None => toml::from_str(&format!("{text}{extra}")).unwrap(),
+            };
+            assert_eq!(config.validate().unwrap_err().to_string(), expected);
+        }
+        let anywhere = text.replace("127.0.0.1:7073", "0.0.0.0:7073");
+        let config: NodeConfig = toml::from_str(&anywhere).unwrap();
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("0.0.0.0 is the unspecified address"),
+        );
+        let advertised = format!("advertise = \"10.0.0.3:7073\"\n{anywhere}");
+        toml::from_str::<NodeConfig>(&advertised)
+            .unwrap()
+            .validate()
+            .unwrap();
         let typo = text.replace("heartbeat_interval_ms", "heartbeat_ms");
         assert!(
             toml::from_str::<NodeConfig>(&typo)

@@ -25,6 +25,7 @@ use crate::admission::QueryPool;
 use crate::auth::{Gate, PeerAuth};
 use crate::command::{ClusterSettings, Command};
 use crate::node::config::LimitSettings;
+use crate::node::rules::MembershipRules;
 use crate::raft::network::{Forwarder, Reachability, introduce};
 use crate::raft::{Consensus, Member, NodeId, RaftRefusal, RaftView, Role, WaitError};
 use crate::storage::StateReader;
@@ -48,6 +49,8 @@ pub(super) struct Inner {
     /// Validates modules at the edge; shares its caches with apply.
     pub(super) runtime: Runtime,
     pub(super) limits: LimitSettings,
+    /// What membership changes may name (checked here and on the leader).
+    pub(super) membership_rules: MembershipRules,
     /// How long a write or a read barrier may wait for Raft: a write without
     /// a quorum would otherwise wait for ever.
     pub(super) consensus_timeout: Duration,
@@ -116,6 +119,7 @@ impl NodeHandle {
         reader: StateReader,
         runtime: Runtime,
         limits: LimitSettings,
+        membership_rules: MembershipRules,
         consensus_timeout: Duration,
         forwarder: Forwarder,
         peer_auth: PeerAuth,
@@ -130,6 +134,7 @@ impl NodeHandle {
             consensus,
             reader,
             limits,
+            membership_rules,
             consensus_timeout,
             shutting_down: AtomicBool::new(false),
             forwarder,
@@ -191,6 +196,11 @@ impl NodeHandle {
 
     pub fn limits(&self) -> &LimitSettings {
         &self.inner.limits
+    }
+
+    /// What membership changes this node accepts.
+    pub fn membership_rules(&self) -> &MembershipRules {
+        &self.inner.membership_rules
     }
 
     /// The cluster settings in force in this node's state (the defaults

@@ -20,6 +20,7 @@ use super::forward::{Forwarded, millis};
 use super::handle::NodeHandle;
 use crate::auth::Caller;
 use crate::node::address::parse_peer_address;
+use crate::node::rules::{MembershipRules, RuleRefusal};
 use crate::raft::network::introduce;
 use crate::raft::{ChangeRefused, Member, NodeId, RaftRefusal};
 use crate::wasm::Runtime;
@@ -41,8 +42,9 @@ pub struct Membership {
 /// happens before anything is written: the membership is unchanged.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum MembershipError {
-    #[error("node id 0 is reserved; node ids start at 1")]
-    ZeroId,
+    /// Refused by the node's `[membership]` rules.
+    #[error(transparent)]
+    Rule(#[from] RuleRefusal),
     #[error("bad address `{address}`: {reason}")]
     BadAddress { address: String, reason: String },
     #[error(
@@ -171,19 +173,30 @@ struct Addition {
     resume: bool,
 }
 
-/// Checks an addition against the membership in force.
-fn check_addition(
-    membership: &Membership,
+/// Checks an addition's id and address by the rules alone: the part of
+/// [`check_addition`] any node can decide, before it forwards the request.
+pub(crate) fn check_candidate(
+    rules: &MembershipRules,
     id: NodeId,
     address: &str,
-) -> Result<Addition, MembershipError> {
-    if id == 0 {
-        return Err(MembershipError::ZeroId);
-    }
+) -> Result<String, MembershipError> {
+    rules.check_id(id)?;
     let url = parse_peer_address(address).map_err(|reason| MembershipError::BadAddress {
         address: address.to_owned(),
         reason,
     })?;
+    rules.check_address(&url)?;
+    Ok(url)
+}
+
+/// Checks an addition against the rules and the membership in force.
+fn check_addition(
+    rules: &MembershipRules,
+    membership: &Membership,
+    id: NodeId,
+    address: &str,
+) -> Result<Addition, MembershipError> {
+    let url = check_candidate(rules, id, address)?;
     if let Some(voter) = membership.voters.iter().find(|member| member.id == id) {
         return Err(MembershipError::AlreadyMember {
             id,
@@ -213,6 +226,7 @@ fn check_addition(
             address: other.address.clone(),
         });
     }
+    rules.check_growth(membership.voters.len() + membership.learners.len())?;
     Ok(Addition { url, resume: false })
 }
 
@@ -227,7 +241,8 @@ pub(crate) async fn add_node(
     let deadline = Instant::now() + timeout;
     handle.ensure_leads()?;
     let _one_at_a_time = handle.begin_membership_change()?;
-    let Addition { url, resume } = check_addition(&current(handle), id, &address)?;
+    let Addition { url, resume } =
+        check_addition(handle.membership_rules(), &current(handle), id, &address)?;
     let consensus = handle.consensus();
     // Even a learner being resumed is introduced again: it may have
     // restarted empty, and an empty node takes Raft messages only from a
@@ -413,7 +428,11 @@ mod tests {
                 resume,
             })
         };
-        let rows: [(NodeId, &str, Result<Addition, MembershipError>); 8] = [
+        let rules = MembershipRules {
+            members_max: 4,
+            ..MembershipRules::default()
+        };
+        let rows: [(NodeId, &str, Result<Addition, MembershipError>); 9] = [
             (4, "10.0.0.4:7070", addition("http://10.0.0.4:7070", false)),
             (3, "10.0.0.3:7070", addition("http://10.0.0.3:7070", true)),
             (
@@ -421,7 +440,22 @@ mod tests {
                 "http://10.0.0.3:7070/",
                 addition("http://10.0.0.3:7070", true),
             ),
-            (0, "10.0.0.4:7070", Err(MembershipError::ZeroId)),
+            (
+                0,
+                "10.0.0.4:7070",
+                Err(MembershipError::Rule(RuleRefusal {
+                    setting: Some("node_id_min".into()),
+                    reason: "node id 0 is below 1".into(),
+                })),
+            ),
+            (
+                4,
+                "169.254.169.254:80",
+                Err(MembershipError::Rule(RuleRefusal {
+                    setting: Some("allow_link_local".into()),
+                    reason: "169.254.169.254 is a link-local address, which this cluster does not accept for a member".into(),
+                })),
+            ),
             (
                 2,
                 "10.0.0.9:7070",
@@ -457,10 +491,22 @@ mod tests {
         ];
         for (id, address, expected) in rows {
             assert_eq!(
-                check_addition(&now, id, address),
+                check_addition(&rules, &now, id, address),
                 expected,
                 "{id} {address}"
             );
         }
+        // Three members and a fourth allowed; the fifth is refused, but a
+        // learner being resumed is no growth.
+        let full = membership(
+            &[(1, "10.0.0.1:7070"), (2, "10.0.0.2:7070")],
+            &[(3, "10.0.0.3:7070"), (4, "10.0.0.4:7070")],
+        );
+        let refused = check_addition(&rules, &full, 5, "10.0.0.5:7070").unwrap_err();
+        assert!(
+            refused.to_string().contains("membership.members_max"),
+            "{refused}"
+        );
+        check_addition(&rules, &full, 4, "10.0.0.4:7070").unwrap();
     }
 }

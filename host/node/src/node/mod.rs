@@ -18,6 +18,7 @@ pub mod membership;
 mod read;
 mod rounds;
 mod route;
+pub mod rules;
 mod write;
 
 pub use self::error::{ConsensusError, LeaderHint};
@@ -271,6 +272,7 @@ impl Node {
             reader,
             runtime,
             config.limits.clone(),
+            config.membership.clone(),
             options.consensus_timeout,
             forwarder,
             peer_auth,
