@@ -265,6 +265,18 @@ impl Cluster {
     /// Starts node `id` (a new slot, or the existing one's directory and
     /// address).
     pub async fn launch(&mut self, id: NodeId, bootstrap: bool) {
+        self.try_launch(id, bootstrap)
+            .await
+            .unwrap_or_else(|error| panic!("node {id} starts: {error}"));
+    }
+
+    /// Starts node `id` as [`Cluster::launch`] does, answering why it
+    /// could not start.
+    pub async fn try_launch(
+        &mut self,
+        id: NodeId,
+        bootstrap: bool,
+    ) -> Result<(), wasmraft::node::StartError> {
         let slot = self.slots.entry(id).or_insert_with(|| Slot {
             directory: TempDir::new().unwrap(),
             address: None,
@@ -296,11 +308,10 @@ impl Cluster {
             compile_faults: slot.compile_faults.clone(),
             ..NodeOptions::default()
         };
-        let node = Node::start(config, options)
-            .await
-            .unwrap_or_else(|error| panic!("node {id} starts: {error}"));
+        let node = Node::start(config, options).await?;
         slot.address = Some(node.local_addr());
         slot.running = Some(node);
+        Ok(())
     }
 
     /// The switch that makes node `id`'s compilations fail.

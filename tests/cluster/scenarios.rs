@@ -335,6 +335,52 @@ async fn a_node_that_lost_its_data_rejoins_after_remove_and_add() {
     cluster.shutdown().await;
 }
 
+/// The bootstrap node lost its data and is started again with the command
+/// that founded the cluster (`--bootstrap`): the cluster still counts it as
+/// a member and sends it Raft messages, so it refuses to found a second
+/// cluster that would acknowledge writes alone, and says how to rejoin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bootstrap_node_that_lost_its_data_founds_no_second_cluster() {
+    let mut cluster = Cluster::start(3).await;
+    cluster.deploy_counter(1).await;
+    let tally = Tally::default();
+    increment(&cluster.client_of(1).await, 10, &tally).await;
+    let cluster_id = cluster.cluster_id();
+    cluster.stop(1).await;
+    cluster.wipe(1);
+    // The others elect a leader among themselves, which then keeps calling
+    // the member it lost.
+    let leader = cluster.wait_for_leader_among(&[2, 3]).await;
+    let error = cluster.try_launch(1, true).await.unwrap_err();
+    let message = error.to_string();
+    assert!(
+        matches!(
+            &error,
+            wasmraft::node::StartError::LostData { id: 1, cluster_id: named, .. }
+                if *named == cluster_id
+        ),
+        "{message}"
+    );
+    assert!(message.contains("it lost its data"), "{message}");
+    assert!(message.contains("without --bootstrap"), "{message}");
+    // Nothing was founded: the address answers nobody, the cluster carries on.
+    assert!(cluster.running().len() == 2 && !cluster.running().contains(&1));
+    increment(&cluster.client_of(leader).await, 5, &tally).await;
+    // The way back the message gives.
+    cluster.launch(1, false).await;
+    cluster
+        .client_of(leader)
+        .await
+        .remove_node(1)
+        .await
+        .expect("the lost node is removed");
+    cluster.add(1).await.expect("the lost node rejoins empty");
+    cluster.assert_converged().await;
+    assert_eq!(cluster.counter(1).await, 15);
+    tally.check(15);
+    cluster.shutdown().await;
+}
+
 /// Every refused membership change names its reason and changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn refused_membership_changes_change_nothing() {

@@ -35,11 +35,11 @@ impl RaftService {
     /// not a peer, or while this node may not take them (see
     /// `NodeHandle::accepts_raft_messages`).
     async fn admitted<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        self.peer(request)?;
-        self.node
-            .accepts_raft_messages()
-            .await
-            .map_err(Status::failed_precondition)
+        let peer = self.peer(request)?;
+        self.node.accepts_raft_messages().await.map_err(|refusal| {
+            self.node.contacted_while_empty(peer);
+            Status::failed_precondition(refusal)
+        })
     }
 }
 

@@ -201,6 +201,8 @@ async fn serve(args: ServeArgs, config: NodeConfig) -> anyhow::Result<()> {
         // A script that starts a dev node and waits for it to serve finds
         // the examples deployed.
         starting: examples.then(|| "deploying the example modules".to_owned()),
+        // A dev node listens on loopback alone and never has peers.
+        listen_before_bootstrap: !args.dev,
         ..NodeOptions::default()
     };
     let node = Node::start(config, options)

@@ -22,6 +22,7 @@ use super::membership::MembershipError;
 use super::rounds::Rounds;
 use super::write::{self, DEPLOY_TIMEOUT_MAX, PROPOSALS_QUEUED_MAX, Pending};
 use crate::admission::QueryPool;
+use crate::auth::peer::Peer;
 use crate::auth::{Gate, PeerAuth};
 use crate::command::{ClusterSettings, Command};
 use crate::node::config::LimitSettings;
@@ -67,6 +68,10 @@ pub(super) struct Inner {
     /// leader see a log go backwards, and answering votes with a forgotten
     /// vote would break election safety.
     pub(super) admitted: AtomicBool,
+    /// The first member of a cluster that sent this node Raft messages while
+    /// it was empty and not admitted: proof that the node is a member that
+    /// lost its data, so it must not bootstrap a cluster of its own.
+    pub(super) contacted_by: std::sync::Mutex<Option<Peer>>,
     /// Invokes waiting to be proposed. openraft writes one entry at a time
     /// and waits for its fsync, so the batcher proposes whatever queued up
     /// meanwhile as one entry: a burst of clients shares one fsync.
@@ -140,6 +145,7 @@ impl NodeHandle {
             forwarder,
             membership_change: tokio::sync::Mutex::new(()),
             admitted: AtomicBool::new(false),
+            contacted_by: std::sync::Mutex::new(None),
             proposals,
             peer_auth,
             gate,
@@ -282,6 +288,29 @@ impl NodeHandle {
             "node {} has empty Raft storage and was not added to a cluster: if it was a member and lost its data, remove it (`wasmraft cluster remove-node {}`) and add it again",
             self.inner.id, self.inner.id
         ))
+    }
+
+    /// Records that `peer`, a node of a cluster, sent Raft messages this
+    /// node refused while empty (see [`NodeHandle::accepts_raft_messages`]).
+    pub(crate) fn contacted_while_empty(&self, peer: Peer) {
+        if peer.node_id.is_none() || peer.cluster_id.is_none() {
+            return;
+        }
+        self.inner
+            .contacted_by
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get_or_insert(peer);
+    }
+
+    /// The first member of a cluster that sent this node Raft messages
+    /// while it was empty, if one did.
+    pub(crate) fn contacted_by(&self) -> Option<Peer> {
+        self.inner
+            .contacted_by
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Claims the right to change the membership, held until the guard

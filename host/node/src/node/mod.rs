@@ -35,7 +35,8 @@ use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 use tracing::Instrument;
 
-use self::config::{ConfigError, NodeConfig};
+use self::config::{ConfigError, NodeConfig, RaftSettings};
+use crate::auth::peer::Peer;
 use crate::auth::{Caller, ClusterSecret, Gate, PeerAuth, SecretError, Token};
 use crate::command::settings;
 use crate::command::{
@@ -71,6 +72,10 @@ pub struct NodeOptions {
     /// embedding program calls `NodeHandle::ready` (a dev node deploying
     /// its examples): its health says `starting` meanwhile.
     pub starting: Option<String>,
+    /// Whether an empty node told to bootstrap first listens for a cluster
+    /// that counts it as a member (see `listen_before_bootstrap`). Off for
+    /// a dev node, which never has peers.
+    pub listen_before_bootstrap: bool,
 }
 
 impl Default for NodeOptions {
@@ -82,6 +87,7 @@ impl Default for NodeOptions {
             connect_timeout: Duration::from_secs(2),
             compile_faults: CompileFaults::default(),
             starting: None,
+            listen_before_bootstrap: true,
         }
     }
 }
@@ -113,6 +119,14 @@ pub enum StartError {
     Tls(String),
     #[error("cannot bootstrap the cluster: {0}")]
     Bootstrap(String),
+    #[error(
+        "node {id} is a member of cluster {cluster_id} (node {by} sent it Raft messages) but its data directory is empty: it lost its data, and bootstrapping would found a second cluster under the same addresses. Start it without --bootstrap, then on a live member remove it and add it again (`wasmraft cluster remove-node {id}`, `wasmraft cluster add-node {id} ADDRESS`)"
+    )]
+    LostData {
+        id: NodeId,
+        by: NodeId,
+        cluster_id: String,
+    },
     #[error(transparent)]
     Secret(#[from] SecretError),
     #[error("cannot read the cluster settings: {0}")]
@@ -261,9 +275,16 @@ impl Node {
         )
         .await
         .map_err(StartError::Raft)?;
-        if config.bootstrap {
-            bootstrap(&consensus, config.node_id, &advertised).await?;
-        }
+        // An empty node told to bootstrap first listens for a while: a
+        // cluster that counts it as a member keeps sending it Raft
+        // messages, and then it lost its data and must not found a cluster
+        // of its own.
+        let listen_first = config.bootstrap
+            && options.listen_before_bootstrap
+            && !consensus
+                .is_initialized()
+                .await
+                .map_err(|refusal| StartError::Bootstrap(refusal.to_string()))?;
 
         let handle = NodeHandle::new(
             config.node_id,
@@ -280,14 +301,6 @@ impl Node {
             reachability,
             options.starting.clone(),
         );
-        let mut admin_token = None;
-        if config.bootstrap {
-            propose_initial_settings(&handle, &config.cluster).await;
-            propose_cluster_id(&handle).await;
-            if !config.insecure {
-                admin_token = propose_first_admin(&handle, &data).await;
-            }
-        }
         let router = crate::api::router(&handle, raft_message_bytes_max, tls.map(|tls| tls.server))
             .map_err(|error| StartError::Tls(error.to_string()))?;
         let (stop_serving, stopped) = oneshot::channel::<()>();
@@ -297,16 +310,85 @@ impl Node {
             let _ = stopped.await;
         }));
         tracing::info!(address = %local_addr, advertised = %advertised, "node serving");
-        Ok(RunningNode {
+        let mut running = RunningNode {
             handle,
             local_addr,
             data_directory: data,
             stop_serving: Some(stop_serving),
-            admin_token,
+            admin_token: None,
             server,
             released: vec![log_released, state_released],
-        })
+        };
+        if config.bootstrap {
+            let founded = found_cluster(&running, &config, listen_first).await;
+            match founded {
+                Ok(admin_token) => running.admin_token = admin_token,
+                Err(error) => {
+                    if let Err(stop) = running.shutdown().await {
+                        tracing::warn!(error = %stop, "the node did not stop cleanly");
+                    }
+                    return Err(error);
+                }
+            }
+        }
+        Ok(running)
     }
+}
+
+/// How long an empty node told to bootstrap listens for a cluster that
+/// counts it as a member: a leader sends every member a message each
+/// heartbeat, and a cluster whose leader was this node elects another one
+/// within about twice the longest election timeout.
+fn listen_before_bootstrap(raft: &RaftSettings) -> Duration {
+    Duration::from_millis(raft.election_timeout_ms_max.saturating_mul(3))
+        .max(LISTEN_BEFORE_BOOTSTRAP_MIN)
+}
+
+/// The shortest time [`listen_before_bootstrap`] gives.
+const LISTEN_BEFORE_BOOTSTRAP_MIN: Duration = Duration::from_secs(1);
+
+/// Bootstraps a one-member cluster (unless the log holds one already) and
+/// proposes what a new cluster starts with: its settings, its id and, on a
+/// node that authenticates, the first administrator, whose token it
+/// answers. With `listen_first`, refuses if a cluster's member sent Raft
+/// messages to this empty node meanwhile.
+async fn found_cluster(
+    running: &RunningNode,
+    config: &NodeConfig,
+    listen_first: bool,
+) -> Result<Option<Token>, StartError> {
+    let handle = &running.handle;
+    if listen_first {
+        let listening = listen_before_bootstrap(&config.raft);
+        tracing::info!(
+            listening_ms = listening.as_millis() as u64,
+            "empty data directory: listening for a cluster that counts this node as a member before bootstrapping"
+        );
+        tokio::time::sleep(listening).await;
+        if let Some(Peer {
+            node_id: Some(by),
+            cluster_id: Some(cluster_id),
+        }) = handle.contacted_by()
+        {
+            return Err(StartError::LostData {
+                id: config.node_id,
+                by,
+                cluster_id,
+            });
+        }
+    }
+    bootstrap(
+        handle.consensus(),
+        config.node_id,
+        handle.advertised_address(),
+    )
+    .await?;
+    propose_initial_settings(handle, &config.cluster).await;
+    propose_cluster_id(handle).await;
+    if config.insecure {
+        return Ok(None);
+    }
+    Ok(propose_first_admin(handle, &running.data_directory).await)
 }
 
 /// Refuses to run a member whose wasm engine is not the cluster's: fuel and
