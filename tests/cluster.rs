@@ -9,6 +9,7 @@
 //! acknowledged write and nothing that was never sent.
 
 mod access;
+mod admission;
 pub(crate) mod harness;
 mod health;
 mod hostile;

@@ -14,7 +14,7 @@ use tempfile::TempDir;
 use wasmraft::auth::tls::TlsSettings;
 use wasmraft::auth::{ClusterSecret, PeerAuth};
 use wasmraft::client::{Client, ClientConfig, Consistency, DeployOptions};
-use wasmraft::node::config::{NodeConfig, RaftSettings};
+use wasmraft::node::config::{LimitSettings, NodeConfig, RaftSettings};
 use wasmraft::node::{Node, NodeOptions, RunningNode};
 use wasmraft::raft::Role;
 use wasmraft::raft::network::{FaultDecision, Faults};
@@ -108,6 +108,8 @@ pub struct Cluster {
     /// 127.0.0.1), and the authority clients check it against.
     tls: Option<TlsSettings>,
     pub tls_authority: Option<TestAuthority>,
+    /// Every node's own limits (`[limits]`).
+    limits: LimitSettings,
 }
 
 /// A certificate authority made for one test, and what it signed, as PEM
@@ -201,7 +203,22 @@ impl Cluster {
         Self::start_as(size, test_raft_settings(), true, true).await
     }
 
+    /// Like [`Cluster::start_secure`], every node with `limits`.
+    pub async fn start_secure_limited(size: u64, limits: LimitSettings) -> Cluster {
+        Self::start_as_limited(size, test_raft_settings(), true, false, limits).await
+    }
+
     async fn start_as(size: u64, raft: RaftSettings, secure: bool, tls: bool) -> Cluster {
+        Self::start_as_limited(size, raft, secure, tls, LimitSettings::default()).await
+    }
+
+    async fn start_as_limited(
+        size: u64,
+        raft: RaftSettings,
+        secure: bool,
+        tls: bool,
+        limits: LimitSettings,
+    ) -> Cluster {
         let secret_directory = tempfile::tempdir().unwrap();
         let (tls, tls_authority) = if tls {
             let authority = TestAuthority::new("wasmraft-test-ca", secret_directory.path());
@@ -229,6 +246,7 @@ impl Cluster {
             admin_token: None,
             tls,
             tls_authority,
+            limits,
         };
         cluster.launch(1, true).await;
         cluster.wait_for_leader().await;
@@ -296,7 +314,7 @@ impl Cluster {
             insecure: !self.secure,
             tls: self.tls.clone().unwrap_or_default(),
             raft: self.raft.clone(),
-            limits: Default::default(),
+            limits: self.limits.clone(),
             membership: Default::default(),
             cluster: Default::default(),
         };

@@ -5,13 +5,17 @@
 //! - `queries`: [`QueryPool`], the bounded pool queries run on — at most
 //!   as many at once as the runtime has query instances, a bounded queue
 //!   of waiters, and beyond it an immediate refusal.
+//! - `rates`: [`RateLimits`], token buckets per subject and method class
+//!   (requests and input bytes), with overrides per subject.
 //!
 //! Invariant: a refusal is an [`Shed`] naming the limit and when to retry;
 //! it never leaves work behind (nothing was started).
 
 mod queries;
+pub mod rates;
 
 pub use queries::{QueryPermit, QueryPool};
+pub use rates::{MethodClass, RateLimits, RateSettings};
 
 /// A request turned away by a local limit: `RESOURCE_EXHAUSTED`, with
 /// `retry-after-ms` metadata.
@@ -19,7 +23,7 @@ pub use queries::{QueryPermit, QueryPool};
 #[error("{detail} (limit: {limit}); retry after {retry_after_ms} ms")]
 pub struct Shed {
     /// The limit's name, as in the node's configuration.
-    pub limit: &'static str,
+    pub limit: std::borrow::Cow<'static, str>,
     /// What the node was doing, for a person.
     pub detail: String,
     /// When a retry has a fair chance.

@@ -88,7 +88,7 @@ impl QueryPool {
 
     fn shed(&self, detail: String) -> Shed {
         Shed {
-            limit: "query slots",
+            limit: "query slots".into(),
             detail,
             // A query takes tens of milliseconds; by then some have ended.
             retry_after_ms: 50,

@@ -12,7 +12,8 @@ use wasmraft_proto::v1::access_server::Access;
 use super::modules::unexpected;
 use super::status::ApiError;
 use super::validate::InputError;
-use super::{authorize, call_timeout, identity};
+use super::{admit, authorize, call_timeout, identity};
+use crate::admission::MethodClass;
 use crate::auth::policy::CLUSTER_OBJECT;
 use crate::auth::{Action, Caller, Identity, Token};
 use crate::command::{AccessChange, AccessRule, Command, Response as Applied, TokenGrant, check};
@@ -38,7 +39,9 @@ impl AccessService {
     /// The caller of `request`, if an administrator.
     fn admin<T>(&self, request: &Request<T>) -> Result<Caller, ApiError> {
         let identity = identity(&self.node, request)?;
-        authorize(&self.node, &identity, Action::AccessAdmin, CLUSTER_OBJECT)
+        let caller = authorize(&self.node, &identity, Action::AccessAdmin, CLUSTER_OBJECT)?;
+        admit(&self.node, &caller.subject, MethodClass::Admin, 0)?;
+        Ok(caller)
     }
 
     /// Proposes `change` for `caller` (an administrator) and waits until

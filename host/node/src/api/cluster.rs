@@ -16,7 +16,8 @@ use super::convert::{membership_message, role_message, settings_message};
 use super::modules::unexpected;
 use super::status::ApiError;
 use super::validate;
-use super::{authorize, blocking, call_timeout, identity};
+use super::{admit, authorize, blocking, call_timeout, identity};
+use crate::admission::MethodClass;
 use crate::auth::policy::CLUSTER_OBJECT;
 use crate::auth::{Action, Caller, PeerAuth};
 use crate::command::{
@@ -48,7 +49,9 @@ impl ClusterService {
     /// The caller of `request`, if it may take `action` on the cluster.
     fn allow<T>(&self, request: &Request<T>, action: Action) -> Result<Caller, ApiError> {
         let identity = identity(&self.node, request)?;
-        authorize(&self.node, &identity, action, CLUSTER_OBJECT)
+        let caller = authorize(&self.node, &identity, action, CLUSTER_OBJECT)?;
+        admit(&self.node, &caller.subject, MethodClass::Admin, 0)?;
+        Ok(caller)
     }
 
     /// This node's own entry: indexes from Raft, digest from the state.

@@ -34,6 +34,7 @@ pub use self::raft::RaftService;
 pub use self::state_machine::StateMachineService;
 pub use self::status::ApiError;
 pub use self::validate::{DeployUpload, InputError};
+use crate::admission::MethodClass;
 use crate::auth::tls::certificate_subject;
 use crate::auth::{Action, Caller, Identity};
 use crate::node::handle::NodeHandle;
@@ -62,6 +63,18 @@ pub(crate) fn identity<T>(
     Ok(node
         .gate()
         .authenticate_with_certificate(request.metadata(), certificate_subject.as_deref())?)
+}
+
+/// Takes one call of `class` with `input_bytes` of input from `subject`'s
+/// rate limits (`admission::rates`): after authorisation, so a stranger's
+/// flood spends no tenant's buckets, and before any work.
+pub(crate) fn admit(
+    node: &NodeHandle,
+    subject: &str,
+    class: MethodClass,
+    input_bytes: usize,
+) -> Result<(), ApiError> {
+    Ok(node.rates().admit(subject, class, input_bytes)?)
 }
 
 /// The caller `identity` acts as for `action` on `object`, if the policy in

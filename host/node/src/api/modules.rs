@@ -11,7 +11,8 @@ use wasmraft_proto::v1::modules_server::Modules;
 use super::convert::module_message;
 use super::status::ApiError;
 use super::validate::{self, DeployAssembler, DeployUpload, InputError};
-use super::{authorize, blocking, call_timeout, identity};
+use super::{admit, authorize, blocking, call_timeout, identity};
+use crate::admission::MethodClass;
 use crate::auth::{Action, Caller, Identity};
 use crate::command::settings::module_limits;
 use crate::command::{Command, Deploy, Response as Applied};
@@ -170,7 +171,9 @@ impl ModulesService {
             if caller.is_none()
                 && let Some(name) = assembler.module_name()
             {
-                caller = Some(authorize(&self.node, identity, Action::ModuleDeploy, name)?);
+                let allowed = authorize(&self.node, identity, Action::ModuleDeploy, name)?;
+                admit(&self.node, &allowed.subject, MethodClass::Deploy, 0)?;
+                caller = Some(allowed);
             }
         }
         let upload = assembler.finish().map_err(ApiError::from)?;
@@ -239,6 +242,7 @@ impl Modules for ModulesService {
         request: Request<proto::ListModulesRequest>,
     ) -> Result<Response<proto::ListModulesResponse>, Status> {
         let identity = identity(&self.node, &request)?;
+        admit(&self.node, &identity.subject(), MethodClass::Admin, 0)?;
         let node = self.node.clone();
         let modules = blocking(move || -> Result<_, ApiError> {
             // The table is ordered by name, as the API promises. A caller
@@ -264,7 +268,8 @@ impl Modules for ModulesService {
         let identity = identity(&self.node, &request)?;
         let name = request.into_inner().name;
         validate::module_name(&name).map_err(ApiError::from)?;
-        authorize(&self.node, &identity, Action::ModuleGet, &name)?;
+        let caller = authorize(&self.node, &identity, Action::ModuleGet, &name)?;
+        admit(&self.node, &caller.subject, MethodClass::Admin, 0)?;
         let node = self.node.clone();
         let module = blocking(move || -> Result<_, ApiError> {
             match node.reader().module(&name)? {
@@ -287,6 +292,7 @@ impl Modules for ModulesService {
         let name = request.into_inner().name;
         validate::module_name(&name).map_err(ApiError::from)?;
         let caller = authorize(&self.node, &identity, Action::ModuleRemove, &name)?;
+        admit(&self.node, &caller.subject, MethodClass::Admin, 0)?;
         let span = tracing::info_span!("remove", module = %name);
         let proposed = self
             .node

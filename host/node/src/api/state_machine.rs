@@ -12,7 +12,8 @@ use wasmraft_proto::v1::state_machine_server::StateMachine;
 use super::modules::unexpected;
 use super::status::{ApiError, call_output};
 use super::validate::{self, InputError};
-use super::{authorize, blocking, call_timeout, identity};
+use super::{admit, authorize, blocking, call_timeout, identity};
+use crate::admission::MethodClass;
 use crate::auth::policy::CLUSTER_OBJECT;
 use crate::auth::{Action, Identity};
 use crate::command::{Command, Invoke, Refusal, Response as Applied};
@@ -40,6 +41,12 @@ impl StateMachineService {
         validate::module_name(&request.module)?;
         let caller = authorize(&self.node, &identity, Action::ModuleInvoke, &request.module)?;
         validate::payload("the input", request.input.len(), limits)?;
+        admit(
+            &self.node,
+            &caller.subject,
+            MethodClass::Invoke,
+            request.input.len(),
+        )?;
         let session = validate::session(&request.client_id, request.sequence)?;
         let span = tracing::info_span!(
             "invoke",
@@ -91,6 +98,7 @@ impl StateMachineService {
         timeout: Option<Duration>,
     ) -> Result<proto::OpenSessionResponse, ApiError> {
         let caller = authorize(&self.node, &identity, Action::SessionOpen, CLUSTER_OBJECT)?;
+        admit(&self.node, &caller.subject, MethodClass::Invoke, 0)?;
         validate::open_session(&request.client_id)?;
         let span = tracing::info_span!("open_session", client_id = %request.client_id);
         let proposed = self
@@ -124,6 +132,12 @@ impl StateMachineService {
         validate::module_name(&request.module)?;
         let mut caller = authorize(&self.node, &identity, Action::ModuleQuery, &request.module)?;
         validate::payload("the input", request.input.len(), limits)?;
+        admit(
+            &self.node,
+            &caller.subject,
+            MethodClass::Query,
+            request.input.len(),
+        )?;
         let consistency = Consistency::try_from(request.consistency)
             .map_err(|_| InputError::Consistency(request.consistency))?;
         let span = tracing::info_span!(

@@ -618,7 +618,7 @@ mod tests {
     #[test]
     fn a_shed_request_says_which_limit_and_when_to_retry() {
         let status = to_status(&ApiError::Shed(Shed {
-            limit: "query slots",
+            limit: "query slots".into(),
             detail: "62 queries run and 248 wait on this node".into(),
             retry_after_ms: 50,
         }));

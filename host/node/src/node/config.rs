@@ -117,6 +117,9 @@ pub struct LimitSettings {
     pub payload_bytes_max: u64,
     /// Wall-clock limit of one query (apply is limited by fuel alone).
     pub query_timeout_ms: u64,
+    /// Token buckets per subject and method class (`[limits.rates]`, and
+    /// `[limits.rates.subjects.NAME]` for a subject's own).
+    pub rates: crate::admission::RateSettings,
 }
 
 impl Default for LimitSettings {
@@ -124,6 +127,7 @@ impl Default for LimitSettings {
         Self {
             payload_bytes_max: 1024 * 1024,
             query_timeout_ms: 5_000,
+            rates: Default::default(),
         }
     }
 }
@@ -227,6 +231,9 @@ impl LimitSettings {
             64 * 1024 * 1024,
         )?;
         within("limits.query_timeout_ms", self.query_timeout_ms, 1, 600_000)?;
+        self.rates
+            .validate(self.payload_bytes_max)
+            .map_err(|reason| invalid("limits.rates", reason))?;
         Ok(())
     }
 }

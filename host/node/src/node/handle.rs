@@ -21,7 +21,7 @@ use super::health::{self, Health};
 use super::membership::MembershipError;
 use super::rounds::Rounds;
 use super::write::{self, DEPLOY_TIMEOUT_MAX, PROPOSALS_QUEUED_MAX, Pending};
-use crate::admission::QueryPool;
+use crate::admission::{QueryPool, RateLimits};
 use crate::auth::peer::Peer;
 use crate::auth::{Gate, PeerAuth};
 use crate::command::{ClusterSettings, Command};
@@ -52,6 +52,8 @@ pub(super) struct Inner {
     pub(super) limits: LimitSettings,
     /// What membership changes may name (checked here and on the leader).
     pub(super) membership_rules: MembershipRules,
+    /// The callers' token buckets (`limits.rates`).
+    pub(super) rates: RateLimits,
     /// How long a write or a read barrier may wait for Raft: a write without
     /// a quorum would otherwise wait for ever.
     pub(super) consensus_timeout: Duration,
@@ -133,6 +135,7 @@ impl NodeHandle {
         starting: Option<String>,
     ) -> Self {
         let (proposals, queue) = mpsc::channel(PROPOSALS_QUEUED_MAX);
+        let rates = RateLimits::new(&limits.rates);
         let inner = Arc::new(Inner {
             id,
             advertised_address,
@@ -140,6 +143,7 @@ impl NodeHandle {
             reader,
             limits,
             membership_rules,
+            rates,
             consensus_timeout,
             shutting_down: AtomicBool::new(false),
             forwarder,
@@ -202,6 +206,11 @@ impl NodeHandle {
 
     pub fn limits(&self) -> &LimitSettings {
         &self.inner.limits
+    }
+
+    /// The callers' rate limits.
+    pub fn rates(&self) -> &RateLimits {
+        &self.inner.rates
     }
 
     /// What membership changes this node accepts.

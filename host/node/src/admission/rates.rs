@@ -1,0 +1,454 @@
+//! Per-subject rate limits: a token bucket per subject and method class
+//! (governor's keyed GCRA limiter), for requests and for input bytes, with
+//! the node's defaults and overrides per subject. A subject is who the
+//! call authenticated as, so one tenant's flood spends its own buckets and
+//! nobody else's. Local admission only: nothing here reaches apply.
+
+use std::collections::{BTreeMap, HashMap};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use serde::{Deserialize, Serialize};
+
+use super::Shed;
+
+/// What a call is, for its rate limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MethodClass {
+    /// `StateMachine.Invoke` and opening a session: writes through Raft.
+    Invoke,
+    /// `StateMachine.Query`: reads on the query pool.
+    Query,
+    /// `Modules.Deploy`: validation and compilation on every node.
+    Deploy,
+    /// Everything else: the cluster, access and module-listing methods.
+    Admin,
+}
+
+impl MethodClass {
+    const ALL: [MethodClass; 4] = [
+        MethodClass::Invoke,
+        MethodClass::Query,
+        MethodClass::Deploy,
+        MethodClass::Admin,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            MethodClass::Invoke => "invoke",
+            MethodClass::Query => "query",
+            MethodClass::Deploy => "deploy",
+            MethodClass::Admin => "admin",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// One bucket: a steady rate and the burst it may run ahead by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+impl Rate {
+    const fn new(per_second: u32, burst: u32) -> Self {
+        Self { per_second, burst }
+    }
+
+    fn quota(self) -> Quota {
+        // `validate` keeps both above zero; saturate rather than trust it.
+        let per_second = NonZeroU32::new(self.per_second).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(self.burst).unwrap_or(NonZeroU32::MIN);
+        Quota::per_second(per_second).allow_burst(burst)
+    }
+
+    fn validate(self, field: &str) -> Result<(), String> {
+        if self.per_second == 0 || self.burst == 0 {
+            return Err(format!(
+                "`{field}` must allow at least 1 per second and a burst of 1 (got {} per second, burst {})",
+                self.per_second, self.burst
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The rates of one subject (or the defaults of all), per method class,
+/// and of the input bytes of its invokes and queries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClassRates {
+    pub invoke: Rate,
+    pub query: Rate,
+    pub deploy: Rate,
+    pub admin: Rate,
+    /// Input bytes of invokes and queries together.
+    pub bytes: Rate,
+}
+
+impl Default for ClassRates {
+    /// Far above what one node serves (a few thousand writes a second):
+    /// a backstop against a runaway client, not a quota. Tenants get
+    /// tighter ones by name (`[limits.rates.subjects.NAME]`).
+    fn default() -> Self {
+        Self {
+            invoke: Rate::new(20_000, 40_000),
+            query: Rate::new(20_000, 40_000),
+            deploy: Rate::new(2, 10),
+            admin: Rate::new(200, 400),
+            bytes: Rate::new(256 << 20, 512 << 20),
+        }
+    }
+}
+
+impl ClassRates {
+    fn of(&self, class: MethodClass) -> Rate {
+        match class {
+            MethodClass::Invoke => self.invoke,
+            MethodClass::Query => self.query,
+            MethodClass::Deploy => self.deploy,
+            MethodClass::Admin => self.admin,
+        }
+    }
+
+    fn validate(&self, prefix: &str) -> Result<(), String> {
+        for class in MethodClass::ALL {
+            self.of(class)
+                .validate(&format!("{prefix}.{}", class.name()))?;
+        }
+        self.bytes.validate(&format!("{prefix}.bytes"))
+    }
+}
+
+/// `[limits.rates]`: the defaults, and the subjects that have their own.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateSettings {
+    #[serde(flatten)]
+    pub defaults: ClassRates,
+    /// Subjects with rates of their own, by name.
+    pub subjects: BTreeMap<String, ClassRates>,
+}
+
+/// The most subjects with rates of their own: each holds its own buckets.
+const SUBJECTS_WITH_RATES_MAX: usize = 10_000;
+
+impl RateSettings {
+    /// Why these rates cannot be used, naming the field, or `Ok`.
+    pub fn validate(&self, payload_bytes_max: u64) -> Result<(), String> {
+        self.defaults.validate("limits.rates")?;
+        if self.subjects.len() > SUBJECTS_WITH_RATES_MAX {
+            return Err(format!(
+                "`limits.rates.subjects` names {} subjects; at most {SUBJECTS_WITH_RATES_MAX}",
+                self.subjects.len()
+            ));
+        }
+        for (subject, rates) in &self.subjects {
+            crate::command::check::subject(subject)
+                .map_err(|reason| format!("`limits.rates.subjects.{subject}`: {reason}"))?;
+            rates.validate(&format!("limits.rates.subjects.{subject}"))?;
+        }
+        // One input must fit in a bucket, or it could never pass.
+        for (name, rates) in std::iter::once(("limits.rates", &self.defaults)).chain(
+            self.subjects
+                .iter()
+                .map(|(subject, rates)| (subject.as_str(), rates)),
+        ) {
+            if u64::from(rates.bytes.burst) < payload_bytes_max {
+                return Err(format!(
+                    "the bytes burst of `{name}` ({}) is below `limits.payload_bytes_max` ({payload_bytes_max}): the largest input could never pass",
+                    rates.bytes.burst
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The buckets of every class, keyed by subject.
+struct Buckets {
+    rates: ClassRates,
+    classes: [DefaultKeyedRateLimiter<String>; 4],
+    bytes: DefaultKeyedRateLimiter<String>,
+}
+
+impl Buckets {
+    fn new(rates: &ClassRates) -> Self {
+        Self {
+            rates: rates.clone(),
+            classes: MethodClass::ALL.map(|class| RateLimiter::keyed(rates.of(class).quota())),
+            bytes: RateLimiter::keyed(rates.bytes.quota()),
+        }
+    }
+
+    fn prune(&self) {
+        for limiter in self.classes.iter().chain([&self.bytes]) {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+    }
+
+    fn keys(&self) -> usize {
+        self.classes
+            .iter()
+            .chain([&self.bytes])
+            .map(|limiter| limiter.len())
+            .sum()
+    }
+}
+
+/// How many admissions pass between two prunings of idle subjects.
+const PRUNE_EVERY_CALLS: u64 = 4096;
+
+/// The rate limits of one node, shared by every call.
+pub struct RateLimits {
+    defaults: Buckets,
+    /// The subjects with rates of their own; each keyed by its one name.
+    subjects: HashMap<String, Buckets>,
+    calls: AtomicU64,
+    clock: DefaultClock,
+}
+
+impl std::fmt::Debug for RateLimits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimits")
+            .field("defaults", &self.defaults.rates)
+            .field("subjects", &self.subjects.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RateLimits {
+    pub fn new(settings: &RateSettings) -> Self {
+        Self {
+            defaults: Buckets::new(&settings.defaults),
+            subjects: settings
+                .subjects
+                .iter()
+                .map(|(subject, rates)| (subject.clone(), Buckets::new(rates)))
+                .collect(),
+            calls: AtomicU64::new(0),
+            clock: DefaultClock::default(),
+        }
+    }
+
+    /// Takes one call of `class` and `bytes` of input from `subject`'s
+    /// buckets, or says which limit refuses and when to retry.
+    pub fn admit(&self, subject: &str, class: MethodClass, bytes: usize) -> Result<(), Shed> {
+        if self.calls.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY_CALLS == PRUNE_EVERY_CALLS - 1 {
+            // A subject idle for longer than its bucket takes to fill again
+            // is indistinguishable from a new one: forget it, so the
+            // limiter's memory follows the callers of the last moments.
+            self.defaults.prune();
+        }
+        let (buckets, own) = match self.subjects.get(subject) {
+            Some(buckets) => (buckets, true),
+            None => (&self.defaults, false),
+        };
+        let limit = |what: &str| -> std::borrow::Cow<'static, str> {
+            if own {
+                format!("limits.rates.subjects.{subject}.{what}").into()
+            } else {
+                format!("limits.rates.{what}").into()
+            }
+        };
+        let key = subject.to_owned();
+        if let Err(not_until) = buckets.classes[class.index()].check_key(&key) {
+            let rate = buckets.rates.of(class);
+            return Err(Shed {
+                limit: limit(class.name()),
+                detail: format!(
+                    "`{subject}` sent {} calls faster than {} a second (burst {})",
+                    class.name(),
+                    rate.per_second,
+                    rate.burst
+                ),
+                retry_after_ms: retry_after_ms(not_until.wait_time_from(self.clock.now())),
+            });
+        }
+        let Some(bytes) = NonZeroU32::new(u32::try_from(bytes).unwrap_or(u32::MAX)) else {
+            return Ok(());
+        };
+        let rate = buckets.rates.bytes;
+        match buckets.bytes.check_key_n(&key, bytes) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(not_until)) => Err(Shed {
+                limit: limit("bytes"),
+                detail: format!(
+                    "`{subject}` sent input faster than {} bytes a second (burst {})",
+                    rate.per_second, rate.burst
+                ),
+                retry_after_ms: retry_after_ms(not_until.wait_time_from(self.clock.now())),
+            }),
+            // Validation keeps the burst above the largest input; an input
+            // larger than the burst could never pass, so waiting is no use.
+            Err(_) => Err(Shed {
+                limit: limit("bytes"),
+                detail: format!(
+                    "one input of {bytes} bytes is more than `{subject}`'s byte burst ({})",
+                    rate.burst
+                ),
+                retry_after_ms: 1000,
+            }),
+        }
+    }
+
+    /// The subjects whose buckets are held (a subject counts once per
+    /// bucket it used), for memory accounting.
+    pub fn held_keys(&self) -> usize {
+        self.defaults.keys() + self.subjects.values().map(Buckets::keys).sum::<usize>()
+    }
+}
+
+fn retry_after_ms(wait: std::time::Duration) -> u64 {
+    u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> RateSettings {
+        let mut settings = RateSettings::default();
+        settings.subjects.insert(
+            "tenant".to_owned(),
+            ClassRates {
+                invoke: Rate::new(1, 3),
+                // One byte a second: what a test spends stays spent.
+                bytes: Rate::new(1, 2 << 20),
+                ..ClassRates::default()
+            },
+        );
+        settings
+    }
+
+    #[test]
+    fn the_defaults_are_valid() {
+        RateSettings::default().validate(1 << 20).unwrap();
+        settings().validate(1 << 20).unwrap();
+    }
+
+    /// The README's example, as a node's configuration reads it; a typo
+    /// is refused.
+    #[test]
+    fn rates_read_from_toml() {
+        let text = r#"
+            invoke = { per_second = 20000, burst = 40000 }
+            deploy = { per_second = 2, burst = 10 }
+            [subjects.shop]
+            invoke = { per_second = 100, burst = 200 }
+            bytes  = { per_second = 1048576, burst = 2097152 }
+        "#;
+        let settings: RateSettings = toml::from_str(text).unwrap();
+        assert_eq!(settings.defaults, ClassRates::default());
+        let shop = &settings.subjects["shop"];
+        assert_eq!(shop.invoke, Rate::new(100, 200));
+        assert_eq!(shop.query, ClassRates::default().query);
+        settings.validate(1 << 20).unwrap();
+        for typo in [
+            "invokes = { per_second = 1, burst = 1 }",
+            "[subjects.shop]\nqueries = { per_second = 1, burst = 1 }",
+        ] {
+            assert!(toml::from_str::<RateSettings>(typo).is_err(), "{typo}");
+        }
+    }
+
+    #[test]
+    fn bad_rates_name_their_field() {
+        let mut zero = settings();
+        zero.subjects.get_mut("tenant").unwrap().query = Rate::new(0, 1);
+        let error = zero.validate(1 << 20).unwrap_err();
+        assert!(
+            error.contains("`limits.rates.subjects.tenant.query`"),
+            "{error}"
+        );
+        let mut small = RateSettings::default();
+        small.defaults.bytes = Rate::new(1000, 1000);
+        let error = small.validate(1 << 20).unwrap_err();
+        assert!(
+            error.contains("below `limits.payload_bytes_max`"),
+            "{error}"
+        );
+        let mut nameless = RateSettings::default();
+        nameless
+            .subjects
+            .insert("bad name".to_owned(), ClassRates::default());
+        assert!(nameless.validate(1 << 20).is_err());
+    }
+
+    /// A subject's burst passes, the next call is refused with a wait of
+    /// about one period, and neither another subject nor another class of
+    /// the same subject is touched.
+    #[test]
+    fn a_subject_spends_its_own_buckets_only() {
+        let limits = RateLimits::new(&settings());
+        for _ in 0..3 {
+            limits.admit("tenant", MethodClass::Invoke, 10).unwrap();
+        }
+        // Governor's clock is real: a slow machine may refill a token or
+        // two meanwhile, but not ten.
+        let shed = (0..10)
+            .find_map(|_| limits.admit("tenant", MethodClass::Invoke, 10).err())
+            .expect("ten calls past a burst of 3 at 1 a second");
+        assert_eq!(shed.limit, "limits.rates.subjects.tenant.invoke");
+        assert!(
+            shed.detail
+                .contains("`tenant` sent invoke calls faster than 1 a second (burst 3)"),
+            "{}",
+            shed.detail
+        );
+        assert!(
+            (1..=1000).contains(&shed.retry_after_ms),
+            "{}",
+            shed.retry_after_ms
+        );
+        limits.admit("tenant", MethodClass::Query, 10).unwrap();
+        limits.admit("other", MethodClass::Invoke, 10).unwrap();
+    }
+
+    #[test]
+    fn bytes_are_limited_apart_from_calls() {
+        let limits = RateLimits::new(&settings());
+        limits.admit("tenant", MethodClass::Query, 2 << 20).unwrap();
+        let shed = limits
+            .admit("tenant", MethodClass::Query, 1 << 20)
+            .unwrap_err();
+        assert!(shed.detail.contains("bytes a second"), "{}", shed.detail);
+        let shed = limits
+            .admit("tenant", MethodClass::Query, 3 << 20)
+            .unwrap_err();
+        assert!(shed.detail.contains("more than"), "{}", shed.detail);
+    }
+
+    #[test]
+    fn idle_subjects_are_forgotten() {
+        let limits = RateLimits::new(&RateSettings {
+            defaults: ClassRates {
+                admin: Rate::new(1_000_000, 1),
+                ..ClassRates::default()
+            },
+            ..RateSettings::default()
+        });
+        for subject in 0..100 {
+            limits
+                .admit(&format!("s{subject}"), MethodClass::Admin, 0)
+                .unwrap();
+        }
+        assert_eq!(limits.held_keys(), 100);
+        // A bucket of 1 at a million a second is full again after 1 µs:
+        // wait until the clock has moved well past it.
+        let start = std::time::Instant::now();
+        while start.elapsed() < std::time::Duration::from_millis(2) {
+            std::hint::spin_loop();
+        }
+        limits.defaults.prune();
+        assert_eq!(limits.held_keys(), 0);
+    }
+}
