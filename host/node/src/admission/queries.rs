@@ -79,7 +79,7 @@ impl QueryPool {
             Ok(Ok(permit)) => Ok(QueryPermit { _slot: permit }),
             // The semaphore is never closed; a closed one sheds like a full one.
             Ok(Err(_)) | Err(_) => Err(self.shed(format!(
-                "no query slot came free within {} ms ({} run at once)",
+                "no query thread came free within {} ms ({} run at once)",
                 wait_max.as_millis(),
                 self.running_max
             ))),
@@ -88,7 +88,7 @@ impl QueryPool {
 
     fn shed(&self, detail: String) -> Shed {
         Shed {
-            limit: "query slots".into(),
+            limit: "limits.query_threads".into(),
             detail,
             // A query takes tens of milliseconds; by then some have ended.
             retry_after_ms: 50,
@@ -115,7 +115,7 @@ mod tests {
         tokio::task::yield_now().await;
         assert_eq!(pool.queued(), 1);
         let shed = pool.admit(Duration::from_secs(5)).await.unwrap_err();
-        assert_eq!(shed.limit, "query slots");
+        assert_eq!(shed.limit, "limits.query_threads");
         assert!(shed.detail.contains("2 queries run and 1 wait"), "{shed}");
 
         // A slot comes free: the waiter gets it.

@@ -36,7 +36,7 @@
 //! | a valid credential without the permission (`Denied::PermissionDenied`); a permission revoked while the command was in flight (`Refusal::PermissionDenied`) | `PERMISSION_DENIED` | who may not do what, and the roles that may |
 //! | revoking a binding or a token that does not exist | `NOT_FOUND` | what was not found |
 //! | method not built yet | `UNIMPLEMENTED` | what comes when |
-//! | a local admission limit (`admission::Shed`: query slots) | `RESOURCE_EXHAUSTED` | the limit and what the node was doing; metadata `retry-after-ms` |
+//! | a local admission limit (`admission::Shed`: query threads, rates) | `RESOURCE_EXHAUSTED` | the limit and what the node was doing; metadata `retry-after-ms` |
 //!
 //! Messages above tonic's decoding limit never reach a handler: tonic
 //! answers `OUT_OF_RANGE` itself. The limit sits above every cap here, so a
@@ -618,14 +618,14 @@ mod tests {
     #[test]
     fn a_shed_request_says_which_limit_and_when_to_retry() {
         let status = to_status(&ApiError::Shed(Shed {
-            limit: "query slots".into(),
+            limit: "limits.query_threads".into(),
             detail: "62 queries run and 248 wait on this node".into(),
             retry_after_ms: 50,
         }));
         assert_eq!(status.code(), Code::ResourceExhausted);
         assert_eq!(
             status.message(),
-            "62 queries run and 248 wait on this node (limit: query slots); retry after 50 ms"
+            "62 queries run and 248 wait on this node (limit: limits.query_threads); retry after 50 ms"
         );
         assert_eq!(status.metadata().get("retry-after-ms").unwrap(), "50");
     }

@@ -117,6 +117,10 @@ pub struct LimitSettings {
     pub payload_bytes_max: u64,
     /// Wall-clock limit of one query (apply is limited by fuel alone).
     pub query_timeout_ms: u64,
+    /// How many queries run at once (each on a thread of its own, burning
+    /// CPU in its guest); by default one per core, so that queries, however
+    /// many arrive, leave apply and the network their share of the CPU.
+    pub query_threads: Option<u64>,
     /// Token buckets per subject and method class (`[limits.rates]`, and
     /// `[limits.rates.subjects.NAME]` for a subject's own).
     pub rates: crate::admission::RateSettings,
@@ -127,6 +131,7 @@ impl Default for LimitSettings {
         Self {
             payload_bytes_max: 1024 * 1024,
             query_timeout_ms: 5_000,
+            query_threads: None,
             rates: Default::default(),
         }
     }
@@ -231,6 +236,9 @@ impl LimitSettings {
             64 * 1024 * 1024,
         )?;
         within("limits.query_timeout_ms", self.query_timeout_ms, 1, 600_000)?;
+        if let Some(threads) = self.query_threads {
+            within("limits.query_threads", threads, 1, 1024)?;
+        }
         self.rates
             .validate(self.payload_bytes_max)
             .map_err(|reason| invalid("limits.rates", reason))?;

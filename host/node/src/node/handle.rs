@@ -32,8 +32,10 @@ use crate::raft::{Consensus, Member, NodeId, RaftRefusal, RaftView, Role, WaitEr
 use crate::storage::StateReader;
 use crate::wasm::Runtime;
 
-/// Queries that may wait for a query instance, per instance.
-const QUERIES_QUEUED_PER_INSTANCE: usize = 4;
+/// Queries that may wait for a query thread, per thread: they wait without
+/// a thread of their own, so the bound is one of memory and of patience
+/// (a waiter gives up at its deadline).
+const QUERIES_QUEUED_PER_THREAD: usize = 128;
 
 /// A running node as the API sees it. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -136,6 +138,13 @@ impl NodeHandle {
     ) -> Self {
         let (proposals, queue) = mpsc::channel(PROPOSALS_QUEUED_MAX);
         let rates = RateLimits::new(&limits.rates);
+        let query_threads = limits
+            .query_threads
+            .map_or_else(
+                || std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+                |threads| usize::try_from(threads).unwrap_or(usize::MAX),
+            )
+            .min(runtime.query_instances_max() as usize);
         let inner = Arc::new(Inner {
             id,
             advertised_address,
@@ -155,10 +164,7 @@ impl NodeHandle {
             gate,
             starting: std::sync::Mutex::new(starting),
             reachability,
-            queries: QueryPool::new(
-                runtime.query_instances_max() as usize,
-                QUERIES_QUEUED_PER_INSTANCE * runtime.query_instances_max() as usize,
-            ),
+            queries: QueryPool::new(query_threads, QUERIES_QUEUED_PER_THREAD * query_threads),
             runtime,
             read_rounds: Arc::new(Rounds::new()),
         });
