@@ -9,7 +9,7 @@ use tonic::Code;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 use wasmraft::auth::{ClusterSecret, PeerAuth};
-use wasmraft::client::{Client, ClientConfig, DeployOptions, RoleBinding, SettingsUpdate};
+use wasmraft::client::{Client, ClientConfig, RoleBinding};
 use wasmraft::raft::network::wire;
 use wasmraft_proto::v1 as proto;
 use wasmraft_proto::v1::access_client::AccessClient;
@@ -18,8 +18,7 @@ use wasmraft_proto::v1::modules_client::ModulesClient;
 use wasmraft_proto::v1::raft_client::RaftClient;
 use wasmraft_proto::v1::state_machine_client::StateMachineClient;
 
-use super::harness::{Cluster, NodeId, SETTLE};
-use crate::wasm::guest;
+use super::harness::{Cluster, NodeId, SETTLE, deploy_spinning};
 
 /// Who a call comes from: the columns of [`TABLE`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -519,28 +518,14 @@ async fn a_revoke_outruns_the_writes_in_flight_on_every_node() {
     // A module whose apply spins until its fuel runs out, with fuel for a
     // few seconds: while it applies, later entries wait behind it.
     const SPIN_FUEL: u64 = 1_500_000_000;
-    admin
-        .set_settings(&SettingsUpdate {
-            fuel_per_call_max: Some(SPIN_FUEL),
-            ..SettingsUpdate::default()
-        })
-        .await
-        .unwrap();
-    let spin = guest(
+    deploy_spinning(
+        &admin,
+        "spin",
         r#"(func (export "apply") (param i32 i32) (result i32)
             (loop $spin (br $spin)) (i32.const 0))"#,
-    );
-    admin
-        .deploy(
-            "spin",
-            &spin,
-            DeployOptions {
-                fuel_per_call_max: Some(SPIN_FUEL),
-                ..DeployOptions::default()
-            },
-        )
-        .await
-        .unwrap();
+        SPIN_FUEL,
+    )
+    .await;
 
     // Two writers of the counter: one loses its role, one its token.
     let binding = RoleBinding::new("writer", "module_invoker", Some("counter")).unwrap();

@@ -7,13 +7,35 @@ use std::time::Duration;
 use tonic::Code;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
+use wasmraft::admission::InFlightSettings;
 use wasmraft::admission::rates::{ClassRates, Rate};
 use wasmraft::client::RoleBinding;
 use wasmraft::node::config::LimitSettings;
 use wasmraft_proto::v1 as proto;
 use wasmraft_proto::v1::state_machine_client::StateMachineClient;
 
-use super::harness::Cluster;
+use super::harness::{Cluster, deploy_spinning};
+
+/// One query of `module` as `token`, straight over gRPC.
+async fn raw_query(
+    channel: Channel,
+    token: String,
+    module: &str,
+    input: &[u8],
+) -> Result<(), tonic::Status> {
+    let mut request = tonic::Request::new(proto::QueryRequest {
+        module: module.to_owned(),
+        input: input.to_vec(),
+        consistency: proto::Consistency::Stale as i32,
+    });
+    request.set_timeout(Duration::from_secs(30));
+    let value = MetadataValue::try_from(format!("Bearer {token}")).unwrap();
+    request.metadata_mut().insert("authorization", value);
+    StateMachineClient::new(channel)
+        .query(request)
+        .await
+        .map(drop)
+}
 
 /// One counter increment as `token`, straight over gRPC (no client
 /// retries): the node's own answer.
@@ -121,5 +143,86 @@ async fn a_tenant_over_its_rate_is_refused_alone_and_told_when_to_retry() {
     }
     assert_eq!(cluster.counter(leader).await, applied);
     cluster.assert_converged().await;
+    cluster.shutdown().await;
+}
+
+/// A subject with as many calls open as `limits.in_flight.per_subject`
+/// allows is shed at once for the next, naming the limit, while another
+/// subject's call is served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_subject_at_its_in_flight_cap_is_shed_and_others_are_served() {
+    let limits = LimitSettings {
+        in_flight: InFlightSettings {
+            per_subject: 2,
+            total: 64,
+        },
+        ..LimitSettings::default()
+    };
+    let cluster = Cluster::start_secure_limited(1, limits).await;
+    cluster.deploy_counter(1).await;
+    let admin = cluster.client_of(1).await;
+    // A query that spins through a billion fuel (about a second): calls
+    // of it stay open long enough to pile up.
+    const SPIN_FUEL: u64 = 1_000_000_000;
+    deploy_spinning(
+        &admin,
+        "spin",
+        r#"(func (export "apply") (param i32 i32) (result i32) (i32.const 0))
+           (func (export "query") (param i32 i32) (result i32)
+             (loop $spin (br $spin)) (i32.const 0))"#,
+        SPIN_FUEL,
+    )
+    .await;
+    let mut tokens = Vec::new();
+    for subject in ["crowd", "other"] {
+        for module in ["spin", "counter"] {
+            let binding = RoleBinding::new(subject, "module_querier", Some(module)).unwrap();
+            admin.grant(&binding).await.unwrap();
+        }
+        tokens.push(admin.create_token(subject).await.unwrap().token);
+    }
+    let channel = Channel::from_shared(format!("http://{}", cluster.address(1)))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    // Eight at once: two open, the others shed at once.
+    let calls: Vec<_> = (0..8)
+        .map(|_| tokio::spawn(raw_query(channel.clone(), tokens[0].clone(), "spin", b"")))
+        .collect();
+    // While crowd's calls spin, other's query is served.
+    raw_query(
+        channel.clone(),
+        tokens[1].clone(),
+        "counter",
+        br#"{"op":"get"}"#,
+    )
+    .await
+    .expect("another subject is served");
+    let mut shed = 0;
+    for call in calls {
+        let status = call
+            .await
+            .unwrap()
+            .expect_err("a spin runs out of fuel or is shed");
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        if status.metadata().contains_key("retry-after-ms") {
+            assert!(
+                status
+                    .message()
+                    .contains("`crowd` has 2 calls open on this node")
+                    && status.message().contains("limits.in_flight.per_subject"),
+                "{}",
+                status.message()
+            );
+            shed += 1;
+        } else {
+            assert!(status.message().contains("fuel"), "{}", status.message());
+        }
+    }
+    assert!(
+        shed >= 1,
+        "eight calls at once past a cap of two: some are shed"
+    );
     cluster.shutdown().await;
 }

@@ -610,3 +610,27 @@ pub async fn increment(client: &Client, count: u64, tally: &Tally) {
         tally.counted.notify_waiters();
     }
 }
+
+/// Raises the cluster's fuel cap to `fuel` and deploys `name` from the
+/// module items `items` (see `wasm::guest`) with that much fuel per call:
+/// a module whose calls spin for seconds.
+pub async fn deploy_spinning(admin: &Client, name: &str, items: &str, fuel: u64) {
+    admin
+        .set_settings(&wasmraft::client::SettingsUpdate {
+            fuel_per_call_max: Some(fuel),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    admin
+        .deploy(
+            name,
+            &crate::wasm::guest(items),
+            DeployOptions {
+                fuel_per_call_max: Some(fuel),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+}

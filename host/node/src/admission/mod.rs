@@ -7,13 +7,17 @@
 //!   of waiters, and beyond it an immediate refusal.
 //! - `rates`: [`RateLimits`], token buckets per subject and method class
 //!   (requests and input bytes), with overrides per subject.
+//! - `in_flight`: [`InFlight`], the calls open at once, per subject and in
+//!   all; invokes, queries and deploy uploads hold a permit while they run.
 //!
 //! Invariant: a refusal is an [`Shed`] naming the limit and when to retry;
 //! it never leaves work behind (nothing was started).
 
+mod in_flight;
 mod queries;
 pub mod rates;
 
+pub use in_flight::{InFlight, InFlightPermit, InFlightSettings};
 pub use queries::{QueryPermit, QueryPool};
 pub use rates::{MethodClass, RateLimits, RateSettings};
 

@@ -34,7 +34,7 @@ pub use self::raft::RaftService;
 pub use self::state_machine::StateMachineService;
 pub use self::status::ApiError;
 pub use self::validate::{DeployUpload, InputError};
-use crate::admission::MethodClass;
+use crate::admission::{InFlightPermit, MethodClass};
 use crate::auth::tls::certificate_subject;
 use crate::auth::{Action, Caller, Identity};
 use crate::node::handle::NodeHandle;
@@ -75,6 +75,20 @@ pub(crate) fn admit(
     input_bytes: usize,
 ) -> Result<(), ApiError> {
     Ok(node.rates().admit(subject, class, input_bytes)?)
+}
+
+/// Like [`admit`], for a call that works on after its admission (an
+/// invoke, a query, a deploy's upload): the permit it answers counts the
+/// call as open, per subject and in all, until dropped.
+#[must_use = "the call is open for as long as its permit lives"]
+pub(crate) fn admit_open(
+    node: &NodeHandle,
+    subject: &str,
+    class: MethodClass,
+    input_bytes: usize,
+) -> Result<InFlightPermit, ApiError> {
+    admit(node, subject, class, input_bytes)?;
+    Ok(node.in_flight().admit(subject)?)
 }
 
 /// The caller `identity` acts as for `action` on `object`, if the policy in

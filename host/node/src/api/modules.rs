@@ -11,7 +11,7 @@ use wasmraft_proto::v1::modules_server::Modules;
 use super::convert::module_message;
 use super::status::ApiError;
 use super::validate::{self, DeployAssembler, DeployUpload, InputError};
-use super::{admit, authorize, blocking, call_timeout, identity};
+use super::{admit, admit_open, authorize, blocking, call_timeout, identity};
 use crate::admission::MethodClass;
 use crate::auth::{Action, Caller, Identity};
 use crate::command::settings::module_limits;
@@ -166,13 +166,20 @@ impl ModulesService {
         let settings = self.node.settings().map_err(ApiError::from)?;
         let mut assembler = DeployAssembler::new(self.node.limits(), settings.module_bytes_max);
         let mut caller = None;
+        // The upload counts as an open call of its caller while it lasts.
+        let mut _open = None;
         while let Some(chunk) = stream.message().await? {
             assembler.push(chunk.content).map_err(ApiError::from)?;
             if caller.is_none()
                 && let Some(name) = assembler.module_name()
             {
                 let allowed = authorize(&self.node, identity, Action::ModuleDeploy, name)?;
-                admit(&self.node, &allowed.subject, MethodClass::Deploy, 0)?;
+                _open = Some(admit_open(
+                    &self.node,
+                    &allowed.subject,
+                    MethodClass::Deploy,
+                    0,
+                )?);
                 caller = Some(allowed);
             }
         }

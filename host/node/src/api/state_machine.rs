@@ -12,7 +12,7 @@ use wasmraft_proto::v1::state_machine_server::StateMachine;
 use super::modules::unexpected;
 use super::status::{ApiError, call_output};
 use super::validate::{self, InputError};
-use super::{admit, authorize, blocking, call_timeout, identity};
+use super::{admit_open, authorize, blocking, call_timeout, identity};
 use crate::admission::MethodClass;
 use crate::auth::policy::CLUSTER_OBJECT;
 use crate::auth::{Action, Identity};
@@ -41,7 +41,7 @@ impl StateMachineService {
         validate::module_name(&request.module)?;
         let caller = authorize(&self.node, &identity, Action::ModuleInvoke, &request.module)?;
         validate::payload("the input", request.input.len(), limits)?;
-        admit(
+        let _open = admit_open(
             &self.node,
             &caller.subject,
             MethodClass::Invoke,
@@ -98,7 +98,7 @@ impl StateMachineService {
         timeout: Option<Duration>,
     ) -> Result<proto::OpenSessionResponse, ApiError> {
         let caller = authorize(&self.node, &identity, Action::SessionOpen, CLUSTER_OBJECT)?;
-        admit(&self.node, &caller.subject, MethodClass::Invoke, 0)?;
+        let _open = admit_open(&self.node, &caller.subject, MethodClass::Invoke, 0)?;
         validate::open_session(&request.client_id)?;
         let span = tracing::info_span!("open_session", client_id = %request.client_id);
         let proposed = self
@@ -132,7 +132,7 @@ impl StateMachineService {
         validate::module_name(&request.module)?;
         let mut caller = authorize(&self.node, &identity, Action::ModuleQuery, &request.module)?;
         validate::payload("the input", request.input.len(), limits)?;
-        admit(
+        let _open = admit_open(
             &self.node,
             &caller.subject,
             MethodClass::Query,

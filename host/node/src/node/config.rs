@@ -121,6 +121,8 @@ pub struct LimitSettings {
     /// CPU in its guest); by default one per core, so that queries, however
     /// many arrive, leave apply and the network their share of the CPU.
     pub query_threads: Option<u64>,
+    /// Calls open at once, per subject and in all (`[limits.in_flight]`).
+    pub in_flight: crate::admission::InFlightSettings,
     /// Token buckets per subject and method class (`[limits.rates]`, and
     /// `[limits.rates.subjects.NAME]` for a subject's own).
     pub rates: crate::admission::RateSettings,
@@ -132,6 +134,7 @@ impl Default for LimitSettings {
             payload_bytes_max: 1024 * 1024,
             query_timeout_ms: 5_000,
             query_threads: None,
+            in_flight: Default::default(),
             rates: Default::default(),
         }
     }
@@ -239,6 +242,9 @@ impl LimitSettings {
         if let Some(threads) = self.query_threads {
             within("limits.query_threads", threads, 1, 1024)?;
         }
+        self.in_flight
+            .validate()
+            .map_err(|reason| invalid("limits.in_flight", reason))?;
         self.rates
             .validate(self.payload_bytes_max)
             .map_err(|reason| invalid("limits.rates", reason))?;

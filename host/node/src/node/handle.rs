@@ -21,7 +21,7 @@ use super::health::{self, Health};
 use super::membership::MembershipError;
 use super::rounds::Rounds;
 use super::write::{self, DEPLOY_TIMEOUT_MAX, PROPOSALS_QUEUED_MAX, Pending};
-use crate::admission::{QueryPool, RateLimits};
+use crate::admission::{InFlight, QueryPool, RateLimits};
 use crate::auth::peer::Peer;
 use crate::auth::{Gate, PeerAuth};
 use crate::command::{ClusterSettings, Command};
@@ -56,6 +56,8 @@ pub(super) struct Inner {
     pub(super) membership_rules: MembershipRules,
     /// The callers' token buckets (`limits.rates`).
     pub(super) rates: RateLimits,
+    /// The calls open on this node (`limits.in_flight`).
+    pub(super) in_flight: InFlight,
     /// How long a write or a read barrier may wait for Raft: a write without
     /// a quorum would otherwise wait for ever.
     pub(super) consensus_timeout: Duration,
@@ -138,6 +140,7 @@ impl NodeHandle {
     ) -> Self {
         let (proposals, queue) = mpsc::channel(PROPOSALS_QUEUED_MAX);
         let rates = RateLimits::new(&limits.rates);
+        let in_flight = InFlight::new(&limits.in_flight);
         let query_threads = limits
             .query_threads
             .map_or_else(
@@ -153,6 +156,7 @@ impl NodeHandle {
             limits,
             membership_rules,
             rates,
+            in_flight,
             consensus_timeout,
             shutting_down: AtomicBool::new(false),
             forwarder,
@@ -212,6 +216,11 @@ impl NodeHandle {
 
     pub fn limits(&self) -> &LimitSettings {
         &self.inner.limits
+    }
+
+    /// The calls open on this node.
+    pub fn in_flight(&self) -> &InFlight {
+        &self.inner.in_flight
     }
 
     /// The callers' rate limits.
