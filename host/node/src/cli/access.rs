@@ -36,8 +36,6 @@ struct BindingArgs {
     /// matches any run of characters (`bank-*`, `*`).
     #[arg(long, value_name = "PATTERN")]
     modules: Option<String>,
-    #[command(flatten)]
-    connection: ConnectionArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -48,8 +46,6 @@ struct ListArgs {
     /// Print JSON (an array of {subject, role, module_pattern}).
     #[arg(long)]
     json: bool,
-    #[command(flatten)]
-    connection: ConnectionArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -74,8 +70,6 @@ struct CreateTokenArgs {
     /// Print JSON ({token, token_id, subject}).
     #[arg(long)]
     json: bool,
-    #[command(flatten)]
-    connection: ConnectionArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -83,8 +77,6 @@ struct RevokeTokenArgs {
     /// The token's id, as `token create` printed it (16 hex digits, also
     /// the part after `wr_` in the token).
     token_id: String,
-    #[command(flatten)]
-    connection: ConnectionArgs,
 }
 
 /// `wasmraft whoami`.
@@ -93,8 +85,6 @@ pub struct WhoAmIArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
-    #[command(flatten)]
-    connection: ConnectionArgs,
 }
 
 impl BindingArgs {
@@ -104,22 +94,21 @@ impl BindingArgs {
     }
 }
 
-pub fn run(args: AccessArgs) -> anyhow::Result<ExitCode> {
+pub fn run(args: AccessArgs, connection: &ConnectionArgs) -> anyhow::Result<ExitCode> {
     connection::run(async move {
         match args.command {
             AccessCommand::Grant(args) => {
                 let binding = args.binding()?;
-                args.connection.client().await?.grant(&binding).await?;
+                connection.client().await?.grant(&binding).await?;
                 println!("granted: {binding}");
             }
             AccessCommand::Revoke(args) => {
                 let binding = args.binding()?;
-                args.connection.client().await?.revoke(&binding).await?;
+                connection.client().await?.revoke(&binding).await?;
                 println!("revoked: {binding}");
             }
             AccessCommand::List(args) => {
-                let bindings = args
-                    .connection
+                let bindings = connection
                     .client()
                     .await?
                     .role_bindings(args.subject.as_deref())
@@ -133,8 +122,7 @@ pub fn run(args: AccessArgs) -> anyhow::Result<ExitCode> {
             AccessCommand::Token(TokenArgs {
                 command: TokenCommand::Create(args),
             }) => {
-                let created = args
-                    .connection
+                let created = connection
                     .client()
                     .await?
                     .create_token(&args.subject)
@@ -152,7 +140,7 @@ pub fn run(args: AccessArgs) -> anyhow::Result<ExitCode> {
             AccessCommand::Token(TokenArgs {
                 command: TokenCommand::Revoke(args),
             }) => {
-                args.connection
+                connection
                     .client()
                     .await?
                     .revoke_token(&args.token_id)
@@ -164,9 +152,9 @@ pub fn run(args: AccessArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-pub fn run_whoami(args: WhoAmIArgs) -> anyhow::Result<ExitCode> {
+pub fn run_whoami(args: WhoAmIArgs, connection: &ConnectionArgs) -> anyhow::Result<ExitCode> {
     connection::run(async move {
-        let who = args.connection.client().await?.who_am_i().await?;
+        let who = connection.client().await?.who_am_i().await?;
         if args.json {
             println!("{}", serde_json::to_string_pretty(&who)?);
         } else {

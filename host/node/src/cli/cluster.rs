@@ -105,8 +105,6 @@ struct SettingsGetArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
-    #[command(flatten)]
-    connection: ConnectionArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -114,8 +112,6 @@ struct SettingsSetArgs {
     /// The changes, as FIELD=VALUE.
     #[arg(required = true, value_name = "FIELD=VALUE")]
     changes: Vec<String>,
-    #[command(flatten)]
-    connection: ConnectionArgs,
 }
 
 /// `FIELD=VALUE` pairs as a settings update; a bad pair is refused by name.
@@ -168,23 +164,16 @@ struct AddNodeArgs {
     /// (it then stays a learner; run the command again to finish).
     #[arg(long, default_value_t = 120_000, value_name = "MS")]
     catch_up_timeout_ms: u64,
-    #[command(flatten)]
-    connection: ConnectionArgs,
 }
 
 #[derive(Debug, clap::Args)]
 struct RemoveNodeArgs {
     /// The id of the member to remove.
     id: u64,
-    #[command(flatten)]
-    connection: ConnectionArgs,
 }
 
 #[derive(Debug, clap::Args)]
-struct SnapshotArgs {
-    #[command(flatten)]
-    connection: ConnectionArgs,
-}
+struct SnapshotArgs {}
 
 #[derive(Debug, clap::Args)]
 struct HealthArgs {
@@ -193,8 +182,6 @@ struct HealthArgs {
     /// not answer).
     #[arg(long)]
     json: bool,
-    #[command(flatten)]
-    connection: ConnectionArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -203,18 +190,16 @@ struct StatusArgs {
     /// instead of a table.
     #[arg(long)]
     json: bool,
-    #[command(flatten)]
-    connection: ConnectionArgs,
 }
 
-pub fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
+pub fn run(args: ClusterArgs, connection: &ConnectionArgs) -> anyhow::Result<ExitCode> {
     if let ClusterCommand::NewSecret(args) = args.command {
         return new_secret(&args);
     }
     connection::run(async move {
         match args.command {
             ClusterCommand::Status(args) => {
-                let status = args.connection.client().await?.status().await?;
+                let status = connection.client().await?.status().await?;
                 if args.json {
                     println!(
                         "{}",
@@ -230,10 +215,9 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
                 }
                 Ok(())
             }
-            ClusterCommand::Health(args) => health(&args).await,
+            ClusterCommand::Health(args) => health(&args, connection).await,
             ClusterCommand::AddNode(args) => {
-                let membership = args
-                    .connection
+                let membership = connection
                     .client()
                     .await?
                     .add_node(
@@ -247,13 +231,13 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
                 Ok(())
             }
             ClusterCommand::RemoveNode(args) => {
-                let membership = args.connection.client().await?.remove_node(args.id).await?;
+                let membership = connection.client().await?.remove_node(args.id).await?;
                 println!("node {} removed", args.id);
                 print!("{}", render_membership(&membership));
                 Ok(())
             }
-            ClusterCommand::Snapshot(args) => {
-                let client = args.connection.client().await?;
+            ClusterCommand::Snapshot(_) => {
+                let client = connection.client().await?;
                 client.snapshot().await?;
                 println!("snapshot started on {}", client.endpoint());
                 Ok(())
@@ -261,7 +245,7 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
             ClusterCommand::Settings(SettingsArgs {
                 command: SettingsCommand::Get(args),
             }) => {
-                let view = args.connection.client().await?.settings().await?;
+                let view = connection.client().await?.settings().await?;
                 if args.json {
                     let mut json = serde_json::to_value(&view.settings)?;
                     json["recorded"] = view.recorded.into();
@@ -286,12 +270,7 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
                 command: SettingsCommand::Set(args),
             }) => {
                 let update = parse_changes(&args.changes)?;
-                let (settings, index) = args
-                    .connection
-                    .client()
-                    .await?
-                    .set_settings(&update)
-                    .await?;
+                let (settings, index) = connection.client().await?.set_settings(&update).await?;
                 println!("settings changed at index {index}; in force on every node from there:");
                 print!("{}", render_settings(&settings));
                 Ok(())
@@ -306,8 +285,8 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
 type MemberHealth = (Member, Result<Health, String>);
 
 /// Asks every member for its health and prints the answers.
-async fn health(args: &HealthArgs) -> anyhow::Result<()> {
-    let status = args.connection.client().await?.status().await?;
+async fn health(args: &HealthArgs, connection: &ConnectionArgs) -> anyhow::Result<()> {
+    let status = connection.client().await?.status().await?;
     let members: Vec<Member> = status
         .voters
         .iter()
@@ -316,7 +295,7 @@ async fn health(args: &HealthArgs) -> anyhow::Result<()> {
         .collect();
     let asked = members.into_iter().map(|member| async {
         let endpoint = format!("http://{}", member.address);
-        let answer = match args.connection.client_at(&endpoint).await {
+        let answer = match connection.client_at(&endpoint).await {
             Ok(client) => client.health().await.map_err(|error| error.to_string()),
             Err(error) => Err(error.to_string()),
         };

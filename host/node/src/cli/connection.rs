@@ -26,30 +26,44 @@ pub const EXIT_USAGE: u8 = 2;
 /// The endpoint could not be reached.
 pub const EXIT_UNREACHABLE: u8 = 3;
 
-/// How to reach the cluster; flattened into every client subcommand.
+/// How to reach the cluster: options of the `wasmraft` command itself, so
+/// they may come before or after the subcommand
+/// (`wasmraft --endpoint URL cluster status`, `wasmraft cluster status --endpoint URL`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConnectionArgs {
     /// The node to talk to, as http://HOST:PORT (or https:// for a node
     /// serving TLS).
-    #[arg(long, env = "WASMRAFT_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
+    #[arg(long, global = true, env = "WASMRAFT_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
     endpoint: String,
     /// Bearer token sent with every call.
-    #[arg(long, env = "WASMRAFT_TOKEN", hide_env_values = true)]
+    #[arg(long, global = true, env = "WASMRAFT_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// For https://: the authority (PEM) the node's certificate chains to
     /// [default: the system's trusted roots].
-    #[arg(long, value_name = "FILE", env = "WASMRAFT_CA_CERT")]
+    #[arg(long, global = true, value_name = "FILE", env = "WASMRAFT_CA_CERT")]
     ca_cert: Option<PathBuf>,
     /// For https://: a client certificate (PEM) to authenticate with instead
     /// of a token; its common name is your subject.
-    #[arg(long, value_name = "FILE", env = "WASMRAFT_CERT", requires = "key")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "WASMRAFT_CERT",
+        requires = "key"
+    )]
     cert: Option<PathBuf>,
     /// The private key of --cert (PEM).
-    #[arg(long, value_name = "FILE", env = "WASMRAFT_KEY", requires = "cert")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "WASMRAFT_KEY",
+        requires = "cert"
+    )]
     key: Option<PathBuf>,
     /// Timeout of one attempt of a call, in milliseconds (a deploy gets
     /// twelve times as long, for validation and compilation).
-    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    #[arg(long, global = true, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     timeout_ms: u64,
 }
 

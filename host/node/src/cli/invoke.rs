@@ -15,8 +15,6 @@ pub struct InvokeArgs {
     module: String,
     #[command(flatten)]
     input: InputArgs,
-    #[command(flatten)]
-    connection: ConnectionArgs,
 }
 
 /// The request body: a string argument, or a file's bytes.
@@ -113,10 +111,10 @@ pub fn print_output(output: &[u8]) -> anyhow::Result<()> {
     }
 }
 
-pub fn run(args: InvokeArgs) -> anyhow::Result<ExitCode> {
+pub fn run(args: InvokeArgs, connection: &ConnectionArgs) -> anyhow::Result<ExitCode> {
     connection::run(async move {
         let input = args.input.body()?;
-        let client = args.connection.client().await?;
+        let client = connection.client().await?;
         let result = client.invoke(&args.module, &input).await?;
         tracing::debug!(
             fuel_used = result.fuel_used,

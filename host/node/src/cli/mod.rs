@@ -24,6 +24,8 @@ pub struct Cli {
     /// How the node and the commands write their logs (on stderr).
     #[arg(long, global = true, value_enum, default_value = "text")]
     pub log_format: crate::telemetry::logs::LogFormat,
+    #[command(flatten)]
+    connection: connection::ConnectionArgs,
     #[command(subcommand)]
     command: Commands,
 }
@@ -59,12 +61,12 @@ impl Cli {
         let result = match self.command {
             Commands::Inspect(args) => inspect::run(args),
             Commands::Serve(args) => serve::run(args),
-            Commands::Module(args) => module::run(args),
-            Commands::Invoke(args) => invoke::run(args),
-            Commands::Query(args) => query::run(args),
-            Commands::Cluster(args) => cluster::run(args),
-            Commands::Access(args) => access::run(args),
-            Commands::Whoami(args) => access::run_whoami(args),
+            Commands::Module(args) => module::run(args, &self.connection),
+            Commands::Invoke(args) => invoke::run(args, &self.connection),
+            Commands::Query(args) => query::run(args, &self.connection),
+            Commands::Cluster(args) => cluster::run(args, &self.connection),
+            Commands::Access(args) => access::run(args, &self.connection),
+            Commands::Whoami(args) => access::run_whoami(args, &self.connection),
             Commands::Examples(args) => examples::run(args),
         };
         match result {
@@ -74,5 +76,68 @@ impl Cli {
                 ExitCode::FAILURE
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Cli;
+
+    /// The connection options are the command's own: before the
+    /// subcommand, after it, or from the environment's default.
+    #[test]
+    fn connection_options_come_before_or_after_the_subcommand() {
+        let endpoint = |argv: &[&str]| {
+            let cli = Cli::try_parse_from(argv).unwrap_or_else(|error| panic!("{argv:?}: {error}"));
+            format!("{:?}", cli.connection)
+        };
+        let before = endpoint(&[
+            "wasmraft",
+            "--endpoint",
+            "http://10.0.0.1:7070",
+            "--timeout-ms",
+            "3000",
+            "cluster",
+            "status",
+        ]);
+        let after = endpoint(&[
+            "wasmraft",
+            "cluster",
+            "status",
+            "--endpoint",
+            "http://10.0.0.1:7070",
+            "--timeout-ms",
+            "3000",
+        ]);
+        let between = endpoint(&[
+            "wasmraft",
+            "cluster",
+            "--endpoint",
+            "http://10.0.0.1:7070",
+            "status",
+            "--timeout-ms",
+            "3000",
+        ]);
+        assert_eq!(before, after);
+        assert_eq!(before, between);
+        assert!(
+            before.contains("http://10.0.0.1:7070") && before.contains("3000"),
+            "{before}"
+        );
+        let invoke = endpoint(&[
+            "wasmraft",
+            "--endpoint",
+            "http://10.0.0.2:7070",
+            "invoke",
+            "counter",
+            r#"{"op":"get"}"#,
+        ]);
+        assert!(invoke.contains("http://10.0.0.2:7070"), "{invoke}");
+        assert!(
+            Cli::try_parse_from(["wasmraft", "--cert", "c.pem", "whoami"]).is_err(),
+            "--cert needs --key"
+        );
     }
 }

@@ -47,49 +47,33 @@ struct DeployArgs {
     /// cluster's]; lowered to the cluster maximum.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     memory_bytes: Option<u64>,
-    #[command(flatten)]
-    connection: ConnectionArgs,
 }
 
 #[derive(Debug, clap::Args)]
 struct NameArgs {
     /// The module's name.
     name: String,
-    #[command(flatten)]
-    connection: ConnectionArgs,
 }
 
 #[derive(Debug, clap::Args)]
-struct ConnectionOnly {
-    #[command(flatten)]
-    connection: ConnectionArgs,
-}
+struct ConnectionOnly {}
 
-pub fn run(args: ModuleArgs) -> anyhow::Result<ExitCode> {
+pub fn run(args: ModuleArgs, connection: &ConnectionArgs) -> anyhow::Result<ExitCode> {
     connection::run(async move {
         match args.command {
-            ModuleCommand::Deploy(args) => deploy(args).await,
-            ModuleCommand::List(args) => {
-                let modules = args.connection.client().await?.list_modules().await?;
+            ModuleCommand::Deploy(args) => deploy(args, connection).await,
+            ModuleCommand::List(_) => {
+                let modules = connection.client().await?.list_modules().await?;
                 print_module_table(&modules);
                 Ok(())
             }
             ModuleCommand::Get(args) => {
-                let module = args
-                    .connection
-                    .client()
-                    .await?
-                    .get_module(&args.name)
-                    .await?;
+                let module = connection.client().await?.get_module(&args.name).await?;
                 print_module(&module);
                 Ok(())
             }
             ModuleCommand::Rm(args) => {
-                args.connection
-                    .client()
-                    .await?
-                    .remove_module(&args.name)
-                    .await?;
+                connection.client().await?.remove_module(&args.name).await?;
                 println!("removed {}", args.name);
                 Ok(())
             }
@@ -97,14 +81,14 @@ pub fn run(args: ModuleArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
+async fn deploy(args: DeployArgs, connection: &ConnectionArgs) -> anyhow::Result<()> {
     let wasm = std::fs::read(&args.file).map_err(|error| {
         UsageError(format!(
             "cannot read the module {}: {error}",
             args.file.display()
         ))
     })?;
-    let client = args.connection.client().await?;
+    let client = connection.client().await?;
     // The phases (and a bar for the upload) only for a person.
     let bar = std::io::stderr()
         .is_terminal()

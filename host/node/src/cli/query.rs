@@ -20,11 +20,9 @@ pub struct QueryArgs {
     /// quorum that it is up to date: cheaper, works without a leader, may lag.
     #[arg(long)]
     stale: bool,
-    #[command(flatten)]
-    connection: ConnectionArgs,
 }
 
-pub fn run(args: QueryArgs) -> anyhow::Result<ExitCode> {
+pub fn run(args: QueryArgs, connection: &ConnectionArgs) -> anyhow::Result<ExitCode> {
     connection::run(async move {
         let input = args.input.body()?;
         let consistency = if args.stale {
@@ -32,7 +30,7 @@ pub fn run(args: QueryArgs) -> anyhow::Result<ExitCode> {
         } else {
             Consistency::Linearizable
         };
-        let client = args.connection.client().await?;
+        let client = connection.client().await?;
         let result = client.query(&args.module, &input, consistency).await?;
         tracing::debug!(
             fuel_used = result.fuel_used,
