@@ -620,3 +620,26 @@ async fn a_deploy_reports_its_phases() {
     );
     node.shutdown().await.unwrap();
 }
+
+/// `inspect` of a running node's directory says to stop the node first,
+/// and reads the directory once it stopped.
+#[tokio::test]
+async fn inspect_refuses_a_running_nodes_directory() {
+    let directory = TempDir::new().unwrap();
+    let node = start(directory.path()).await;
+    let data = wasmraft::storage::DataDirectory::new(directory.path());
+    let runtime = || wasmraft::wasm::Runtime::new(Default::default()).unwrap();
+    let error = wasmraft::storage::inspect(&data, runtime())
+        .await
+        .expect_err("a running node holds its directory");
+    assert!(
+        matches!(error, wasmraft::storage::InspectError::InUse(_)),
+        "{error}"
+    );
+    assert!(error.to_string().contains("stop the node first"), "{error}");
+    node.shutdown().await.unwrap();
+    let found = wasmraft::storage::inspect(&data, runtime())
+        .await
+        .expect("a stopped node's directory is read");
+    assert!(found.last_applied.is_some());
+}

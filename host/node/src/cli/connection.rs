@@ -139,11 +139,29 @@ pub fn report(result: anyhow::Result<()>) -> ExitCode {
     let Err(error) = result else {
         return ExitCode::from(EXIT_OK);
     };
-    eprintln!("error: {error:#}");
+    eprintln!("error: {}", describe(&error));
     if let Some(client_error) = client_error(&error) {
         eprintln!("hint: {}", client_error.explanation());
     }
     ExitCode::from(exit_code(&error))
+}
+
+/// `error` and its causes on one line, each cause once: an error that
+/// names its source in its own message (`cannot listen on …: Address
+/// already in use`) does not repeat it.
+pub fn describe(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let cause = cause.to_string();
+        if text.contains(&cause) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&cause);
+    }
+    text
 }
 
 fn client_error(error: &anyhow::Error) -> Option<&ClientError> {
@@ -176,6 +194,25 @@ mod tests {
     use super::*;
     use anyhow::Context;
     use tonic::Code;
+
+    #[test]
+    fn each_cause_is_said_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("cannot listen on 127.0.0.1:7070: {source}")]
+        struct Bind {
+            source: std::io::Error,
+        }
+        let bind = Bind {
+            source: std::io::Error::new(std::io::ErrorKind::AddrInUse, "Address already in use"),
+        };
+        let error = anyhow::Error::new(bind).context("cannot start the node");
+        assert_eq!(
+            describe(&error),
+            "cannot start the node: cannot listen on 127.0.0.1:7070: Address already in use"
+        );
+        let plain = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(describe(&plain), "outer: inner");
+    }
 
     #[test]
     fn exit_codes() {

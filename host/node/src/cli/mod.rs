@@ -72,7 +72,7 @@ impl Cli {
         match result {
             Ok(code) => code,
             Err(error) => {
-                eprintln!("error: {error:#}");
+                eprintln!("error: {}", connection::describe(&error));
                 ExitCode::FAILURE
             }
         }

@@ -32,6 +32,10 @@ pub struct Inspection {
 pub enum InspectError {
     #[error("{0} holds no wasmraft node (no log.redb)")]
     NoNode(String),
+    #[error(
+        "{0} is in use by a running node: stop the node first (`inspect` reads a stopped node's data; a running one answers `wasmraft cluster status`)"
+    )]
+    InUse(String),
     #[error("cannot open the Raft log: {0}")]
     Log(#[from] OpenLogError),
     #[error("cannot open the state: {0}")]
@@ -47,7 +51,12 @@ pub async fn inspect(data: &DataDirectory, runtime: Runtime) -> Result<Inspectio
     if !data.is_initialised() {
         return Err(InspectError::NoNode(data.root().display().to_string()));
     }
-    let mut log = LogStore::open(data.log_file())?;
+    let mut log = LogStore::open(data.log_file()).map_err(|error| match error {
+        OpenLogError::Database(redb::Error::DatabaseAlreadyOpen) => {
+            InspectError::InUse(data.root().display().to_string())
+        }
+        other => InspectError::Log(other),
+    })?;
     let log_state = log.get_log_state().await?;
     let vote = log.read_vote().await?;
     let mut state = StateMachineStore::open(data.state_directory(), runtime)?;
