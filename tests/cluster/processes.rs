@@ -395,4 +395,33 @@ async fn a_dev_node_serves_once_its_examples_are_deployed() {
     assert_eq!(names, ["bank", "counter", "kv"]);
     let health = client(&endpoint).await.health().await.unwrap();
     assert_eq!((health.serving, health.score), (true, 100), "{health:?}");
+    // The CLI, its connection options before the subcommand, in JSON.
+    let listed = Command::new(WASMRAFT)
+        .args(["--endpoint", &endpoint, "module", "list", "--json"])
+        .output()
+        .expect("the CLI runs");
+    assert!(listed.status.success(), "{listed:?}");
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let mut names: Vec<&str> = listed
+        .as_array()
+        .expect("a JSON array")
+        .iter()
+        .map(|module| module["name"].as_str().expect("a name"))
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["bank", "counter", "kv"]);
+    let counter = Command::new(WASMRAFT)
+        .args([
+            "module",
+            "get",
+            "counter",
+            "--json",
+            "--endpoint",
+            &endpoint,
+        ])
+        .output()
+        .expect("the CLI runs");
+    let counter: serde_json::Value = serde_json::from_slice(&counter.stdout).unwrap();
+    assert_eq!(counter["version"], 1, "{counter}");
+    assert_eq!(counter["has_query"], true, "{counter}");
 }

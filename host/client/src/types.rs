@@ -10,8 +10,9 @@ use wasmraft_proto::v1;
 use super::error::ClientError;
 use wasmraft_core::ClusterSettings;
 
-/// A deployed module, as every node knows it (`wasmraft.v1.Module`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A deployed module, as every node knows it (`wasmraft.v1.Module`); its
+/// JSON (`module list --json`) has these field names.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ModuleInfo {
     pub name: String,
     /// 1 for the first deployment, plus one per upgrade.

@@ -20,9 +20,9 @@ enum ModuleCommand {
     /// module as deployed (name, version, sha256).
     Deploy(DeployArgs),
     /// List the deployed modules.
-    List(ConnectionOnly),
+    List(ListArgs),
     /// Show one module.
-    Get(NameArgs),
+    Get(GetArgs),
     /// Remove a module and all of its state. Cannot be undone.
     #[command(alias = "remove")]
     Rm(NameArgs),
@@ -56,20 +56,41 @@ struct NameArgs {
 }
 
 #[derive(Debug, clap::Args)]
-struct ConnectionOnly {}
+struct ListArgs {
+    /// Print the modules as a JSON array.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct GetArgs {
+    /// The module's name.
+    name: String,
+    /// Print the module as a JSON object.
+    #[arg(long)]
+    json: bool,
+}
 
 pub fn run(args: ModuleArgs, connection: &ConnectionArgs) -> anyhow::Result<ExitCode> {
     connection::run(async move {
         match args.command {
             ModuleCommand::Deploy(args) => deploy(args, connection).await,
-            ModuleCommand::List(_) => {
+            ModuleCommand::List(args) => {
                 let modules = connection.client().await?.list_modules().await?;
-                print_module_table(&modules);
+                if args.json {
+                    println!("{}", serde_json::to_string_pretty(&modules)?);
+                } else {
+                    print_module_table(&modules);
+                }
                 Ok(())
             }
             ModuleCommand::Get(args) => {
                 let module = connection.client().await?.get_module(&args.name).await?;
-                print_module(&module);
+                if args.json {
+                    println!("{}", serde_json::to_string_pretty(&module)?);
+                } else {
+                    print_module(&module);
+                }
                 Ok(())
             }
             ModuleCommand::Rm(args) => {
