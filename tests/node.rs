@@ -45,6 +45,17 @@ async fn start(directory: &Path) -> RunningNode {
     node
 }
 
+/// A node started in `directory` with the counter example deployed, and
+/// its API.
+async fn counter_node(directory: &Path) -> (RunningNode, Api) {
+    let node = start(directory).await;
+    let mut api = Api::connect(&node).await;
+    api.deploy("counter", wasmraft_examples::COUNTER_WASM, (None, None))
+        .await
+        .unwrap();
+    (node, api)
+}
+
 struct Api {
     modules: ModulesClient<tonic::transport::Channel>,
     machine: StateMachineClient<tonic::transport::Channel>,
@@ -330,11 +341,7 @@ async fn examples_over_grpc_survive_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_duplicate_command_is_applied_once() {
     let directory = TempDir::new().unwrap();
-    let node = start(directory.path()).await;
-    let mut api = Api::connect(&node).await;
-    api.deploy("counter", wasmraft_examples::COUNTER_WASM, (None, None))
-        .await
-        .unwrap();
+    let (node, mut api) = counter_node(directory.path()).await;
     let add = r#"{"op":"add","by":10}"#;
     // A session that was never opened is refused, and nothing is applied.
     let unopened = api
@@ -406,11 +413,7 @@ async fn a_duplicate_command_is_applied_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_modules_get_their_codes_and_the_node_serves_on() {
     let directory = TempDir::new().unwrap();
-    let node = start(directory.path()).await;
-    let mut api = Api::connect(&node).await;
-    api.deploy("counter", wasmraft_examples::COUNTER_WASM, (None, None))
-        .await
-        .unwrap();
+    let (node, mut api) = counter_node(directory.path()).await;
     let mut failures = Vec::new();
 
     for (index, (name, wasm, rejection)) in validation_rows().into_iter().enumerate() {
@@ -642,4 +645,41 @@ async fn inspect_refuses_a_running_nodes_directory() {
         .await
         .expect("a stopped node's directory is read");
     assert!(found.last_applied.is_some());
+}
+
+/// `Cluster.Snapshot` with `wait` answers once a snapshot covers what the
+/// node had applied; without, it only starts one.
+#[tokio::test]
+async fn a_waited_snapshot_covers_what_was_applied() {
+    let directory = TempDir::new().unwrap();
+    let (node, mut api) = counter_node(directory.path()).await;
+    for _ in 0..5 {
+        api.invoke("counter", r#"{"op":"add","by":1}"#, None)
+            .await
+            .unwrap();
+    }
+    let (applied, _) = api.digest().await;
+    let started = api
+        .cluster
+        .snapshot(proto::SnapshotRequest { wait: false })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(started.snapshot_index, None);
+    let built = api
+        .cluster
+        .snapshot(proto::SnapshotRequest { wait: true })
+        .await
+        .unwrap()
+        .into_inner();
+    let index = built
+        .snapshot_index
+        .expect("a waited snapshot names its index");
+    assert!(index >= applied, "{index} covers {applied}");
+    let snapshot = node
+        .handle()
+        .consensus()
+        .with_metrics(|metrics| metrics.snapshot_index());
+    assert!(snapshot >= Some(applied), "{snapshot:?}");
+    node.shutdown().await.unwrap();
 }

@@ -289,7 +289,7 @@ async fn call(channel: Channel, method: &str, credential: &Credential, call_inde
         ),
         "Cluster.Snapshot" => code(
             cluster
-                .snapshot(credential.stamp(proto::SnapshotRequest {}))
+                .snapshot(credential.stamp(proto::SnapshotRequest::default()))
                 .await,
         ),
         "Cluster.Health" => code(

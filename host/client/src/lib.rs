@@ -682,16 +682,29 @@ impl Client {
     /// Asks the endpoint's node to build a snapshot now (and purge the log
     /// behind it); returns once the snapshot is started.
     pub async fn snapshot(&self) -> Result<(), ClientError> {
-        self.retrying("snapshot", CallKind::ReadOnly, |timeout| {
-            let mut client = self.cluster();
-            async move {
-                let request = self.request(v1::SnapshotRequest {}, timeout);
-                self.attempt("snapshot", timeout, client.snapshot(request))
-                    .await
-            }
-        })
-        .await?;
-        Ok(())
+        self.request_snapshot(false).await.map(drop)
+    }
+
+    /// Asks the endpoint's node to build a snapshot now and waits until one
+    /// covers everything the node had applied when asked (within the
+    /// request timeout); answers the log index it covers (`None` when the
+    /// node had applied nothing yet).
+    pub async fn build_snapshot(&self) -> Result<Option<u64>, ClientError> {
+        self.request_snapshot(true).await
+    }
+
+    async fn request_snapshot(&self, wait: bool) -> Result<Option<u64>, ClientError> {
+        let response = self
+            .retrying("snapshot", CallKind::ReadOnly, |timeout| {
+                let mut client = self.cluster();
+                async move {
+                    let request = self.request(v1::SnapshotRequest { wait }, timeout);
+                    self.attempt("snapshot", timeout, client.snapshot(request))
+                        .await
+                }
+            })
+            .await?;
+        Ok(response.snapshot_index)
     }
 
     /// Whether the endpoint's node can serve. One attempt, no retries: a

@@ -101,7 +101,9 @@ impl Default for ClassRates {
         Self {
             invoke: Rate::new(20_000, 40_000),
             query: Rate::new(20_000, 40_000),
-            deploy: Rate::new(2, 10),
+            // A pipeline deploys its modules in a burst; each is then
+            // bounded by the deploy limits and the open-call caps.
+            deploy: Rate::new(10, 100),
             admin: Rate::new(200, 400),
             bytes: Rate::new(256 << 20, 512 << 20),
         }
@@ -341,7 +343,7 @@ mod tests {
     fn rates_read_from_toml() {
         let text = r#"
             invoke = { per_second = 20000, burst = 40000 }
-            deploy = { per_second = 2, burst = 10 }
+            deploy = { per_second = 10, burst = 100 }
             [subjects.shop]
             invoke = { per_second = 100, burst = 200 }
             bytes  = { per_second = 1048576, burst = 2097152 }

@@ -34,6 +34,12 @@ const MEMBER_STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 const ADD_NODE_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long removing a node may take when the caller set no deadline.
 const REMOVE_NODE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a snapshot asked for with `wait` may take when the caller gave
+/// no deadline.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often a waiting snapshot request asks again, in case its first ask
+/// was absorbed by a build that covers less.
+const SNAPSHOT_RETRIGGER: Duration = Duration::from_secs(1);
 
 /// Serves `wasmraft.v1.Cluster`.
 #[derive(Debug, Clone)]
@@ -203,12 +209,53 @@ impl Cluster for ClusterService {
         request: Request<proto::SnapshotRequest>,
     ) -> Result<Response<proto::SnapshotResponse>, Status> {
         self.allow(&request, Action::ClusterSnapshot)?;
-        self.node
-            .consensus()
-            .trigger_snapshot()
-            .await
-            .map_err(|refusal| ApiError::Internal(format!("cannot start a snapshot: {refusal}")))?;
-        Ok(Response::new(proto::SnapshotResponse {}))
+        let timeout = call_timeout(&request).unwrap_or(SNAPSHOT_TIMEOUT);
+        let deadline = std::time::Instant::now() + timeout;
+        let wait = request.get_ref().wait;
+        let consensus = self.node.consensus();
+        let start = || async {
+            consensus.trigger_snapshot().await.map_err(|refusal| {
+                Status::from(ApiError::Internal(format!(
+                    "cannot start a snapshot: {refusal}"
+                )))
+            })
+        };
+        let target = consensus
+            .with_metrics(|metrics| metrics.applied_index())
+            .unwrap_or(0);
+        start().await?;
+        if !wait || target == 0 {
+            return Ok(Response::new(proto::SnapshotResponse {
+                snapshot_index: None,
+            }));
+        }
+        loop {
+            let remaining = deadline.saturating_duration_since(std::time::Instant::now());
+            if remaining.is_zero() {
+                return Err(Status::deadline_exceeded(format!(
+                    "no snapshot covering index {target} was built within {} ms; the build may still finish (`wasmraft inspect` of the stopped node, or ask again with a longer --timeout-ms)",
+                    timeout.as_millis()
+                )));
+            }
+            let built = consensus
+                .wait_until(
+                    remaining.min(SNAPSHOT_RETRIGGER),
+                    "a snapshot of everything applied",
+                    |metrics| metrics.snapshot_index() >= Some(target),
+                )
+                .await;
+            if built.is_ok() {
+                let index = consensus
+                    .with_metrics(|metrics| metrics.snapshot_index())
+                    .unwrap_or(target);
+                return Ok(Response::new(proto::SnapshotResponse {
+                    snapshot_index: Some(index),
+                }));
+            }
+            // A build already running when asked covers less and absorbed
+            // the request: ask again once it is done.
+            start().await?;
+        }
     }
 
     async fn health(

@@ -46,7 +46,8 @@ enum ClusterCommand {
     /// afterwards; to bring it back, empty its data directory and add it.
     RemoveNode(RemoveNodeArgs),
     /// Make the endpoint's node build a snapshot now and purge its log up
-    /// to it.
+    /// to it; waits until it is built (within --timeout-ms) and says what
+    /// it covers.
     Snapshot(SnapshotArgs),
     /// Read or change the cluster settings: the limits every node applies
     /// commands with (fuel, memory, output, module size, sessions).
@@ -173,7 +174,11 @@ struct RemoveNodeArgs {
 }
 
 #[derive(Debug, clap::Args)]
-struct SnapshotArgs {}
+struct SnapshotArgs {
+    /// Only start the build, and return at once.
+    #[arg(long)]
+    no_wait: bool,
+}
 
 #[derive(Debug, clap::Args)]
 struct HealthArgs {
@@ -236,10 +241,23 @@ pub fn run(args: ClusterArgs, connection: &ConnectionArgs) -> anyhow::Result<Exi
                 print!("{}", render_membership(&membership));
                 Ok(())
             }
-            ClusterCommand::Snapshot(_) => {
+            ClusterCommand::Snapshot(args) => {
                 let client = connection.client().await?;
-                client.snapshot().await?;
-                println!("snapshot started on {}", client.endpoint());
+                if args.no_wait {
+                    client.snapshot().await?;
+                    println!("snapshot started on {}", client.endpoint());
+                    return Ok(());
+                }
+                match client.build_snapshot().await? {
+                    Some(index) => println!(
+                        "snapshot built on {}, covering the log up to index {index}",
+                        client.endpoint()
+                    ),
+                    None => println!(
+                        "nothing applied on {} yet: there is nothing to snapshot",
+                        client.endpoint()
+                    ),
+                }
                 Ok(())
             }
             ClusterCommand::Settings(SettingsArgs {

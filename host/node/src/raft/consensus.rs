@@ -333,6 +333,11 @@ impl Metrics<'_> {
         self.0.last_applied.map(|log_id| log_id.index)
     }
 
+    /// The index of the last entry this node's latest snapshot covers.
+    pub fn snapshot_index(&self) -> Option<u64> {
+        self.0.snapshot.map(|log_id| log_id.index)
+    }
+
     /// The index of the last entry in this node's log.
     pub fn last_log_index(&self) -> Option<u64> {
         self.0.last_log_index
