@@ -519,7 +519,7 @@ async fn a_revoke_outruns_the_writes_in_flight_on_every_node() {
     // few seconds: while it applies, later entries wait behind it.
     const SPIN_FUEL: u64 = 1_500_000_000;
     deploy_spinning(
-        &admin,
+        &cluster,
         "spin",
         r#"(func (export "apply") (param i32 i32) (result i32)
             (loop $spin (br $spin)) (i32.const 0))"#,

@@ -165,7 +165,7 @@ async fn a_subject_at_its_in_flight_cap_is_shed_and_others_are_served() {
     // of it stay open long enough to pile up.
     const SPIN_FUEL: u64 = 1_000_000_000;
     deploy_spinning(
-        &admin,
+        &cluster,
         "spin",
         r#"(func (export "apply") (param i32 i32) (result i32) (i32.const 0))
            (func (export "query") (param i32 i32) (result i32)

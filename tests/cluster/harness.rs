@@ -613,24 +613,44 @@ pub async fn increment(client: &Client, count: u64, tally: &Tally) {
 
 /// Raises the cluster's fuel cap to `fuel` and deploys `name` from the
 /// module items `items` (see `wasm::guest`) with that much fuel per call:
-/// a module whose calls spin for seconds.
-pub async fn deploy_spinning(admin: &Client, name: &str, items: &str, fuel: u64) {
-    admin
+/// a module whose calls spin for seconds. A deploy goes to the leader (a
+/// follower refuses it, naming the leader): asked again of the leader of
+/// the moment if leadership moved on a busy machine.
+pub async fn deploy_spinning(cluster: &Cluster, name: &str, items: &str, fuel: u64) {
+    let leader = cluster.wait_for_leader().await;
+    cluster
+        .client_of(leader)
+        .await
         .set_settings(&wasmraft::client::SettingsUpdate {
             fuel_per_call_max: Some(fuel),
             ..Default::default()
         })
         .await
         .unwrap();
-    admin
-        .deploy(
-            name,
-            &crate::wasm::guest(items),
-            DeployOptions {
-                fuel_per_call_max: Some(fuel),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let wasm = crate::wasm::guest(items);
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let leader = cluster.wait_for_leader().await;
+        let deployed = cluster
+            .client_of(leader)
+            .await
+            .deploy(
+                name,
+                &wasm,
+                DeployOptions {
+                    fuel_per_call_max: Some(fuel),
+                    ..Default::default()
+                },
+            )
+            .await;
+        match deployed {
+            Ok(_) => return,
+            Err(error)
+                if error.code() == Some(tonic::Code::Unavailable) && Instant::now() < deadline =>
+            {
+                tracing::info!(%error, "deploy refused by a former leader; asking again");
+            }
+            Err(error) => panic!("deploy {name}: {error}"),
+        }
+    }
 }
