@@ -16,4 +16,5 @@ mod hostile;
 mod peers;
 mod processes;
 mod scenarios;
+mod telemetry;
 mod tls;

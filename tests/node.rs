@@ -34,6 +34,7 @@ async fn start(directory: &Path) -> RunningNode {
         limits: Default::default(),
         membership: Default::default(),
         cluster: Default::default(),
+        telemetry: Default::default(),
     };
     let node = Node::start(config, NodeOptions::default())
         .await

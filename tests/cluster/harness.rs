@@ -317,6 +317,7 @@ impl Cluster {
             limits: self.limits.clone(),
             membership: Default::default(),
             cluster: Default::default(),
+            telemetry: Default::default(),
         };
         let options = NodeOptions {
             faults: self.links.faults(),

@@ -27,17 +27,19 @@ impl Drop for Process {
     }
 }
 
-struct ProcessNode {
-    id: u64,
-    port: u16,
+pub(super) struct ProcessNode {
+    pub(super) id: u64,
+    pub(super) port: u16,
     directory: PathBuf,
     /// The cluster secret every node of the test is started with.
     secret: PathBuf,
+    /// More `serve` options, for the test at hand.
+    extra_args: Vec<String>,
     process: Option<Process>,
 }
 
 impl ProcessNode {
-    fn endpoint(&self) -> String {
+    pub(super) fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
@@ -61,6 +63,7 @@ impl ProcessNode {
             // These tests are about crashes; tests/cluster/access.rs is
             // about authentication.
             .arg("--insecure")
+            .args(&self.extra_args)
             .stdout(Stdio::null())
             .stderr(log);
         if bootstrap {
@@ -86,7 +89,7 @@ fn free_port() -> u16 {
 }
 
 /// Runs the CLI and returns its stdout, asserting success.
-fn cli(args: &[&str]) -> String {
+pub(super) fn cli(args: &[&str]) -> String {
     let output = Command::new(WASMRAFT).args(args).output().unwrap();
     assert!(
         output.status.success(),
@@ -97,7 +100,7 @@ fn cli(args: &[&str]) -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
-async fn client(endpoint: &str) -> Client {
+pub(super) async fn client(endpoint: &str) -> Client {
     Client::connect_with(
         endpoint,
         ClientConfig {
@@ -111,7 +114,7 @@ async fn client(endpoint: &str) -> Client {
 }
 
 /// Waits until `endpoint` answers health checks as serving.
-async fn wait_serving(endpoint: &str) {
+pub(super) async fn wait_serving(endpoint: &str) {
     let deadline = Instant::now() + SETTLE;
     loop {
         if let Ok(client) = Client::connect(endpoint).await
@@ -126,7 +129,7 @@ async fn wait_serving(endpoint: &str) {
 }
 
 /// Waits until every member reports the same applied index and digest.
-async fn wait_converged(endpoint: &str, members: usize) -> ClusterStatus {
+pub(super) async fn wait_converged(endpoint: &str, members: usize) -> ClusterStatus {
     let deadline = Instant::now() + SETTLE;
     loop {
         if let Ok(status) = client(endpoint).await.status().await {
@@ -164,6 +167,11 @@ fn directory(root: &Path, id: u64) -> PathBuf {
 /// Starts nodes 1 to 3 under `root`, node 1 bootstrapping, sharing a
 /// cluster secret the CLI makes.
 fn start_nodes(root: &Path) -> Vec<ProcessNode> {
+    start_nodes_with(root, &[])
+}
+
+/// [`start_nodes`], each node given `extra_args` too.
+pub(super) fn start_nodes_with(root: &Path, extra_args: &[String]) -> Vec<ProcessNode> {
     let secret = root.join("cluster-secret");
     let secret_arg = secret.to_str().unwrap();
     cli(&["cluster", "new-secret", secret_arg]);
@@ -184,6 +192,7 @@ fn start_nodes(root: &Path) -> Vec<ProcessNode> {
             port: free_port(),
             directory: directory(root, id),
             secret: secret.clone(),
+            extra_args: extra_args.to_vec(),
             process: None,
         })
         .collect();
@@ -191,6 +200,27 @@ fn start_nodes(root: &Path) -> Vec<ProcessNode> {
         node.start(node.id == 1);
     }
     nodes
+}
+
+/// Adds nodes 2 and 3 through node 1 (serving) and deploys the counter.
+pub(super) async fn form_with_counter(nodes: &[ProcessNode]) {
+    wait_serving(&nodes[0].endpoint()).await;
+    for node in &nodes[1..] {
+        client(&nodes[0].endpoint())
+            .await
+            .add_node(node.id, &format!("127.0.0.1:{}", node.port), SETTLE)
+            .await
+            .unwrap();
+    }
+    client(&nodes[0].endpoint())
+        .await
+        .deploy(
+            "counter",
+            wasmraft_examples::COUNTER_WASM,
+            DeployOptions::default(),
+        )
+        .await
+        .unwrap();
 }
 
 /// One writer per node, each adding 1 to the counter until `stop`.
@@ -291,23 +321,7 @@ async fn a_sigkilled_leader_is_replaced_and_restarts_from_its_data() {
 async fn every_node_sigkilled_at_once_keeps_every_acknowledged_write() {
     let root = TempDir::new().unwrap();
     let mut nodes = start_nodes(root.path());
-    wait_serving(&nodes[0].endpoint()).await;
-    for node in &nodes[1..] {
-        client(&nodes[0].endpoint())
-            .await
-            .add_node(node.id, &format!("127.0.0.1:{}", node.port), SETTLE)
-            .await
-            .unwrap();
-    }
-    client(&nodes[0].endpoint())
-        .await
-        .deploy(
-            "counter",
-            wasmraft_examples::COUNTER_WASM,
-            DeployOptions::default(),
-        )
-        .await
-        .unwrap();
+    form_with_counter(&nodes).await;
 
     let tally = Arc::new(Tally::default());
     let stop = Arc::new(AtomicBool::new(false));

@@ -128,6 +128,7 @@ pub async fn launch(
         limits: Default::default(),
         membership: Default::default(),
         cluster: Default::default(),
+        telemetry: Default::default(),
     };
     let options = wasmraft::node::NodeOptions {
         consensus_timeout: std::time::Duration::from_secs(60),

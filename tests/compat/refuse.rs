@@ -65,6 +65,7 @@ async fn start_error(directory: &Path) -> String {
         limits: Default::default(),
         membership: Default::default(),
         cluster: Default::default(),
+        telemetry: Default::default(),
     };
     match wasmraft::node::Node::start(config, Default::default()).await {
         Ok(node) => {

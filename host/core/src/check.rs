@@ -124,12 +124,18 @@ fn command(command: &Command) -> Result<(), String> {
                 token_id(id)?;
             }
             match &authorized.command {
-                Command::Batch(_) | Command::Authorized(_) => {
+                Command::Batch(_) | Command::Authorized(_) | Command::Traced(_) => {
                     Err("an authorised command holds one plain command".to_owned())
                 }
                 inner => self::command(inner),
             }
         }
+        Command::Traced(traced) => match &traced.command {
+            Command::Batch(_) | Command::Traced(_) => {
+                Err("a traced command holds one command, plain or authorised".to_owned())
+            }
+            inner => self::command(inner),
+        },
     }
 }
 

@@ -73,6 +73,29 @@ pub enum Command {
     /// a node that does not authenticate its callers (a dev node) and of
     /// the system travel unwrapped.
     Authorized(Box<Authorized>),
+    /// A client command with the trace context of the call that proposed
+    /// it, so that applying it on every replica joins the client's trace.
+    /// Only the outermost envelope of a request, and only for a sampled
+    /// call; apply reads it for its spans alone, never for the state.
+    Traced(Box<Traced>),
+}
+
+/// See [`Command::Traced`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Traced {
+    pub trace: TraceContext,
+    /// The command itself, plain or [`Command::Authorized`]: never a batch
+    /// or another `Traced`.
+    pub command: Command,
+}
+
+/// A W3C trace context (`traceparent`) in its binary form: the trace, the
+/// span that proposed the command, and the trace flags (bit 0: sampled).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TraceContext {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub flags: u8,
 }
 
 /// See [`Command::Authorized`].
@@ -331,14 +354,37 @@ impl Command {
             Command::Settings(_) => "settings",
             Command::ClusterId { .. } => "cluster_id",
             Command::Authorized(authorized) => authorized.command.kind(),
+            Command::Traced(traced) => traced.command.kind(),
         }
     }
 
-    /// The command itself, out of its [`Command::Authorized`] envelope.
+    /// The command itself, out of its [`Command::Traced`] and
+    /// [`Command::Authorized`] envelopes.
     pub fn unwrapped(&self) -> &Command {
         match self {
+            Command::Traced(traced) => traced.command.unwrapped(),
             Command::Authorized(authorized) => &authorized.command,
             command => command,
+        }
+    }
+
+    /// The trace context of a [`Command::Traced`] command.
+    pub fn trace(&self) -> Option<&TraceContext> {
+        match self {
+            Command::Traced(traced) => Some(&traced.trace),
+            _ => None,
+        }
+    }
+}
+
+impl Response {
+    /// A stable short label of what applying a command answered, for traces
+    /// and metrics: a call's outcome, `refused`, or `ok`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Response::Invoked(result) => result.outcome.label(),
+            Response::Refused(_) => "refused",
+            _ => "ok",
         }
     }
 }

@@ -10,7 +10,6 @@ const EXIT_BROKEN_PIPE: i32 = 141;
 fn main() -> ExitCode {
     stop_quietly_on_a_closed_stdout();
     let cli = wasmraft::cli::Cli::parse();
-    wasmraft::telemetry::logs::init(cli.log_format);
     cli.run()
 }
 

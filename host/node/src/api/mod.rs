@@ -12,6 +12,7 @@ mod access;
 mod cluster;
 mod convert;
 mod modules;
+mod observe;
 mod raft;
 mod state_machine;
 pub mod status;
@@ -21,6 +22,7 @@ use std::time::Duration;
 
 use tonic::transport::server::Router;
 use tonic::transport::{Server, ServerTlsConfig};
+use tower::layer::util::{Identity as NoLayer, Stack};
 use wasmraft_proto::v1::access_server::AccessServer;
 use wasmraft_proto::v1::cluster_server::ClusterServer;
 use wasmraft_proto::v1::modules_server::ModulesServer;
@@ -38,6 +40,7 @@ use crate::admission::{InFlightPermit, MethodClass};
 use crate::auth::tls::certificate_subject;
 use crate::auth::{Action, Caller, Identity};
 use crate::node::handle::NodeHandle;
+use crate::telemetry::traces;
 
 /// Streams one connection may run at once.
 const STREAMS_PER_CONNECTION_MAX: usize = 1024;
@@ -55,6 +58,8 @@ pub(crate) fn identity<T>(
     node: &NodeHandle,
     request: &tonic::Request<T>,
 ) -> Result<Identity, ApiError> {
+    let _span = traces::traced()
+        .then(|| tracing::info_span!(target: traces::TARGET, "authenticate").entered());
     // The TLS layer verified the chain against the client CA: only its
     // name is read here.
     let certificate_subject = request
@@ -74,7 +79,15 @@ pub(crate) fn admit(
     class: MethodClass,
     input_bytes: usize,
 ) -> Result<(), ApiError> {
-    Ok(node.rates().admit(subject, class, input_bytes)?)
+    let _span = traces::traced().then(|| {
+        tracing::info_span!(target: traces::TARGET, "admit", class = ?class, input_bytes).entered()
+    });
+    node.rates()
+        .admit(subject, class, input_bytes)
+        .map_err(|shed| {
+            node.metrics().rejected(&shed.limit);
+            shed.into()
+        })
 }
 
 /// Like [`admit`], for a call that works on after its admission (an
@@ -88,7 +101,10 @@ pub(crate) fn admit_open(
     input_bytes: usize,
 ) -> Result<InFlightPermit, ApiError> {
     admit(node, subject, class, input_bytes)?;
-    Ok(node.in_flight().admit(subject)?)
+    node.in_flight().admit(subject).map_err(|shed| {
+        node.metrics().rejected(&shed.limit);
+        shed.into()
+    })
 }
 
 /// The caller `identity` acts as for `action` on `object`, if the policy in
@@ -99,6 +115,9 @@ pub(crate) fn authorize(
     action: Action,
     object: &str,
 ) -> Result<Caller, ApiError> {
+    let _span = traces::traced().then(|| {
+        tracing::info_span!(target: traces::TARGET, "authorize", action = ?action, object).entered()
+    });
     Ok(node.gate().authorize(identity, action, object)?)
 }
 
@@ -157,7 +176,7 @@ pub fn router(
     node: &NodeHandle,
     raft_message_bytes_max: usize,
     tls: Option<ServerTlsConfig>,
-) -> Result<Router, tonic::transport::Error> {
+) -> Result<Router<Stack<observe::ObserveLayer, NoLayer>>, tonic::transport::Error> {
     let api_message_bytes_max = validate::api_message_bytes_max(node.limits());
     let mut server = Server::builder();
     if let Some(tls) = tls {
@@ -167,6 +186,7 @@ pub fn router(
         .timeout(SERVER_CALL_TIMEOUT)
         .concurrency_limit_per_connection(STREAMS_PER_CONNECTION_MAX)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .layer(observe::ObserveLayer::new(node.metrics().clone()))
         .add_service(
             ModulesServer::new(ModulesService::new(node.clone()))
                 .max_decoding_message_size(api_message_bytes_max),

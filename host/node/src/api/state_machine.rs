@@ -19,6 +19,7 @@ use crate::auth::{Action, Identity};
 use crate::command::{Command, Invoke, Refusal, Response as Applied};
 use crate::node::handle::NodeHandle;
 use crate::storage::QueryAnswer;
+use crate::telemetry::traces;
 
 /// Serves `wasmraft.v1.StateMachine`.
 #[derive(Debug, Clone)]
@@ -49,6 +50,7 @@ impl StateMachineService {
         )?;
         let session = validate::session(&request.client_id, request.sequence)?;
         let span = tracing::info_span!(
+            target: traces::TARGET,
             "invoke",
             module = %request.module,
             client_id = %request.client_id,
@@ -100,7 +102,11 @@ impl StateMachineService {
         let caller = authorize(&self.node, &identity, Action::SessionOpen, CLUSTER_OBJECT)?;
         let _open = admit_open(&self.node, &caller.subject, MethodClass::Invoke, 0)?;
         validate::open_session(&request.client_id)?;
-        let span = tracing::info_span!("open_session", client_id = %request.client_id);
+        let span = tracing::info_span!(
+            target: traces::TARGET,
+            "open_session",
+            client_id = %request.client_id
+        );
         let proposed = self
             .node
             .propose(
@@ -141,6 +147,7 @@ impl StateMachineService {
         let consistency = Consistency::try_from(request.consistency)
             .map_err(|_| InputError::Consistency(request.consistency))?;
         let span = tracing::info_span!(
+            target: traces::TARGET,
             "query",
             module = %request.module,
             consistency = consistency.as_str_name(),
@@ -165,7 +172,10 @@ impl StateMachineService {
             // A slot first, waiting without a thread; held until the
             // blocking work ends, even if the caller goes away meanwhile.
             let wait_max = timeout.unwrap_or(Duration::from_millis(limits.query_timeout_ms));
-            let permit = self.node.queries().admit(wait_max).await?;
+            let permit = self.node.queries().admit(wait_max).await.map_err(|shed| {
+                self.node.metrics().rejected(&shed.limit);
+                ApiError::from(shed)
+            })?;
             let reader = self.node.reader().clone();
             let module = request.module;
             let input = request.input;

@@ -128,7 +128,10 @@ pub fn command_permission(command: &Command) -> Option<(Action, &str)> {
         Command::Access(_) => Some((Action::AccessAdmin, CLUSTER_OBJECT)),
         Command::OpenSession { .. } => Some((Action::SessionOpen, CLUSTER_OBJECT)),
         Command::Settings(_) => Some((Action::ClusterSettings, CLUSTER_OBJECT)),
-        Command::ClusterId { .. } | Command::Batch(_) | Command::Authorized(_) => None,
+        Command::ClusterId { .. }
+        | Command::Batch(_)
+        | Command::Authorized(_)
+        | Command::Traced(_) => None,
     }
 }
 

@@ -38,7 +38,7 @@ enum Commands {
     /// Run a node: `--dev` for a single self-initialising node with the
     /// example modules, or `--node-id N --listen HOST:PORT --data-dir DIR`
     /// (or `--config FILE.toml`) for a cluster member.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Deploy, list, show and remove modules.
     Module(module::ModuleArgs),
     /// Send a command to a module (applied exactly once) and print its output.
@@ -58,9 +58,14 @@ enum Commands {
 impl Cli {
     /// Runs the chosen subcommand; errors are printed to stderr.
     pub fn run(self) -> ExitCode {
+        // A node installs its telemetry once it read its configuration;
+        // the other commands only log.
+        if !matches!(self.command, Commands::Serve(_)) {
+            let _ = crate::telemetry::init(self.log_format, None);
+        }
         let result = match self.command {
             Commands::Inspect(args) => inspect::run(args),
-            Commands::Serve(args) => serve::run(args),
+            Commands::Serve(args) => serve::run(*args, self.log_format),
             Commands::Module(args) => module::run(args, &self.connection),
             Commands::Invoke(args) => invoke::run(args, &self.connection),
             Commands::Query(args) => query::run(args, &self.connection),

@@ -14,9 +14,11 @@ use crate::api::{self, DeployUpload};
 use crate::auth::Caller;
 use crate::auth::tls::TlsSettings;
 use crate::command::ModuleLimits;
-use crate::node::config::{LimitSettings, NodeConfig, RaftSettings};
+use crate::node::config::{LimitSettings, NodeConfig, RaftSettings, TelemetrySettings};
 use crate::node::handle::NodeHandle;
 use crate::node::{Node, NodeOptions, RunningNode};
+use crate::telemetry::TraceSettings;
+use crate::telemetry::logs::LogFormat;
 
 const DEV_DATA_DIR: &str = "./wasmraft-data";
 const DEV_LISTEN: &str = "127.0.0.1:7070";
@@ -89,6 +91,21 @@ pub struct ServeArgs {
     /// Read every node setting from a TOML file (see `NodeConfig`).
     #[arg(long, conflicts_with_all = ["dev", "node_id"])]
     config: Option<PathBuf>,
+    /// Serve the node's metrics at http://ADDR/metrics (Prometheus text
+    /// format), e.g. 127.0.0.1:9100 [default: not served; config
+    /// `telemetry.metrics_listen`].
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
+    metrics_listen: Option<SocketAddr>,
+    /// Send traces and metrics to this OpenTelemetry collector over
+    /// OTLP/gRPC (Jaeger accepts it on port 4317), e.g. http://127.0.0.1:4317
+    /// [default: none; config `telemetry.otlp_endpoint`].
+    #[arg(long, value_name = "URL", env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+    /// The fraction of the traces started here that are recorded, 0 to 1
+    /// (calls that bring a `traceparent` follow their caller's choice)
+    /// [default: 1; config `telemetry.trace_sampling`].
+    #[arg(long, value_name = "RATIO", env = "OTEL_TRACES_SAMPLER_ARG")]
+    trace_sampling: Option<f64>,
 }
 
 fn parse_listen(text: &str) -> Result<SocketAddr, String> {
@@ -108,7 +125,9 @@ fn node_config(args: &ServeArgs) -> anyhow::Result<NodeConfig> {
         "--no-examples only applies to --dev"
     );
     if let Some(path) = &args.config {
-        return Ok(NodeConfig::from_file(path)?);
+        let mut config = NodeConfig::from_file(path)?;
+        telemetry_options(args, &mut config.telemetry);
+        return Ok(config);
     }
     let listen = match args.listen {
         Some(listen) => listen,
@@ -130,7 +149,7 @@ fn node_config(args: &ServeArgs) -> anyhow::Result<NodeConfig> {
         None if args.auth => Some(dev_secret_file(&data_dir)?),
         None => None,
     };
-    let config = NodeConfig {
+    let mut config = NodeConfig {
         node_id: if args.dev {
             DEV_NODE_ID
         } else {
@@ -152,12 +171,27 @@ fn node_config(args: &ServeArgs) -> anyhow::Result<NodeConfig> {
         limits: LimitSettings::default(),
         membership: Default::default(),
         cluster: Default::default(),
+        telemetry: Default::default(),
     };
+    telemetry_options(args, &mut config.telemetry);
     // Port 0 picks a free port in dev mode (the endpoint is printed).
     if !(args.dev && config.listen.port() == 0) {
         config.validate()?;
     }
     Ok(config)
+}
+
+/// The telemetry options of the command line, over the configuration's.
+fn telemetry_options(args: &ServeArgs, telemetry: &mut TelemetrySettings) {
+    if let Some(address) = args.metrics_listen {
+        telemetry.metrics_listen = Some(address);
+    }
+    if let Some(endpoint) = &args.otlp_endpoint {
+        telemetry.otlp_endpoint = Some(endpoint.clone());
+    }
+    if let Some(sampling) = args.trace_sampling {
+        telemetry.trace_sampling = Some(sampling);
+    }
 }
 
 /// The cluster secret of a dev node with --auth, made on its first start.
@@ -174,13 +208,33 @@ fn dev_secret_file(data_dir: &std::path::Path) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let config = node_config(&args)?;
+pub fn run(args: ServeArgs, log_format: LogFormat) -> anyhow::Result<ExitCode> {
+    let config = match node_config(&args) {
+        Ok(config) => config,
+        Err(error) => {
+            let _ = crate::telemetry::init(log_format, None);
+            return Err(error);
+        }
+    };
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    tokio.block_on(serve(args, config))?;
+    let traces = config.telemetry.otlp_endpoint.as_ref().map(|endpoint| {
+        let mut traces = TraceSettings::new(
+            endpoint.clone(),
+            config.telemetry.trace_sampling.unwrap_or(1.0),
+            config.node_id,
+        );
+        traces.cluster_id = crate::storage::recorded_cluster_id(&config.data_dir);
+        traces
+    });
+    // The exporter's channel lives on the runtime.
+    let telemetry =
+        tokio.block_on(async { crate::telemetry::init(log_format, traces.as_ref()) })?;
+    let served = tokio.block_on(serve(args, config));
+    telemetry.shut_down();
+    served?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::raft::NodeId;
 
 /// Everything a node needs to start.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     /// This node's id: unique in the cluster, never reused, not 0.
@@ -52,6 +52,25 @@ pub struct NodeConfig {
     /// the replicated state and change with `wasmraft cluster settings set`.
     #[serde(default)]
     pub cluster: crate::command::ClusterSettings,
+    /// Where the node's metrics and traces go (`[telemetry]`); local.
+    #[serde(default)]
+    pub telemetry: TelemetrySettings,
+}
+
+/// Where a node's metrics and traces go. Traces are exported by the
+/// process (`wasmraft serve`), metrics by each node.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// The address `/metrics` (the Prometheus text format) is served on;
+    /// none by default.
+    pub metrics_listen: Option<SocketAddr>,
+    /// The OTLP/gRPC collector traces and metrics are sent to, e.g.
+    /// `http://127.0.0.1:4317`; none by default.
+    pub otlp_endpoint: Option<String>,
+    /// The fraction of the traces started on this node that are recorded,
+    /// 0 to 1 (a call with a `traceparent` follows its caller's choice).
+    pub trace_sampling: Option<f64>,
 }
 
 /// Raft timing and log compaction. The defaults suit a LAN.

@@ -30,6 +30,7 @@ use crate::node::rules::MembershipRules;
 use crate::raft::network::{Forwarder, Reachability, introduce};
 use crate::raft::{Consensus, Member, NodeId, RaftRefusal, RaftView, Role, WaitError};
 use crate::storage::StateReader;
+use crate::telemetry::metrics::Metrics;
 use crate::wasm::Runtime;
 
 /// Queries that may wait for a query thread, per thread: they wait without
@@ -95,6 +96,8 @@ pub(super) struct Inner {
     pub(super) queries: QueryPool,
     /// The quorum rounds concurrent linearizable reads share.
     pub(super) read_rounds: Arc<Rounds<Result<u64, ConsensusError>>>,
+    /// This node's instruments (`/metrics`).
+    pub(super) metrics: Metrics,
 }
 
 /// This node's view of the cluster, from Raft's metrics only.
@@ -137,6 +140,7 @@ impl NodeHandle {
         gate: Gate,
         reachability: Reachability,
         starting: Option<String>,
+        metrics: Metrics,
     ) -> Self {
         let (proposals, queue) = mpsc::channel(PROPOSALS_QUEUED_MAX);
         let rates = RateLimits::new(&limits.rates);
@@ -171,6 +175,7 @@ impl NodeHandle {
             queries: QueryPool::new(query_threads, QUERIES_QUEUED_PER_THREAD * query_threads),
             runtime,
             read_rounds: Arc::new(Rounds::new()),
+            metrics,
         });
         // The batcher holds the node weakly: when the last handle goes, the
         // queue closes and the batcher ends.
@@ -180,6 +185,11 @@ impl NodeHandle {
 
     pub fn id(&self) -> NodeId {
         self.inner.id
+    }
+
+    /// This node's instruments.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
     }
 
     pub fn advertised_address(&self) -> &str {

@@ -12,6 +12,7 @@ pub mod address;
 pub mod config;
 pub mod error;
 pub mod forward;
+mod gauges;
 pub mod handle;
 pub mod health;
 pub mod membership;
@@ -48,6 +49,7 @@ use crate::raft::{Consensus, NodeId};
 use crate::storage::{
     DataDirectory, LogStore, OpenLogError, OpenStateError, StateMachineStore, StateReader,
 };
+use crate::telemetry::metrics::{Metrics, MetricsError};
 use crate::wasm::{CompileFaults, Runtime, RuntimeConfig, RuntimeError};
 
 /// Room around the largest log entry in one Raft message.
@@ -117,6 +119,8 @@ pub enum StartError {
     Raft(String),
     #[error("cannot set up TLS: {0}")]
     Tls(String),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
     #[error("cannot bootstrap the cluster: {0}")]
     Bootstrap(String),
     #[error(
@@ -161,6 +165,8 @@ pub struct RunningNode {
     /// The first administrator's token, when this start created it.
     admin_token: Option<Token>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
+    /// The `/metrics` server, when one listens: its address and its stop.
+    metrics_server: Option<(SocketAddr, oneshot::Sender<()>)>,
     /// Resolve once Raft's tasks have dropped the log and the state store.
     released: Vec<lease::Released>,
 }
@@ -231,8 +237,12 @@ impl Node {
             compile_faults: options.compile_faults.clone(),
             ..RuntimeConfig::default()
         })?;
-        let log = LogStore::open(data.log_file()).map_err(StartError::Log)?;
-        let state = StateMachineStore::open(data.state_directory(), runtime.clone())?;
+        let metrics = Metrics::new(config.node_id, config.telemetry.otlp_endpoint.as_deref())?;
+        let log = LogStore::open(data.log_file())
+            .map_err(StartError::Log)?
+            .with_metrics(metrics.clone());
+        let state = StateMachineStore::open(data.state_directory(), runtime.clone())?
+            .with_metrics(metrics.clone());
         let reader = state.reader();
         let access = state.access();
         check_engine(&reader, &runtime)?;
@@ -300,7 +310,13 @@ impl Node {
             gate,
             reachability,
             options.starting.clone(),
+            metrics.clone(),
         );
+        gauges::register(&handle, data.log_file());
+        let metrics_server = match config.telemetry.metrics_listen {
+            Some(address) => Some(serve_metrics(address, metrics).await?),
+            None => None,
+        };
         let router = crate::api::router(&handle, raft_message_bytes_max, tls.map(|tls| tls.server))
             .map_err(|error| StartError::Tls(error.to_string()))?;
         let (stop_serving, stopped) = oneshot::channel::<()>();
@@ -317,6 +333,7 @@ impl Node {
             stop_serving: Some(stop_serving),
             admin_token: None,
             server,
+            metrics_server,
             released: vec![log_released, state_released],
         };
         if config.bootstrap {
@@ -333,6 +350,30 @@ impl Node {
         }
         Ok(running)
     }
+}
+
+/// Binds `address` and serves the node's metrics there until stopped.
+async fn serve_metrics(
+    address: SocketAddr,
+    metrics: Metrics,
+) -> Result<(SocketAddr, oneshot::Sender<()>), StartError> {
+    let listener = TcpListener::bind(address)
+        .await
+        .map_err(|source| StartError::Bind { address, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| StartError::Bind { address, source })?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let stop = async {
+            let _ = stopped.await;
+        };
+        if let Err(error) = crate::telemetry::metrics::serve(listener, metrics, stop).await {
+            tracing::warn!(%error, "the metrics endpoint stopped");
+        }
+    });
+    tracing::info!(address = %bound, "metrics served at /metrics");
+    Ok((bound, stop))
 }
 
 /// How long an empty node told to bootstrap listens for a cluster that
@@ -626,6 +667,11 @@ impl RunningNode {
     }
 
     /// The node as the API sees it.
+    /// Where `/metrics` is served, when it is.
+    pub fn metrics_address(&self) -> Option<SocketAddr> {
+        self.metrics_server.as_ref().map(|(address, _)| *address)
+    }
+
     pub fn handle(&self) -> &NodeHandle {
         &self.handle
     }
@@ -643,9 +689,14 @@ impl RunningNode {
             stop_serving,
             mut server,
             released,
+            metrics_server,
             ..
         } = self;
         handle.begin_shutdown();
+        if let Some((_, stop)) = metrics_server {
+            let _ = stop.send(());
+        }
+        handle.metrics().shut_down();
         if let Some(stop) = stop_serving {
             let _ = stop.send(());
         }

@@ -16,8 +16,9 @@ use super::error::ConsensusError;
 use super::forward::{Forwarded, millis};
 use super::handle::{Inner, NodeHandle};
 use crate::auth::{Authorization, Caller};
-use crate::command::{Authorized, Command, Request, Response};
+use crate::command::{Authorized, Command, Request, Response, Traced};
 use crate::raft::FatalError;
+use crate::telemetry::traces;
 
 /// An invoke waiting for the batcher, and where its answer goes.
 pub(super) struct Pending {
@@ -97,6 +98,12 @@ impl NodeHandle {
             }
             None => command,
         };
+        // A sampled call's trace continues in the entry, so that every
+        // replica's apply joins it.
+        let command = match crate::telemetry::traces::current() {
+            Some(trace) => Command::Traced(Box::new(Traced { trace, command })),
+            None => command,
+        };
         let request = Request {
             timestamp_ms: now_ms(),
             caller: caller.subject,
@@ -134,11 +141,30 @@ impl NodeHandle {
         timeout: Duration,
     ) -> Result<Proposed, ConsensusError> {
         let timestamp_ms = request.timestamp_ms;
-        let span = tracing::info_span!(
-            "raft_write",
-            kind = request.command.kind(),
-            index = tracing::field::Empty
-        );
+        let traced = crate::storage::commands_traced(&request);
+        let span = match traced.split_first() {
+            Some((first, others)) => {
+                let commands = match &request.command {
+                    Command::Batch(requests) => requests.len(),
+                    _ => 1,
+                };
+                // Proposing covers the leader's append, the replication to
+                // a quorum, the commit and the leader's apply.
+                let span = tracing::info_span!(
+                    target: traces::TARGET,
+                    "propose",
+                    kind = request.command.kind(),
+                    commands,
+                    index = tracing::field::Empty
+                );
+                traces::set_remote_parent(&span, first);
+                for other in others.iter().take(traces::LINKS_MAX) {
+                    traces::link(&span, other);
+                }
+                span
+            }
+            None => tracing::Span::none(),
+        };
         let written = tokio::time::timeout(timeout, self.inner.consensus.write(request))
             .instrument(span.clone())
             .await
@@ -222,10 +248,12 @@ fn drop_abandoned(batch: &mut Vec<Pending>) {
 /// Writes one entry for `batch` and answers each of its callers.
 async fn propose_batch(handle: &NodeHandle, mut batch: Vec<Pending>) {
     if batch.len() == 1 {
+        handle.metrics().batch(1);
         let Pending { request, answer } = batch.remove(0);
         let _ = answer.send(handle.write(request, handle.inner.consensus_timeout).await);
         return;
     }
+    handle.metrics().batch(batch.len());
     let (requests, answers): (Vec<Request>, Vec<_>) = batch
         .into_iter()
         .map(|pending| (pending.request, pending.answer))

@@ -272,6 +272,22 @@ impl Consensus {
         self.with_metrics(|metrics| metrics.view())
     }
 
+    /// Calls `changed` each time the leader this node knows changes (to
+    /// another node or to none), until Raft stops.
+    pub fn on_leader_change(&self, changed: impl Fn() + Send + 'static) {
+        let mut metrics = self.raft.metrics();
+        tokio::spawn(async move {
+            let mut leader = metrics.borrow().current_leader;
+            while metrics.changed().await.is_ok() {
+                let now = metrics.borrow().current_leader;
+                if now != leader {
+                    leader = now;
+                    changed();
+                }
+            }
+        });
+    }
+
     /// Adds node `id` at `address` as a learner, without waiting for it to
     /// catch up.
     pub async fn add_learner(&self, id: NodeId, address: String) -> Result<(), RaftRefusal> {
@@ -343,6 +359,56 @@ impl Metrics<'_> {
         self.0.last_log_index
     }
 
+    /// The current term.
+    pub fn term(&self) -> u64 {
+        self.0.current_term
+    }
+
+    /// Whether this node leads.
+    pub fn is_leader(&self) -> bool {
+        self.0.state == ServerState::Leader
+    }
+
+    /// This node's Raft role.
+    pub fn role(&self) -> Role {
+        match self.0.state {
+            ServerState::Leader => Role::Leader,
+            ServerState::Follower => Role::Follower,
+            ServerState::Candidate => Role::Candidate,
+            ServerState::Learner => Role::Learner,
+            ServerState::Shutdown => Role::ShuttingDown,
+        }
+    }
+
+    /// The index up to which the log is purged (compacted into a snapshot).
+    pub fn purged_index(&self) -> Option<u64> {
+        self.0.purged.map(|log_id| log_id.index)
+    }
+
+    /// On the leader, the commit index: the highest index a quorum of the
+    /// voters holds (this node included).
+    pub fn commit_index(&self) -> Option<u64> {
+        let replication = self.0.replication.as_ref()?;
+        let membership = self.0.membership_config.membership();
+        let mut matched: Vec<u64> = membership
+            .voter_ids()
+            .map(|id| {
+                if id == self.0.id {
+                    return self.0.last_log_index.unwrap_or(0);
+                }
+                replication
+                    .get(&id)
+                    .and_then(|log_id| log_id.as_ref())
+                    .map_or(0, |log_id| log_id.index)
+            })
+            .collect();
+        if matched.is_empty() {
+            return None;
+        }
+        matched.sort_unstable_by(|a, b| b.cmp(a));
+        Some(matched[matched.len() / 2])
+    }
+
     /// On the leader, the index up to which `id`'s log matches its own.
     pub fn matched_index(&self, id: NodeId) -> Option<u64> {
         self.0
@@ -369,13 +435,7 @@ impl Metrics<'_> {
         voters.sort_by_key(|member| member.id);
         learners.sort_by_key(|member| member.id);
         RaftView {
-            role: match metrics.state {
-                ServerState::Leader => Role::Leader,
-                ServerState::Follower => Role::Follower,
-                ServerState::Candidate => Role::Candidate,
-                ServerState::Learner => Role::Learner,
-                ServerState::Shutdown => Role::ShuttingDown,
-            },
+            role: self.role(),
             leader: metrics.current_leader,
             term: metrics.current_term,
             voters,

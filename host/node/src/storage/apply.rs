@@ -22,6 +22,8 @@ use crate::command::{
     Refusal, Request, Response, SessionId, SettingsCommand, SettingsRecord, check, codec,
 };
 use crate::raft::LogId;
+use crate::telemetry::metrics::Metrics;
+use crate::telemetry::traces;
 use crate::wasm::{
     Call, CallReport, DeployLimits, EntryPoint, FINGERPRINT_PREFIX, KvError, KvSource,
     LoadedModule, Outcome, Runtime, fingerprint_matches,
@@ -100,6 +102,8 @@ impl EntryState {
 /// What a handler needs besides the transaction.
 pub(crate) struct ApplyContext<'a> {
     pub runtime: &'a Runtime,
+    /// Where guest calls and compiles are counted (not in tests of apply).
+    pub metrics: Option<&'a Metrics>,
 }
 
 /// The settings in force for one command: the recorded ones, or the
@@ -256,7 +260,29 @@ fn apply_one(
     if let Err(reason) = check::request(request) {
         return Ok(Response::Refused(Refusal::InvalidCommand(reason)));
     }
-    apply_command(txn, context, clock, entry, place, request, &request.command)
+    // A traced command's apply joins its caller's trace on every replica;
+    // an untraced one costs no span.
+    let span = match request.command.trace() {
+        Some(trace) => {
+            let span = tracing::info_span!(
+                target: traces::TARGET,
+                "apply",
+                index = place.log_id.index,
+                position = place.position,
+                kind = request.command.kind(),
+                outcome = tracing::field::Empty,
+            );
+            traces::set_remote_parent(&span, trace);
+            span
+        }
+        None => tracing::Span::none(),
+    };
+    let _entered = span.enter();
+    let response = apply_command(txn, context, clock, entry, place, request, &request.command)?;
+    if !span.is_none() {
+        span.record("outcome", response.label());
+    }
+    Ok(response)
 }
 
 /// Applies `command`, the command of `request` (or the one its
@@ -279,6 +305,7 @@ fn apply_command(
     let settings = settings_in_force(entry.settings.as_ref()).into_owned();
     let rules = &Rules {
         runtime: context.runtime,
+        metrics: context.metrics,
         settings: &settings,
         legacy_sessions: entry.settings.is_none(),
     };
@@ -302,6 +329,9 @@ fn apply_command(
             &check::session_name(client_id, place.log_id.index, place.position),
         )?),
         Command::ClusterId { cluster_id } => Ok(apply_cluster_id(txn, cluster_id)?),
+        Command::Traced(traced) => {
+            apply_command(txn, context, clock, entry, place, request, &traced.command)
+        }
         Command::Authorized(authorized) => {
             if let Some(refusal) =
                 access::recheck(txn, entry.access_revision, &request.caller, authorized)?
@@ -332,6 +362,7 @@ fn apply_command(
 /// What the handlers of one command apply it with.
 struct Rules<'a> {
     runtime: &'a Runtime,
+    metrics: Option<&'a Metrics>,
     settings: &'a ClusterSettings,
     /// The state has no settings record: a cluster that started before
     /// settings and opened sessions existed (state format 1), whose log may
@@ -619,7 +650,16 @@ fn apply_invoke(
             invoke.module.clone(),
         )));
     };
-    let module = load(txn, context.runtime, &record)?;
+    let started = std::time::Instant::now();
+    let cached = context.runtime.cached(&record.hash);
+    let hit = cached.is_some();
+    let module = match cached {
+        Some(module) => module,
+        None => load(txn, context.runtime, &record)?,
+    };
+    if let Some(metrics) = context.metrics {
+        metrics.module_lookup((!hit).then(|| started.elapsed()));
+    }
     let (fuel, memory_bytes) = module_limits(context.settings, &record.limits);
     let call = Call {
         entry: EntryPoint::Apply,
@@ -631,7 +671,26 @@ fn apply_invoke(
         memory_bytes,
         output_bytes: output_bytes(context.settings),
     };
-    let (result, report) = run(txn, context.runtime, &module, &invoke.module, &call)?;
+    let span = if traces::traced() {
+        tracing::info_span!(
+            target: traces::TARGET,
+            "wasm_call",
+            module = %invoke.module,
+            entry_point = "apply",
+            fuel_limit = fuel,
+            fuel_used = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        )
+    } else {
+        tracing::Span::none()
+    };
+    let (result, report) =
+        span.in_scope(|| run(txn, context.runtime, &module, &invoke.module, &call))?;
+    span.record("fuel_used", result.fuel_used);
+    span.record("outcome", result.outcome.label());
+    if let Some(metrics) = context.metrics {
+        metrics.guest_call("apply", result.outcome.label(), result.fuel_used);
+    }
     commit_writes(txn, &invoke.module, report)?;
     Ok(Response::Invoked(result))
 }

@@ -9,6 +9,7 @@ use std::fmt::Debug;
 use std::ops::RangeBounds;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Instant;
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, RaftLogReader};
@@ -18,6 +19,8 @@ use super::format::{self, FormatVersion, LOG_FORMAT, RELEASE, UnknownFormat};
 use super::{storage_error, store_error};
 use crate::command::codec;
 use crate::raft::{Entry, LogId, LogState, StorageError, TypeConfig, Vote};
+use crate::telemetry::metrics::Metrics;
+use crate::telemetry::traces;
 
 /// Log index → encoded entry.
 const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entries");
@@ -46,6 +49,8 @@ pub enum OpenLogError {
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    /// Where appends are timed, once the node gave its instruments.
+    metrics: Option<Metrics>,
 }
 
 impl Debug for LogStore {
@@ -73,7 +78,18 @@ impl LogStore {
             }
         }
         txn.commit().map_err(redb::Error::from)?;
-        Ok(Self { db: Arc::new(db) })
+        Ok(Self {
+            db: Arc::new(db),
+            metrics: None,
+        })
+    }
+
+    /// Times every append into `metrics`.
+    pub fn with_metrics(self, metrics: Metrics) -> Self {
+        Self {
+            metrics: Some(metrics),
+            ..self
+        }
     }
 
     /// The log's format version and the release that wrote it.
@@ -250,6 +266,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let span = append_span(&entries);
+        let _entered = span.enter();
+        let started = Instant::now();
+        let count = entries.len();
         let result = (|| -> Result<(), redb::Error> {
             // Durability::Immediate is redb's default: commit returns after fsync.
             let txn = self.db.begin_write()?;
@@ -276,6 +297,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             txn.commit()?;
             Ok(())
         })();
+        if let Some(metrics) = &self.metrics {
+            metrics.log_append(count, started.elapsed());
+        }
         match result {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));
@@ -318,5 +342,45 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             Ok(())
         })();
         result.map_err(|e| storage_error(ErrorSubject::Log(log_id), ErrorVerb::Delete, e))
+    }
+}
+
+/// The span of one append, in the trace of the first traced command it
+/// writes and linked to the others': none when no command is traced.
+fn append_span(entries: &[Entry]) -> tracing::Span {
+    let mut traced = entries
+        .iter()
+        .flat_map(|entry| match &entry.payload {
+            openraft::EntryPayload::Normal(request) => commands_traced(request),
+            _ => Vec::new(),
+        })
+        .take(traces::LINKS_MAX + 1);
+    let Some(first) = traced.next() else {
+        return tracing::Span::none();
+    };
+    let span = tracing::info_span!(
+        target: traces::TARGET,
+        "log_append",
+        entries = entries.len(),
+        first_index = entries.first().map(|entry| entry.log_id.index),
+        last_index = entries.last().map(|entry| entry.log_id.index),
+    );
+    traces::set_remote_parent(&span, &first);
+    for other in traced {
+        traces::link(&span, &other);
+    }
+    span
+}
+
+/// The trace contexts of a request's commands, a batch's included.
+pub(crate) fn commands_traced(
+    request: &crate::command::Request,
+) -> Vec<crate::command::TraceContext> {
+    match &request.command {
+        crate::command::Command::Batch(requests) => requests
+            .iter()
+            .filter_map(|request| request.command.trace().copied())
+            .collect(),
+        command => command.trace().copied().into_iter().collect(),
     }
 }

@@ -23,10 +23,13 @@ mod state_machine;
 
 pub use apply::{ApplyError, HostFailure, deploy_limits, entry_seed};
 pub use inspect::{InspectError, Inspection, inspect};
+pub(crate) use log_store::commands_traced;
 pub use log_store::{LogStore, OpenLogError};
 pub use snapshot::{SnapshotError, SnapshotFileReader, SnapshotFileWriter};
 pub use state::{ModuleRecord, StateDigest, module_key_range};
-pub use state_machine::{OpenStateError, QueryAnswer, QueryError, StateMachineStore, StateReader};
+pub use state_machine::{
+    OpenStateError, QueryAnswer, QueryError, StateMachineStore, StateReader, recorded_cluster_id,
+};
 
 use openraft::{AnyError, ErrorSubject, ErrorVerb, StorageIOError};
 

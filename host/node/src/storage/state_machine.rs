@@ -39,6 +39,7 @@ use crate::command::{CallResult, Command, Response, SettingsRecord, codec};
 use crate::raft::{
     Entry, EntryPayload, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
+use crate::telemetry::metrics::Metrics;
 use crate::wasm::{Call, EntryPoint, Outcome, Runtime};
 
 /// Whether applying `command` may change the access state.
@@ -84,6 +85,9 @@ struct Shared {
     /// The access state as last applied, for the edge: replaced after each
     /// commit that changed it and after each snapshot installed.
     access: AccessCache,
+    /// The node's instruments, once it gave them (guest calls, compiles,
+    /// snapshots).
+    metrics: std::sync::OnceLock<Metrics>,
 }
 
 impl std::fmt::Debug for StateMachineStore {
@@ -92,6 +96,21 @@ impl std::fmt::Debug for StateMachineStore {
             .field("directory", &self.shared.directory)
             .finish_non_exhaustive()
     }
+}
+
+/// The cluster id recorded in the state under `data_dir`, if it holds
+/// one: read before the node starts, for the telemetry's resource. Any
+/// failure reads as none; the node's own start reports it.
+pub fn recorded_cluster_id(data_dir: &std::path::Path) -> Option<String> {
+    let path = super::DataDirectory::new(data_dir)
+        .state_directory()
+        .join(STATE_FILE);
+    if !path.exists() {
+        return None;
+    }
+    let db = Database::open(&path).ok()?;
+    let txn = db.begin_read().ok()?;
+    apply::read_cluster_id(&txn.open_table(state::SETTINGS).ok()?).ok()?
 }
 
 /// Errors of opening the state.
@@ -146,8 +165,19 @@ impl StateMachineStore {
                 snapshot_counter: AtomicU64::new(0),
                 digest_cache: Mutex::new(None),
                 access,
+                metrics: std::sync::OnceLock::new(),
             }),
         })
+    }
+
+    /// Reports guest calls, compiles and snapshots to `metrics`.
+    pub fn with_metrics(self, metrics: Metrics) -> Self {
+        let _ = self.shared.metrics.set(metrics);
+        self
+    }
+
+    fn metrics(&self) -> Option<&Metrics> {
+        self.shared.metrics.get()
     }
 
     /// The state database's format version and the release that wrote it.
@@ -383,6 +413,7 @@ impl StateMachineStore {
         let db = self.db();
         let context = ApplyContext {
             runtime: &self.shared.runtime,
+            metrics: self.metrics(),
         };
         let mut responses = Vec::new();
         let mut last_log_id = None;
@@ -701,9 +732,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let store = self.clone();
+        let started = std::time::Instant::now();
         let (meta, file) = tokio::task::spawn_blocking(move || store.build_snapshot_blocking())
             .await
             .expect("snapshot building panicked")?;
+        if let Some(metrics) = self.metrics() {
+            let bytes = file.metadata().map_or(0, |metadata| metadata.len());
+            metrics.snapshot(bytes, started.elapsed());
+        }
         Ok(Snapshot {
             meta,
             snapshot: Box::new(tokio::fs::File::from_std(file)),
@@ -866,19 +902,30 @@ impl StateReader {
             None => 0,
         };
         let runtime = &self.store.shared.runtime;
+        let metrics = self.store.metrics();
         let loaded = match runtime.cached(&record.hash) {
-            Some(loaded) => loaded,
+            Some(loaded) => {
+                if let Some(metrics) = metrics {
+                    metrics.module_lookup(None);
+                }
+                loaded
+            }
             None => {
+                let started = std::time::Instant::now();
                 let blobs = txn.open_table(state::BLOBS)?;
                 let blob = blobs.get(record.hash.as_slice())?.ok_or_else(|| {
                     redb::Error::Corrupted(format!("module `{module}` has no stored wasm"))
                 })?;
-                runtime.load(&record.hash, blob.value()).map_err(|error| {
+                let loaded = runtime.load(&record.hash, blob.value()).map_err(|error| {
                     apply::HostFailure::Compile {
                         module: module.to_owned(),
                         reason: error.to_string(),
                     }
-                })?
+                })?;
+                if let Some(metrics) = metrics {
+                    metrics.module_lookup(Some(started.elapsed()));
+                }
+                loaded
             }
         };
         let settings = read_settings(&txn)?;
@@ -906,9 +953,13 @@ impl StateReader {
         if let Outcome::Unavailable(reason) = &report.outcome {
             return Err(QueryError::Busy(reason.clone()));
         }
+        let result = apply::call_result(&report, &call)?;
+        if let Some(metrics) = metrics {
+            metrics.guest_call("query", result.outcome.label(), result.fuel_used);
+        }
         Ok(Some(QueryAnswer {
             applied_index: applied.map(|log_id| log_id.index),
-            result: apply::call_result(&report, &call)?,
+            result,
         }))
     }
 }

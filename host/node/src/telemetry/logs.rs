@@ -30,18 +30,27 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the process's logger on stderr: `RUST_LOG` filters it
-/// (default: info, openraft's own lines from warn).
-pub fn init(format: LogFormat) {
+/// The filter of log lines when `RUST_LOG` sets none: info, openraft's
+/// own lines from warn, and no trace spans in the lines' context.
+const DEFAULT_FILTER: &str = "info,openraft=warn,wasmraft::trace=off";
+
+/// The process's logger on stderr: `RUST_LOG` filters it (default
+/// [`DEFAULT_FILTER`]).
+pub(crate) fn layer<S>(format: LogFormat) -> impl tracing_subscriber::Layer<S> + Send + Sync
+where
+    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+{
+    use tracing_subscriber::Layer;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_FILTER));
     let writer = Deduplicating::new(io::stderr, REPEAT_WINDOW);
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer);
+    let lines = tracing_subscriber::fmt::layer().with_writer(writer);
     match format {
-        LogFormat::Text => builder.with_ansi(io::stderr().is_terminal()).init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => lines
+            .with_ansi(io::stderr().is_terminal())
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Json => lines.json().with_filter(filter).boxed(),
     }
 }
 

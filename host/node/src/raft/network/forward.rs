@@ -10,12 +10,14 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::transport::Channel;
+use tracing::Instrument;
 use wasmraft_proto::v1::raft_client::RaftClient;
 
 use super::wire;
 use super::{FaultDecision, Faults};
 use crate::auth::PeerAuth;
 use crate::raft::NodeId;
+use crate::telemetry::traces;
 
 /// Why a forwarded request got no answer from the leader.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -119,7 +121,17 @@ impl Forwarder {
         let mut call = tonic::Request::new(wire::encode_request(request));
         call.set_timeout(deadline);
         self.peer_auth.stamp(call.metadata_mut());
-        let reply = match tokio::time::timeout(deadline, client.forward(call)).await {
+        // The hop joins the caller's trace, and the leader continues it.
+        let span = if traces::traced() {
+            tracing::info_span!(target: traces::TARGET, "forward", leader = to)
+        } else {
+            tracing::Span::none()
+        };
+        span.in_scope(|| traces::inject(call.metadata_mut()));
+        let answered = tokio::time::timeout(deadline, client.forward(call))
+            .instrument(span)
+            .await;
+        let reply = match answered {
             Err(_) => {
                 return Err(ForwardFailure {
                     reason: format!("no answer within {} ms", deadline.as_millis()),

@@ -1,0 +1,284 @@
+//! Traces: the spans of one call, from the client's `traceparent` through
+//! the forwarding hop and the Raft entry into apply on every replica, sent
+//! to an OTLP collector (Jaeger ingests OTLP) when one is configured.
+//!
+//! The spans that make up a call's trace have the target [`TARGET`]; only
+//! they reach the exporter, and the log lines leave them out (`RUST_LOG`
+//! with `wasmraft::trace=info` shows them). Without an exporter they are
+//! disabled and cost nothing: no code below creates one unless a layer
+//! wants it, and apply creates its spans only for a command whose entry
+//! carries a sampled trace context ([`Command::Traced`](crate::command::Command)).
+//!
+//! The context crosses processes in W3C trace-context form: the
+//! `traceparent` header on gRPC calls (clients' and the `Forward` hop), and
+//! [`TraceContext`] inside a log entry.
+
+use std::time::Duration;
+
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::{
+    SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider,
+};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider,
+};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::command::TraceContext;
+
+/// The target of every span that belongs to a call's trace.
+pub const TARGET: &str = "wasmraft::trace";
+/// Spans waiting for export: past it, new spans are dropped (and counted by
+/// the SDK) rather than slowing any call.
+const EXPORT_QUEUE_SPANS_MAX: usize = 16_384;
+/// Spans sent to the collector in one export.
+const EXPORT_BATCH_SPANS_MAX: usize = 1_024;
+/// How long a finished span may wait before its batch is exported.
+const EXPORT_DELAY_DEFAULT: Duration = Duration::from_millis(1_000);
+/// The longest one export may take before it is abandoned.
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most links one batch span holds to the traces of its other commands.
+pub const LINKS_MAX: usize = 32;
+
+/// Where traces go and how many.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TraceSettings {
+    /// The OTLP/gRPC endpoint, e.g. `http://127.0.0.1:4317`.
+    pub endpoint: String,
+    /// The fraction of traces started here that are recorded (0 to 1); a
+    /// call that arrives with a `traceparent` follows its caller's choice.
+    pub sampling: f64,
+    /// How long a finished span may wait for its batch's export.
+    pub export_delay: Duration,
+    /// The resource: this node's id (`service.instance.id`) and, once it
+    /// knows it, its cluster's id.
+    pub node_id: u64,
+    pub cluster_id: Option<String>,
+}
+
+impl TraceSettings {
+    pub fn new(endpoint: String, sampling: f64, node_id: u64) -> Self {
+        TraceSettings {
+            endpoint,
+            sampling,
+            export_delay: EXPORT_DELAY_DEFAULT,
+            node_id,
+            cluster_id: None,
+        }
+    }
+}
+
+/// Why traces cannot be exported as configured.
+#[derive(Debug, thiserror::Error)]
+pub enum TraceSetupError {
+    #[error("the trace sampling ratio must lie between 0 and 1, not {0}")]
+    Sampling(f64),
+    #[error("cannot export traces to `{endpoint}`: {reason}")]
+    Exporter { endpoint: String, reason: String },
+}
+
+/// The tracer provider of a process that exports traces; shut it down to
+/// send what is still queued.
+pub(crate) fn provider(settings: &TraceSettings) -> Result<SdkTracerProvider, TraceSetupError> {
+    if !(0.0..=1.0).contains(&settings.sampling) {
+        return Err(TraceSetupError::Sampling(settings.sampling));
+    }
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(settings.endpoint.clone())
+        .with_timeout(EXPORT_TIMEOUT)
+        .build()
+        .map_err(|error| TraceSetupError::Exporter {
+            endpoint: settings.endpoint.clone(),
+            reason: error.to_string(),
+        })?;
+    let batches = BatchConfigBuilder::default()
+        .with_max_queue_size(EXPORT_QUEUE_SPANS_MAX)
+        .with_max_export_batch_size(EXPORT_BATCH_SPANS_MAX)
+        .with_scheduled_delay(settings.export_delay)
+        .build();
+    let processor = BatchSpanProcessor::builder(exporter)
+        .with_batch_config(batches)
+        .build();
+    let mut resource = Resource::builder()
+        .with_service_name("wasmraft")
+        .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+        .with_attribute(KeyValue::new(
+            "service.instance.id",
+            settings.node_id.to_string(),
+        ));
+    if let Some(cluster_id) = &settings.cluster_id {
+        resource =
+            resource.with_attribute(KeyValue::new("wasmraft.cluster.id", cluster_id.clone()));
+    }
+    Ok(SdkTracerProvider::builder()
+        .with_span_processor(processor)
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+            settings.sampling,
+        ))))
+        .with_resource(resource.build())
+        .build())
+}
+
+/// The tracing layer that turns [`TARGET`] spans into OpenTelemetry spans
+/// of `provider`.
+pub(crate) fn layer<S>(
+    provider: &SdkTracerProvider,
+) -> impl tracing_subscriber::Layer<S> + Send + Sync + 'static
+where
+    S: tracing::Subscriber
+        + for<'span> tracing_subscriber::registry::LookupSpan<'span>
+        + Send
+        + Sync,
+{
+    use tracing_subscriber::Layer;
+    tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("wasmraft"))
+        .with_tracked_inactivity(false)
+        .with_filter(
+            tracing_subscriber::filter::Targets::new().with_target(TARGET, tracing::Level::TRACE),
+        )
+}
+
+/// Whether the current span belongs to a trace: its children are worth
+/// creating.
+pub fn traced() -> bool {
+    tracing::Span::current()
+        .metadata()
+        .is_some_and(|metadata| metadata.target() == TARGET)
+}
+
+/// The sampled trace context of the current span, to carry in a log entry.
+pub fn current() -> Option<TraceContext> {
+    if !traced() {
+        return None;
+    }
+    let context = tracing::Span::current().context();
+    let span = context.span();
+    let span_context = span.span_context();
+    (span_context.is_valid() && span_context.is_sampled()).then(|| TraceContext {
+        trace_id: span_context.trace_id().to_bytes(),
+        span_id: span_context.span_id().to_bytes(),
+        flags: span_context.trace_flags().to_u8(),
+    })
+}
+
+fn remote(trace: &TraceContext) -> SpanContext {
+    SpanContext::new(
+        TraceId::from_bytes(trace.trace_id),
+        SpanId::from_bytes(trace.span_id),
+        TraceFlags::new(trace.flags),
+        true,
+        TraceState::default(),
+    )
+}
+
+/// Makes `span` (not yet entered) a child of the span that proposed a
+/// command, on whichever node it ran.
+pub fn set_remote_parent(span: &tracing::Span, trace: &TraceContext) {
+    if span.is_none() {
+        return;
+    }
+    let parent = Context::new().with_remote_span_context(remote(trace));
+    // Only a span that was entered already refuses, and none is here.
+    let _ = span.set_parent(parent);
+}
+
+/// Links `span` to the trace of another command it serves (a batch's).
+pub fn link(span: &tracing::Span, trace: &TraceContext) {
+    if !span.is_none() {
+        span.add_link(remote(trace));
+    }
+}
+
+/// Makes `span` (not yet entered) a child of the context a gRPC request's
+/// `traceparent` header names, when it names one.
+pub fn set_parent_from_headers(span: &tracing::Span, headers: &http::HeaderMap) {
+    if span.is_none() || headers.get("traceparent").is_none() {
+        return;
+    }
+    let parent = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
+    if parent.span().span_context().is_valid() {
+        let _ = span.set_parent(parent);
+    }
+}
+
+/// Writes the current span's context as `traceparent` into an outgoing
+/// call's metadata (the `Forward` hop), when the current span is traced.
+pub fn inject(metadata: &mut tonic::metadata::MetadataMap) {
+    if !traced() {
+        return;
+    }
+    let context = tracing::Span::current().context();
+    TraceContextPropagator::new().inject_context(&context, &mut MetadataInjector(metadata));
+}
+
+struct HeaderExtractor<'a>(&'a http::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|value| value.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
+    }
+}
+
+struct MetadataInjector<'a>(&'a mut tonic::metadata::MetadataMap);
+
+impl Injector for MetadataInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        let Ok(key) = tonic::metadata::MetadataKey::from_bytes(key.as_bytes()) else {
+            return;
+        };
+        if let Ok(value) = value.parse() {
+            self.0.insert(key, value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_traceparent_header_round_trips_through_the_binary_form() {
+        let trace = TraceContext {
+            trace_id: [0x4b; 16],
+            span_id: [0x7a; 8],
+            flags: 1,
+        };
+        let context = Context::new().with_remote_span_context(remote(&trace));
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        TraceContextPropagator::new()
+            .inject_context(&context, &mut MetadataInjector(&mut metadata));
+        let header = metadata.get("traceparent").unwrap().to_str().unwrap();
+        assert_eq!(
+            header,
+            "00-4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b-7a7a7a7a7a7a7a7a-01"
+        );
+        let headers = metadata.into_headers();
+        let extracted = TraceContextPropagator::new().extract(&HeaderExtractor(&headers));
+        let span = extracted.span();
+        let extracted = span.span_context();
+        assert_eq!(extracted.trace_id().to_bytes(), trace.trace_id);
+        assert_eq!(extracted.span_id().to_bytes(), trace.span_id);
+        assert!(extracted.is_sampled());
+    }
+
+    #[test]
+    fn sampling_outside_zero_to_one_is_refused() {
+        for sampling in [-0.1, 1.5, f64::NAN] {
+            let settings = TraceSettings::new("http://127.0.0.1:4317".into(), sampling, 1);
+            assert!(matches!(
+                provider(&settings),
+                Err(TraceSetupError::Sampling(_))
+            ));
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! What operators read: one client call's trace, assembled by a real OTLP
+//! receiver (the collector's gRPC service, in this process) from the spans
+//! of three `wasmraft serve` processes; and `/metrics` scraped from a node
+//! under load.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use tempfile::TempDir;
+use tonic::{Request, Response, Status};
+use wasmraft_proto::v1 as proto;
+use wasmraft_proto::v1::state_machine_client::StateMachineClient;
+
+use super::harness::SETTLE;
+use super::processes::{client, form_with_counter, start_nodes_with, wait_converged};
+
+/// One span as the receiver keeps it.
+#[derive(Debug, Clone)]
+struct ReceivedSpan {
+    /// `service.instance.id` of the resource that sent it: the node id.
+    node: String,
+    name: String,
+    trace_id: Vec<u8>,
+}
+
+/// An OTLP/gRPC receiver that keeps every span it is sent and accepts
+/// (and drops) metrics.
+#[derive(Debug, Clone, Default)]
+struct Receiver {
+    spans: Arc<Mutex<Vec<ReceivedSpan>>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Receiver {
+    async fn export(
+        &self,
+        request: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        let mut kept = self.spans.lock().unwrap();
+        for resource_spans in request.into_inner().resource_spans {
+            let node = resource_spans
+                .resource
+                .iter()
+                .flat_map(|resource| resource.attributes.iter())
+                .find(|attribute| attribute.key == "service.instance.id")
+                .and_then(|attribute| attribute.value.as_ref()?.value.as_ref())
+                .map(|value| match value {
+                    Value::StringValue(text) => text.clone(),
+                    other => format!("{other:?}"),
+                })
+                .unwrap_or_default();
+            for scope in resource_spans.scope_spans {
+                for span in scope.spans {
+                    kept.push(ReceivedSpan {
+                        node: node.clone(),
+                        name: span.name,
+                        trace_id: span.trace_id,
+                    });
+                }
+            }
+        }
+        Ok(Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+#[tonic::async_trait]
+impl MetricsService for Receiver {
+    async fn export(
+        &self,
+        _request: Request<ExportMetricsServiceRequest>,
+    ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
+        Ok(Response::new(ExportMetricsServiceResponse::default()))
+    }
+}
+
+impl Receiver {
+    /// Listens on a free loopback port; answers its address.
+    async fn start(&self) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        let server = tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(self.clone()))
+            .add_service(MetricsServiceServer::new(self.clone()))
+            .serve_with_incoming(incoming);
+        tokio::spawn(server);
+        address
+    }
+
+    /// The span names of trace `trace_id`, by the node that sent them.
+    fn trace(&self, trace_id: &[u8]) -> BTreeMap<String, BTreeSet<String>> {
+        let mut by_node: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for span in self.spans.lock().unwrap().iter() {
+            if span.trace_id == trace_id {
+                by_node
+                    .entry(span.node.clone())
+                    .or_default()
+                    .insert(span.name.clone());
+            }
+        }
+        by_node
+    }
+}
+
+/// One invoke sent to a follower with the client's `traceparent` becomes
+/// one trace: the follower's call and its forward, the leader's proposal,
+/// and the append, the apply and the wasm call on each of the three nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_invoke_through_a_follower_is_one_trace_across_three_nodes() {
+    let receiver = Receiver::default();
+    let collector = receiver.start().await;
+    let root = TempDir::new().unwrap();
+    let nodes = start_nodes_with(
+        root.path(),
+        &["--otlp-endpoint".to_owned(), format!("http://{collector}")],
+    );
+    form_with_counter(&nodes).await;
+    wait_converged(&nodes[0].endpoint(), 3).await;
+
+    // A follower, as the client sees it now; leadership may still move,
+    // so the invoke is sent again (a new trace each time) until the node
+    // it went to forwarded it.
+    let trace_id: [u8; 16] = *b"wasmraft-trace-1";
+    let deadline = Instant::now() + SETTLE;
+    let mut attempt = 0u8;
+    let (trace_id, follower) = loop {
+        let mut trace_id = trace_id;
+        trace_id[15] = attempt;
+        attempt += 1;
+        let status = client(&nodes[0].endpoint()).await.status().await.unwrap();
+        let leader = status.leader_id.expect("a leader is known");
+        let follower = nodes.iter().find(|node| node.id != leader).unwrap();
+        let mut invoke = tonic::Request::new(proto::InvokeRequest {
+            module: "counter".into(),
+            input: br#"{"op":"add","by":1}"#.to_vec(),
+            ..Default::default()
+        });
+        invoke.metadata_mut().insert(
+            "traceparent",
+            format!("00-{}-00f067aa0ba902b7-01", hex::encode(trace_id))
+                .parse()
+                .unwrap(),
+        );
+        let mut state_machine = StateMachineClient::connect(follower.endpoint())
+            .await
+            .unwrap();
+        state_machine.invoke(invoke).await.unwrap();
+        // Spans are exported in batches, each a second after it ended.
+        let seen_at = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < seen_at {
+            if receiver
+                .trace(&trace_id)
+                .get(&follower.id.to_string())
+                .is_some_and(|names| names.contains("forward"))
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if receiver
+            .trace(&trace_id)
+            .get(&follower.id.to_string())
+            .is_some_and(|names| names.contains("forward"))
+        {
+            break (trace_id, follower.id);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no invoke was forwarded by a follower: {:?}",
+            receiver.trace(&trace_id)
+        );
+    };
+
+    // Every node's part of the trace arrives.
+    let expected = |node: u64| -> BTreeSet<String> {
+        let mut names: BTreeSet<String> = ["log_append", "apply", "wasm_call"]
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        if node == follower {
+            names.extend(
+                ["forward", "invoke", "authenticate", "authorize", "admit"].map(str::to_owned),
+            );
+            names.insert("wasmraft.v1.StateMachine/Invoke".to_owned());
+        }
+        names
+    };
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let trace = receiver.trace(&trace_id);
+        let complete = nodes.iter().all(|node| {
+            trace
+                .get(&node.id.to_string())
+                .is_some_and(|names| names.is_superset(&expected(node.id)))
+        });
+        let leader_proposed = trace
+            .values()
+            .any(|names| names.contains("propose") && names.contains("wasmraft.v1.Raft/Forward"));
+        if complete && leader_proposed {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the trace is incomplete (follower {follower}): {trace:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
