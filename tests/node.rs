@@ -21,6 +21,13 @@ use wasmraft_proto::v1::state_machine_client::StateMachineClient;
 use crate::wasm::{Rejection, call_rows, guest, validation_rows};
 
 async fn start(directory: &Path) -> RunningNode {
+    start_with(directory, Default::default()).await
+}
+
+async fn start_with(
+    directory: &Path,
+    telemetry: wasmraft::node::config::TelemetrySettings,
+) -> RunningNode {
     let config = NodeConfig {
         node_id: 1,
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -34,7 +41,7 @@ async fn start(directory: &Path) -> RunningNode {
         limits: Default::default(),
         membership: Default::default(),
         cluster: Default::default(),
-        telemetry: Default::default(),
+        telemetry,
     };
     let node = Node::start(config, NodeOptions::default())
         .await
@@ -682,5 +689,125 @@ async fn a_waited_snapshot_covers_what_was_applied() {
         .consensus()
         .with_metrics(|metrics| metrics.snapshot_index());
     assert!(snapshot >= Some(applied), "{snapshot:?}");
+    node.shutdown().await.unwrap();
+}
+
+/// `GET /metrics` of a node, as text.
+async fn scrape(address: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: wasmraft\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    body.to_owned()
+}
+
+/// The samples of a Prometheus text page, by series (`name{labels}`);
+/// every line must be a comment or a sample with a number.
+fn samples(page: &str) -> std::collections::BTreeMap<String, f64> {
+    let mut samples = std::collections::BTreeMap::new();
+    for line in page.lines().filter(|line| !line.is_empty()) {
+        if line.starts_with("# HELP ") || line.starts_with("# TYPE ") {
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("not a sample: {line}"));
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            value => value
+                .parse()
+                .unwrap_or_else(|_| panic!("not a number: {line}")),
+        };
+        let name = series.split('{').next().unwrap();
+        assert!(
+            name.starts_with("wasmraft_") || name == "target_info",
+            "a series outside the wasmraft_ namespace: {line}"
+        );
+        samples.insert(series.to_owned(), value);
+    }
+    samples
+}
+
+/// `/metrics` parses, and its figures move as calls arrive: requests by
+/// method and code, guest calls by outcome, log appends, Raft's indexes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_and_move_under_load() {
+    let directory = TempDir::new().unwrap();
+    let node = start_with(
+        directory.path(),
+        wasmraft::node::config::TelemetrySettings {
+            metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let address = node.metrics_address().expect("metrics are served");
+    let mut api = Api::connect(&node).await;
+    api.deploy("counter", wasmraft_examples::COUNTER_WASM, (None, None))
+        .await
+        .unwrap();
+    let before = samples(&scrape(address).await);
+    let read = |samples: &std::collections::BTreeMap<String, f64>, series: &str| {
+        samples.get(series).copied().unwrap_or(0.0)
+    };
+    const INVOKES: u32 = 25;
+    for _ in 0..INVOKES {
+        api.invoke("counter", r#"{"op":"add","by":1}"#, None)
+            .await
+            .unwrap();
+    }
+    let refused = api.invoke("counter", "not json", None).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    let missing = api.invoke("nothing-here", "{}", None).await.unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+    api.query("counter", r#"{"op":"get"}"#, linearizable())
+        .await
+        .unwrap();
+    let after = samples(&scrape(address).await);
+
+    let invoke_ok =
+        r#"wasmraft_requests_total{code="OK",method="wasmraft.v1.StateMachine/Invoke"}"#;
+    assert_eq!(
+        read(&after, invoke_ok) - read(&before, invoke_ok),
+        f64::from(INVOKES)
+    );
+    let not_found =
+        r#"wasmraft_requests_total{code="NOT_FOUND",method="wasmraft.v1.StateMachine/Invoke"}"#;
+    assert_eq!(read(&after, not_found) - read(&before, not_found), 1.0);
+    let applied_ok = r#"wasmraft_guest_calls_total{entry_point="apply",outcome="ok"}"#;
+    assert_eq!(
+        read(&after, applied_ok) - read(&before, applied_ok),
+        f64::from(INVOKES)
+    );
+    let guest_error = r#"wasmraft_guest_calls_total{entry_point="apply",outcome="guest_error"}"#;
+    assert_eq!(read(&after, guest_error) - read(&before, guest_error), 1.0);
+    let queried = r#"wasmraft_guest_calls_total{entry_point="query",outcome="ok"}"#;
+    assert_eq!(read(&after, queried) - read(&before, queried), 1.0);
+    let appends = "wasmraft_log_append_duration_seconds_count";
+    assert!(read(&after, appends) >= read(&before, appends) + f64::from(INVOKES));
+    let applied = r#"wasmraft_raft_log_index{kind="applied"}"#;
+    assert!(read(&after, applied) >= read(&before, applied) + f64::from(INVOKES));
+    assert_eq!(read(&after, r#"wasmraft_raft_role{role="leader"}"#), 1.0);
+    assert!(read(&after, "wasmraft_raft_term") >= 1.0);
+    assert_eq!(read(&after, "wasmraft_modules"), 1.0);
+    assert!(read(&after, "wasmraft_log_size_bytes") > 0.0);
+    let latency =
+        r#"wasmraft_request_duration_seconds_count{method="wasmraft.v1.StateMachine/Invoke"}"#;
+    assert_eq!(
+        read(&after, latency) - read(&before, latency),
+        f64::from(INVOKES + 2)
+    );
     node.shutdown().await.unwrap();
 }
