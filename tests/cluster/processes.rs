@@ -439,3 +439,55 @@ async fn a_dev_node_serves_once_its_examples_are_deployed() {
     assert_eq!(counter["version"], 1, "{counter}");
     assert_eq!(counter["has_query"], true, "{counter}");
 }
+
+/// The CLI as an etcdctl user expects it: `--endpoints a,b,c` uses the
+/// first node that answers, and `--timeout-ms` bounds the whole command,
+/// retries included, even when the cluster lost its quorum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cli_fails_over_between_endpoints_and_keeps_its_deadline() {
+    let root = TempDir::new().unwrap();
+    let mut nodes = start_nodes(root.path());
+    form_with_counter(&nodes).await;
+    let nobody = format!("http://127.0.0.1:{}", free_port());
+    let endpoints = format!("{nobody},{},{}", nodes[1].endpoint(), nodes[2].endpoint());
+    let added = cli(&[
+        "--endpoints",
+        &endpoints,
+        "invoke",
+        "counter",
+        r#"{"op":"add","by":1}"#,
+    ]);
+    assert_eq!(added.trim(), r#"{"value":1}"#);
+    let alone = Command::new(WASMRAFT)
+        .args(["--endpoint", &nobody, "cluster", "status"])
+        .output()
+        .unwrap();
+    assert_eq!(alone.status.code(), Some(3), "nobody listens there");
+
+    // Two of three nodes gone: no write can commit. The command gives up
+    // near its deadline and says the write's outcome is unknown, instead
+    // of retrying for the client's default 30 s.
+    nodes[1].kill();
+    nodes[2].kill();
+    let started = Instant::now();
+    let stalled = Command::new(WASMRAFT)
+        .args(["--endpoint", &nodes[0].endpoint(), "--timeout-ms", "3000"])
+        .args(["invoke", "counter", r#"{"op":"add","by":1}"#])
+        .output()
+        .unwrap();
+    let elapsed = started.elapsed();
+    let stderr = String::from_utf8_lossy(&stalled.stderr);
+    assert!(
+        !stalled.status.success(),
+        "a write without quorum: {stderr}"
+    );
+    // Generous: the bound is 3 s; before it was honoured this took 30 s.
+    assert!(
+        elapsed < Duration::from_secs(15),
+        "took {elapsed:?}: {stderr}"
+    );
+    assert!(
+        stderr.contains("within"),
+        "the error says the time ran out: {stderr}"
+    );
+}

@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use super::connection::{self, ConnectionArgs, UsageError};
+use super::connection::{ConnectionArgs, UsageError};
 use crate::client::{RoleBinding, WhoAmI};
 
 #[derive(Debug, clap::Args)]
@@ -95,7 +95,7 @@ impl BindingArgs {
 }
 
 pub fn run(args: AccessArgs, connection: &ConnectionArgs) -> anyhow::Result<ExitCode> {
-    connection::run(async move {
+    connection.run(async move {
         match args.command {
             AccessCommand::Grant(args) => {
                 let binding = args.binding()?;
@@ -153,7 +153,7 @@ pub fn run(args: AccessArgs, connection: &ConnectionArgs) -> anyhow::Result<Exit
 }
 
 pub fn run_whoami(args: WhoAmIArgs, connection: &ConnectionArgs) -> anyhow::Result<ExitCode> {
-    connection::run(async move {
+    connection.run(async move {
         let who = connection.client().await?.who_am_i().await?;
         if args.json {
             println!("{}", serde_json::to_string_pretty(&who)?);

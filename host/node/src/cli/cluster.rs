@@ -17,7 +17,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use super::connection::{self, ConnectionArgs};
+use super::connection::ConnectionArgs;
 use crate::auth::ClusterSecret;
 use crate::client::{
     ClusterSettings, ClusterStatus, ClusterStatusJson, Health, Member, Membership, SettingsUpdate,
@@ -201,7 +201,7 @@ pub fn run(args: ClusterArgs, connection: &ConnectionArgs) -> anyhow::Result<Exi
     if let ClusterCommand::NewSecret(args) = args.command {
         return new_secret(&args);
     }
-    connection::run(async move {
+    connection.run(async move {
         match args.command {
             ClusterCommand::Status(args) => {
                 let status = connection.client().await?.status().await?;

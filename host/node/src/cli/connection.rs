@@ -32,9 +32,17 @@ pub const EXIT_UNREACHABLE: u8 = 3;
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConnectionArgs {
     /// The node to talk to, as http://HOST:PORT (or https:// for a node
-    /// serving TLS).
-    #[arg(long, global = true, env = "WASMRAFT_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
-    endpoint: String,
+    /// serving TLS); several, comma-separated (`--endpoints a,b,c`), to
+    /// use the first that answers.
+    #[arg(
+        long = "endpoint",
+        visible_alias = "endpoints",
+        global = true,
+        env = "WASMRAFT_ENDPOINT",
+        value_delimiter = ',',
+        default_value = DEFAULT_ENDPOINT
+    )]
+    endpoints: Vec<String>,
     /// Bearer token sent with every call.
     #[arg(long, global = true, env = "WASMRAFT_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -61,10 +69,20 @@ pub struct ConnectionArgs {
         requires = "cert"
     )]
     key: Option<PathBuf>,
-    /// Timeout of one attempt of a call, in milliseconds (a deploy gets
-    /// twelve times as long, for validation and compilation).
-    #[arg(long, global = true, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
-    timeout_ms: u64,
+    /// The most the whole command may take, retries included, in
+    /// milliseconds [default: 10 s for each attempt of a call, 120 s for a
+    /// deploy, retries within 30 s].
+    #[arg(long, global = true, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    timeout_ms: Option<u64>,
+}
+
+/// A command that did not finish within `--timeout-ms`.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the command did not finish within {timeout_ms} ms (--timeout-ms); a write it sent may or may not have been applied"
+)]
+pub struct CommandTimedOut {
+    pub timeout_ms: u64,
 }
 
 impl ConnectionArgs {
@@ -72,13 +90,70 @@ impl ConnectionArgs {
     /// endpoint (a person is waiting) but retries elections and lost
     /// replies like any client.
     pub async fn client(&self) -> Result<Client, ClientError> {
-        self.client_at(&self.endpoint).await
+        let (first, others) = self
+            .endpoints
+            .split_first()
+            .ok_or_else(|| ClientError::InvalidConfig("no --endpoint given".to_owned()))?;
+        if others.is_empty() {
+            return self.client_at(first).await;
+        }
+        // Several: the first that answers at all (a health check needs no
+        // credentials) serves the command.
+        let mut unreachable = None;
+        for endpoint in &self.endpoints {
+            let client = self.client_at(endpoint).await?;
+            match client.health().await {
+                Err(error) if error.is_unreachable() => {
+                    tracing::debug!(%error, "trying the next endpoint");
+                    unreachable = Some(error);
+                }
+                _ => return Ok(client),
+            }
+        }
+        Err(unreachable.expect("at least one endpoint was tried"))
+    }
+
+    /// Runs `work` on a single-threaded runtime, within `--timeout-ms`
+    /// when given, and reports its failure on stderr, returning the exit
+    /// code.
+    pub fn run<F>(&self, work: F) -> anyhow::Result<ExitCode>
+    where
+        F: Future<Output = anyhow::Result<()>>,
+    {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let result = runtime.block_on(async {
+            match self.timeout_ms {
+                // The client's own deadlines end a call first (with what
+                // it knows of the outcome); this bounds the whole command.
+                Some(timeout_ms) => tokio::time::timeout(
+                    Duration::from_millis(timeout_ms) + COMMAND_TIMEOUT_GRACE,
+                    work,
+                )
+                .await
+                .unwrap_or_else(|_| Err(CommandTimedOut { timeout_ms }.into())),
+                None => work.await,
+            }
+        });
+        Ok(report(result))
     }
 
     /// A client of another node (`http://HOST:PORT`), with the same
     /// credentials and timeouts.
     pub async fn client_at(&self, endpoint: &str) -> Result<Client, ClientError> {
-        let request_timeout = Duration::from_millis(self.timeout_ms);
+        let defaults = ClientConfig::default();
+        let (request_timeout, deploy_timeout, retry_deadline) = match self.timeout_ms {
+            Some(timeout_ms) => {
+                let timeout = Duration::from_millis(timeout_ms);
+                (timeout, timeout, timeout)
+            }
+            None => (
+                defaults.request_timeout,
+                defaults.deploy_timeout,
+                defaults.retry_deadline,
+            ),
+        };
         let read = |path: &PathBuf, option: &str| {
             std::fs::read(path).map_err(|error| {
                 ClientError::InvalidConfig(format!(
@@ -98,7 +173,8 @@ impl ConnectionArgs {
         };
         let config = ClientConfig {
             request_timeout,
-            deploy_timeout: request_timeout.saturating_mul(12),
+            deploy_timeout,
+            retry_deadline,
             retry_unreachable: false,
             bearer_token: self.token.clone(),
             ca_certificate_pem,
@@ -122,17 +198,9 @@ impl fmt::Display for UsageError {
 
 impl std::error::Error for UsageError {}
 
-/// Runs `work` on a single-threaded runtime and reports its failure on
-/// stderr, returning the exit code.
-pub fn run<F>(work: F) -> anyhow::Result<ExitCode>
-where
-    F: Future<Output = anyhow::Result<()>>,
-{
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    Ok(report(runtime.block_on(work)))
-}
+/// How long past `--timeout-ms` the command waits for the client's own
+/// answer (which says more than "timed out") before it stops.
+const COMMAND_TIMEOUT_GRACE: Duration = Duration::from_millis(200);
 
 /// Prints an error (with a hint for client errors) and gives its exit code.
 pub fn report(result: anyhow::Result<()>) -> ExitCode {

@@ -6,7 +6,7 @@ use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use super::connection::{self, ConnectionArgs, UsageError};
+use super::connection::{ConnectionArgs, UsageError};
 
 #[derive(Debug, clap::Args)]
 #[command(override_usage = "wasmraft invoke [OPTIONS] <MODULE> <INPUT | --input-file FILE>")]
@@ -112,7 +112,7 @@ pub fn print_output(output: &[u8]) -> anyhow::Result<()> {
 }
 
 pub fn run(args: InvokeArgs, connection: &ConnectionArgs) -> anyhow::Result<ExitCode> {
-    connection::run(async move {
+    connection.run(async move {
         let input = args.input.body()?;
         let client = connection.client().await?;
         let result = client.invoke(&args.module, &input).await?;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use super::connection::{self, ConnectionArgs, UsageError};
+use super::connection::{ConnectionArgs, UsageError};
 use crate::client::{DeployOptions, DeployProgress, ModuleInfo};
 
 #[derive(Debug, clap::Args)]
@@ -72,7 +72,7 @@ struct GetArgs {
 }
 
 pub fn run(args: ModuleArgs, connection: &ConnectionArgs) -> anyhow::Result<ExitCode> {
-    connection::run(async move {
+    connection.run(async move {
         match args.command {
             ModuleCommand::Deploy(args) => deploy(args, connection).await,
             ModuleCommand::List(args) => {

@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use super::connection::{self, ConnectionArgs};
+use super::connection::ConnectionArgs;
 use super::invoke::{InputArgs, print_output};
 use crate::client::Consistency;
 
@@ -23,7 +23,7 @@ pub struct QueryArgs {
 }
 
 pub fn run(args: QueryArgs, connection: &ConnectionArgs) -> anyhow::Result<ExitCode> {
-    connection::run(async move {
+    connection.run(async move {
         let input = args.input.body()?;
         let consistency = if args.stale {
             Consistency::Stale
