@@ -524,3 +524,61 @@ async fn a_new_voter_serves_what_the_cluster_had_when_add_node_returns() {
     cluster.assert_converged().await;
     cluster.shutdown().await;
 }
+
+/// A node removed while cut off never receives its removal: when the links
+/// heal it asks the members for votes, and they tell it. It stops
+/// campaigning, reports `removed`, and answers clients FAILED_PRECONDITION
+/// instead of "wait for a leader"; the members keep their leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_removed_while_cut_off_learns_it_when_the_links_heal() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    cluster.deploy_counter(leader).await;
+    let gone = cluster.follower_of(leader);
+    let members: Vec<_> = cluster
+        .running()
+        .into_iter()
+        .filter(|id| *id != gone)
+        .collect();
+    cluster.links.isolate(gone, members.clone());
+    let membership = cluster
+        .client_of(leader)
+        .await
+        .remove_node(gone)
+        .await
+        .expect("the two others remove it");
+    assert!(membership.voters.iter().all(|member| member.id != gone));
+    cluster.links.heal();
+
+    let handle = cluster.node(gone).handle().clone();
+    let deadline = std::time::Instant::now() + SETTLE;
+    loop {
+        let health = handle.health();
+        if health.reasons.iter().any(|reason| reason.name == "removed") {
+            assert!(!health.serving, "{health:?}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node {gone} never learned it was removed: {health:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let refused = cluster
+        .client_of(gone)
+        .await
+        .invoke("counter", br#"{"op":"add","by":1}"#)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Some(Code::FailedPrecondition), "{refused}");
+    assert!(
+        refused.to_string().contains("removed from the cluster"),
+        "{refused}"
+    );
+
+    cluster.discard(gone).await;
+    let after = cluster.wait_for_leader_among(&members).await;
+    assert!(members.contains(&after));
+    cluster.assert_converged().await;
+    cluster.shutdown().await;
+}

@@ -11,6 +11,7 @@ use crate::auth::peer::Peer;
 use crate::node::forward::ForwardedAnswer;
 use crate::node::handle::NodeHandle;
 use crate::node::membership::fingerprint_bytes;
+use crate::raft::network::removal::REMOVED_AT_METADATA;
 use crate::raft::network::{server, wire};
 
 /// Serves `wasmraft.v1.Raft`.
@@ -53,6 +54,9 @@ impl RaftRpc for RaftService {
         let reply = server::append_entries(self.node.consensus(), request.get_ref())
             .await
             .map_err(ApiError::from)?;
+        // A leader replicates here: whatever a member said, this node is
+        // one again (added back).
+        self.node.removal().cleared();
         Ok(Response::new(reply))
     }
 
@@ -61,10 +65,23 @@ impl RaftRpc for RaftService {
         request: Request<proto::RaftRequest>,
     ) -> Result<Response<proto::RaftReply>, Status> {
         self.admitted(&request).await?;
-        let reply = server::vote(self.node.consensus(), request.get_ref())
+        match server::vote(self.node.consensus(), request.get_ref())
             .await
-            .map_err(ApiError::from)?;
-        Ok(Response::new(reply))
+            .map_err(ApiError::from)?
+        {
+            server::VoteAnswer::Reply(reply) => Ok(Response::new(reply)),
+            server::VoteAnswer::CandidateRemoved { candidate, index } => {
+                let mut status = Status::failed_precondition(format!(
+                    "node {candidate} was removed from this cluster by the membership change at log index {index}; node {} does not vote for it",
+                    self.node.id()
+                ));
+                status.metadata_mut().insert(
+                    REMOVED_AT_METADATA,
+                    index.to_string().parse().expect("digits"),
+                );
+                Ok(Err(status)?)
+            }
+        }
     }
 
     async fn install_snapshot(

@@ -190,7 +190,7 @@ fn consensus_code(error: &ConsensusError) -> Code {
         | ConsensusError::ShuttingDown
         | ConsensusError::LeaderUnreachable { .. } => Code::Unavailable,
         ConsensusError::Timeout { .. } => Code::DeadlineExceeded,
-        ConsensusError::Membership(_) => Code::FailedPrecondition,
+        ConsensusError::Membership(_) | ConsensusError::Removed { .. } => Code::FailedPrecondition,
         ConsensusError::Fatal(_) => Code::Internal,
         ConsensusError::Denied(denied) => denied_code(denied),
     }

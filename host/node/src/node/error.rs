@@ -51,6 +51,10 @@ pub enum ConsensusError {
     /// The leader refused a forwarded caller it authorised again.
     #[error(transparent)]
     Denied(Denied),
+    #[error(
+        "node {this} was removed from the cluster (by the membership change at log index {index}): it serves nothing; stop it, or add it again with an empty data directory (`wasmraft cluster add-node {this} ADDRESS` on a member)"
+    )]
+    Removed { this: NodeId, index: u64 },
 }
 
 fn not_leader_message(this: NodeId, leader: Option<&LeaderHint>) -> String {

@@ -27,7 +27,7 @@ use crate::auth::{Gate, PeerAuth};
 use crate::command::{ClusterSettings, Command};
 use crate::node::config::LimitSettings;
 use crate::node::rules::MembershipRules;
-use crate::raft::network::{Forwarder, Reachability, introduce};
+use crate::raft::network::{Forwarder, Reachability, Removal, introduce};
 use crate::raft::{Consensus, Member, NodeId, RaftRefusal, RaftView, Role, WaitError};
 use crate::storage::StateReader;
 use crate::telemetry::metrics::Metrics;
@@ -98,6 +98,8 @@ pub(super) struct Inner {
     pub(super) read_rounds: Arc<Rounds<Result<u64, ConsensusError>>>,
     /// This node's instruments (`/metrics`).
     pub(super) metrics: Metrics,
+    /// Whether a member said this node was removed from the cluster.
+    pub(super) removal: Removal,
 }
 
 /// This node's view of the cluster, from Raft's metrics only.
@@ -141,6 +143,7 @@ impl NodeHandle {
         reachability: Reachability,
         starting: Option<String>,
         metrics: Metrics,
+        removal: Removal,
     ) -> Self {
         let (proposals, queue) = mpsc::channel(PROPOSALS_QUEUED_MAX);
         let rates = RateLimits::new(&limits.rates);
@@ -176,6 +179,7 @@ impl NodeHandle {
             runtime,
             read_rounds: Arc::new(Rounds::new()),
             metrics,
+            removal,
         });
         // The batcher holds the node weakly: when the last handle goes, the
         // queue closes and the batcher ends.
@@ -190,6 +194,22 @@ impl NodeHandle {
     /// This node's instruments.
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    /// Whether a member said this node was removed.
+    pub fn removal(&self) -> &Removal {
+        &self.inner.removal
+    }
+
+    /// The membership change that removed this node from the cluster, when
+    /// it was: in its own membership (it applied the change) or as a
+    /// member told it (it missed the change). `None` for a member.
+    pub fn removed_at(&self) -> Option<u64> {
+        let this = self.inner.id;
+        self.inner
+            .consensus
+            .with_metrics(|metrics| metrics.index_without(this))
+            .or_else(|| self.inner.removal.get().map(|removed| removed.index))
     }
 
     pub fn advertised_address(&self) -> &str {
@@ -504,6 +524,7 @@ impl NodeHandle {
                 shutting_down: self.is_shutting_down(),
                 starting: starting.as_deref(),
                 unreachable: &unreachable,
+                removed_at: self.removed_at(),
             },
         )
     }

@@ -8,6 +8,7 @@
 //! | `stopped` | Raft stopped on an error (a storage failure) | no | 0 |
 //! | `shutting_down` | the node is stopping | no | 0 |
 //! | `starting` | the node is not ready yet (a dev node deploying its examples) | no | 0 |
+//! | `removed` | the membership no longer holds the node (it applied its removal, or a member said so) | no | 0 |
 //! | `no_leader` | no leader is known: an election, or not in a cluster yet | no | 0 |
 //! | `apply_lag` | more than [`APPLY_LAG_ENTRIES`] log entries wait to be applied | yes | −30 |
 //! | `quorum_lost` | the leader heard from no quorum for [`QUORUM_ACK_MS_MAX`] | yes | −40 |
@@ -57,6 +58,8 @@ pub struct Local<'a> {
     pub starting: Option<&'a str>,
     /// The peers that have not answered this node for a while.
     pub unreachable: &'a [Unreachable],
+    /// The membership change that removed this node, if one did.
+    pub removed_at: Option<u64>,
 }
 
 /// The health of node `this` from Raft's `view` of it.
@@ -73,6 +76,12 @@ pub fn assess(this: NodeId, view: &RaftView, local: Local<'_>) -> Health {
     }
     if let Some(starting) = local.starting {
         blocking.push(reason("starting", starting.to_owned()));
+    }
+    if let Some(index) = local.removed_at {
+        blocking.push(reason(
+            "removed",
+            format!("the node was removed from the cluster by the membership change at log index {index}"),
+        ));
     }
     if view.leader.is_none() {
         blocking.push(reason(
@@ -189,6 +198,7 @@ mod tests {
         shutting_down: false,
         starting: None,
         unreachable: &[],
+        removed_at: None,
     };
 
     fn names(health: &Health) -> Vec<&'static str> {
@@ -262,5 +272,13 @@ mod tests {
             (health.serving, health.score, names(&health)),
             (false, 0, vec!["stopped", "starting", "no_leader"])
         );
+
+        let removed = Local {
+            removed_at: Some(42),
+            ..READY
+        };
+        let health = assess(3, &leader(), removed);
+        assert_eq!((health.serving, names(&health)), (false, vec!["removed"]));
+        assert!(health.reasons[0].detail.contains("log index 42"));
     }
 }

@@ -44,7 +44,9 @@ use crate::command::{
     AccessChange, ClusterSettings, Command, Response, SettingsCommand, SettingsUpdate, TokenGrant,
 };
 use crate::raft::lease;
-use crate::raft::network::{Faults, Forwarder, NetworkFactory, NetworkSettings, Reachability};
+use crate::raft::network::{
+    Faults, Forwarder, NetworkFactory, NetworkSettings, Reachability, Removal,
+};
 use crate::raft::{Consensus, NodeId};
 use crate::storage::{
     DataDirectory, LogStore, OpenLogError, OpenStateError, StateMachineStore, StateReader,
@@ -256,6 +258,7 @@ impl Node {
         }
         let gate = Gate::new(!config.insecure, access, peer_auth.clone());
         let reachability = Reachability::default();
+        let removal = Removal::default();
         let raft_message_bytes_max = raft_message_bytes_max(&config);
         let network = NetworkFactory::new(
             config.node_id,
@@ -267,7 +270,8 @@ impl Node {
             options.faults.clone(),
             peer_auth.clone(),
             reachability.clone(),
-        );
+        )
+        .with_removal(removal.clone());
         let forwarder = Forwarder::new(
             config.node_id,
             raft_message_bytes_max,
@@ -311,7 +315,9 @@ impl Node {
             reachability,
             options.starting.clone(),
             metrics.clone(),
+            removal.clone(),
         );
+        handle.consensus().campaign_unless_removed(&removal);
         gauges::register(&handle, data.log_file());
         let metrics_server = match config.telemetry.metrics_listen {
             Some(address) => Some(serve_metrics(address, metrics).await?),

@@ -31,6 +31,12 @@ impl NodeHandle {
         if self.is_shutting_down() {
             return Err(ConsensusError::ShuttingDown);
         }
+        if let Some(index) = self.removed_at() {
+            return Err(ConsensusError::Removed {
+                this: self.inner.id,
+                index,
+            });
+        }
         // A leader this node can reach: itself, or a member whose address
         // the membership names. A leader just removed from the membership
         // is on its way out: wait for its successor like for an election.

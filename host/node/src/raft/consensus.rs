@@ -272,6 +272,29 @@ impl Consensus {
         self.with_metrics(|metrics| metrics.view())
     }
 
+    /// While `removal` says a member declared this node removed, it does
+    /// not campaign: its elections would only raise terms nobody votes in.
+    pub fn campaign_unless_removed(&self, removal: &crate::raft::network::Removal) {
+        let mut changes = removal.subscribe();
+        let raft = self.raft.clone();
+        tokio::spawn(async move {
+            loop {
+                let removed = *changes.borrow_and_update();
+                if let Some(removed) = removed {
+                    tracing::warn!(
+                        by = removed.by,
+                        index = removed.index,
+                        "this node was removed from the cluster (a member says so); it stops campaigning until a leader replicates to it again"
+                    );
+                }
+                raft.runtime_config().elect(removed.is_none());
+                if changes.changed().await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+
     /// Calls `changed` each time the leader this node knows changes (to
     /// another node or to none), until Raft stops.
     pub fn on_leader_change(&self, changed: impl Fn() + Send + 'static) {
@@ -357,6 +380,18 @@ impl Metrics<'_> {
     /// The index of the last entry in this node's log.
     pub fn last_log_index(&self) -> Option<u64> {
         self.0.last_log_index
+    }
+
+    /// The log index of the membership in force when it does not hold
+    /// node `id` (neither voter nor learner): the change that removed it.
+    /// `None` while it holds `id`, or before any membership.
+    pub fn index_without(&self, id: NodeId) -> Option<u64> {
+        let config = &self.0.membership_config;
+        let membership = config.membership();
+        if membership.voter_ids().next().is_none() || membership.get_node(&id).is_some() {
+            return None;
+        }
+        config.log_id().map(|log_id| log_id.index)
     }
 
     /// The current term.

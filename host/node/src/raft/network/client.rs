@@ -26,6 +26,7 @@ use wasmraft_proto::v1::raft_client::RaftClient;
 use wasmraft_proto::v1::{RaftReply, RaftRequest};
 
 use super::faults::{FaultDecision, Faults, InjectedFault};
+use super::removal::{REMOVED_AT_METADATA, Removal, Removed};
 use super::{Reachability, wire};
 use crate::auth::PeerAuth;
 use crate::raft::{Node, NodeId, TypeConfig};
@@ -65,6 +66,8 @@ pub struct NetworkFactory {
     peer_auth: PeerAuth,
     /// Where each call's outcome is recorded, for the node's health.
     reachability: Reachability,
+    /// Where a member's word that this node was removed is recorded.
+    removal: Removal,
 }
 
 impl NetworkFactory {
@@ -81,7 +84,14 @@ impl NetworkFactory {
             faults,
             peer_auth,
             reachability,
+            removal: Removal::default(),
         }
+    }
+
+    /// Records in `removal` a member's refusal of a vote that says this
+    /// node was removed.
+    pub fn with_removal(self, removal: Removal) -> Self {
+        Self { removal, ..self }
     }
 }
 
@@ -109,6 +119,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             faults: self.faults.clone(),
             peer_auth: self.peer_auth.clone(),
             reachability: self.reachability.clone(),
+            removal: self.removal.clone(),
         }
     }
 }
@@ -125,6 +136,7 @@ pub struct PeerNetwork {
     faults: Faults,
     peer_auth: PeerAuth,
     reachability: Reachability,
+    removal: Removal,
 }
 
 /// The peer's address could not be turned into an endpoint.
@@ -208,7 +220,19 @@ impl PeerNetwork {
         let sent = send(client, action, request);
         let reply = match tokio::time::timeout(ttl, sent).await {
             Err(_elapsed) => return Err(timeout()),
-            Ok(Err(status)) => return Err(classify(status, timeout)),
+            Ok(Err(status)) => {
+                if let Some(index) = status
+                    .metadata()
+                    .get(REMOVED_AT_METADATA)
+                    .and_then(|value| value.to_str().ok()?.parse().ok())
+                {
+                    self.removal.learned(Removed {
+                        by: self.target,
+                        index,
+                    });
+                }
+                return Err(classify(status, timeout));
+            }
             Ok(Ok(reply)) => reply.into_inner(),
         };
         match wire::decode_reply::<Resp, RaftError<NodeId, E>>(&reply) {

@@ -11,6 +11,7 @@
 //! - `introduce`: the `Handshake` and status calls of adding a node.
 //! - `server`: Raft's own messages from peers, decoded and answered.
 //! - `reachability`: which peers have stopped answering, and since when.
+//! - `removal`: whether a member said this node was removed.
 //! - `faults`: the seam where tests drop, delay or partition RPCs.
 //!
 //! Invariant: every outgoing RPC is bounded by a timeout; Raft's messages
@@ -22,6 +23,7 @@ mod faults;
 mod forward;
 pub mod introduce;
 mod reachability;
+pub mod removal;
 pub mod server;
 pub mod wire;
 
@@ -29,3 +31,4 @@ pub use client::{NetworkFactory, NetworkSettings, PeerNetwork};
 pub use faults::{FaultDecision, FaultPolicy, Faults, InjectedFault};
 pub use forward::{ForwardFailure, Forwarder};
 pub use reachability::{Reachability, Unreachable};
+pub use removal::{Removal, Removed};

@@ -11,11 +11,11 @@
 //! chunk within [`SNAPSHOT_BYTES_MAX`]: the log store asserts contiguity,
 //! and a peer's bug must be refused, not crash the node.
 
-use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest};
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use wasmraft_proto::v1::{RaftReply, RaftRequest};
 
 use super::wire::{self, WireError};
-use crate::raft::{Consensus, TypeConfig};
+use crate::raft::{Consensus, NodeId, TypeConfig};
 
 /// The most entries one `AppendEntries` may carry: the largest
 /// `raft.max_payload_entries` a node accepts.
@@ -85,9 +85,30 @@ pub async fn append_entries(
 }
 
 /// Serves a peer's `Vote`.
-pub async fn vote(consensus: &Consensus, request: &RaftRequest) -> Result<RaftReply, WireError> {
-    let rpc = wire::decode_request(request)?;
-    Ok(wire::encode_reply(&consensus.raft().vote(rpc).await))
+pub async fn vote(consensus: &Consensus, request: &RaftRequest) -> Result<VoteAnswer, WireError> {
+    let rpc: VoteRequest<NodeId> = wire::decode_request(request)?;
+    let candidate = rpc.vote.leader_id().voted_for();
+    if let Some(candidate) = candidate {
+        let removed_at = consensus.with_metrics(|metrics| metrics.index_without(candidate));
+        let reaches = |index: u64| rpc.last_log_id.is_some_and(|log_id| log_id.index >= index);
+        if let Some(index) = removed_at.filter(|index| !reaches(*index)) {
+            return Ok(VoteAnswer::CandidateRemoved { candidate, index });
+        }
+    }
+    Ok(VoteAnswer::Reply(wire::encode_reply(
+        &consensus.raft().vote(rpc).await,
+    )))
+}
+
+/// What this node answers a vote request.
+#[derive(Debug)]
+pub enum VoteAnswer {
+    /// Raft's own answer.
+    Reply(RaftReply),
+    /// The candidate is not in this node's membership, removed by the
+    /// change at `index`, which its log does not reach: it missed its own
+    /// removal (see `removal`).
+    CandidateRemoved { candidate: NodeId, index: u64 },
 }
 
 /// Serves a chunk of a peer's `InstallSnapshot`.
