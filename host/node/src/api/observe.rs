@@ -3,9 +3,11 @@
 //! caller's `traceparent`, when it sent one), inside which the handler's
 //! own spans nest.
 //!
-//! Raft's own traffic (append entries, votes, snapshots, handshakes) is
-//! counted and timed but gets no span: heartbeats would bury the traces of
-//! calls. `Forward` does get one: it carries a client's call to the leader.
+//! Whether a call is traced is decided here, before any span exists
+//! (`traces::sample_call`): an untraced call costs no span. Raft's own
+//! traffic (append entries, votes, snapshots, handshakes) is counted and
+//! timed but never traced: heartbeats would bury the traces of calls.
+//! `Forward` is: it carries a client's call to the leader.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -65,20 +67,23 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let method = method_label(request.uri().path());
-        let span =
-            if method.starts_with("wasmraft.v1.Raft/") && method != "wasmraft.v1.Raft/Forward" {
-                tracing::Span::none()
-            } else {
-                tracing::info_span!(
-                    target: TARGET,
-                    "grpc",
-                    otel.name = method,
-                    otel.kind = "server",
-                    rpc.system = "grpc",
-                    rpc.method = method,
-                    rpc.grpc.status_code = tracing::field::Empty,
-                )
-            };
+        let forward = method == "wasmraft.v1.Raft/Forward";
+        let internal = method.starts_with("wasmraft.v1.Raft/") && !forward;
+        // A forwarded call is traced when the follower traced it (its
+        // `traceparent` says so), never as a trace of its own.
+        let span = if !internal && traces::sample_call(request.headers(), !forward) {
+            tracing::info_span!(
+                target: TARGET,
+                "grpc",
+                otel.name = method,
+                otel.kind = "server",
+                rpc.system = "grpc",
+                rpc.method = method,
+                rpc.grpc.status_code = tracing::field::Empty,
+            )
+        } else {
+            tracing::Span::none()
+        };
         traces::set_parent_from_headers(&span, request.headers());
         let started = Instant::now();
         let answer = self.inner.call(request).instrument(span.clone());

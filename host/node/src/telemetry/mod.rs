@@ -31,6 +31,9 @@ pub fn init(
     traces: Option<&TraceSettings>,
 ) -> Result<Telemetry, TraceSetupError> {
     let provider = traces.map(traces::provider).transpose()?;
+    if let Some(traces) = traces {
+        traces::exporting_with(traces.sampling);
+    }
     let exporting = provider.as_ref().map(traces::layer);
     tracing_subscriber::registry()
         .with(exporting)

@@ -117,9 +117,9 @@ pub(crate) fn provider(settings: &TraceSettings) -> Result<SdkTracerProvider, Tr
     }
     Ok(SdkTracerProvider::builder()
         .with_span_processor(processor)
-        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-            settings.sampling,
-        ))))
+        // The edge decides which calls are traced (`sample_call`) before
+        // any span exists; what reaches the SDK is to be recorded.
+        .with_sampler(Sampler::AlwaysOn)
         .with_resource(resource.build())
         .build())
 }
@@ -138,10 +138,91 @@ where
     use tracing_subscriber::Layer;
     tracing_opentelemetry::layer()
         .with_tracer(provider.tracer("wasmraft"))
+        // Each of these adds attributes (and their strings) to every span,
+        // a cost on every traced call for what the span's name says.
         .with_tracked_inactivity(false)
+        .with_location(false)
+        .with_threads(false)
+        .with_target(false)
         .with_filter(
             tracing_subscriber::filter::Targets::new().with_target(TARGET, tracing::Level::TRACE),
         )
+}
+
+/// The fraction of calls traced, once the process exports traces.
+static SAMPLING: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+
+/// Records that the process exports traces, sampling this fraction of the
+/// calls that bring no trace context.
+pub(crate) fn exporting_with(sampling: f64) {
+    let _ = SAMPLING.set(sampling);
+}
+
+/// Whether a gRPC call with these headers is traced: never when the
+/// process exports no traces; as its `traceparent` says when it brings one
+/// (the caller sampled it, or not); otherwise, if `may_start` a trace,
+/// with the configured probability. Decided before any span exists, so an
+/// untraced call costs no span at all.
+pub fn sample_call(headers: &http::HeaderMap, may_start: bool) -> bool {
+    let Some(&sampling) = SAMPLING.get() else {
+        return false;
+    };
+    if let Some(flags) = headers
+        .get("traceparent")
+        .and_then(|value| value.to_str().ok())
+        .and_then(traceparent_flags)
+    {
+        return flags & 1 == 1;
+    }
+    if !may_start {
+        return false;
+    }
+    if sampling >= 1.0 {
+        return true;
+    }
+    sampling > 0.0 && uniform() < sampling
+}
+
+/// The trace flags of a well-formed W3C `traceparent`
+/// (`00-<32 hex>-<16 hex>-<2 hex>`), whose trace and span ids are not zero.
+fn traceparent_flags(header: &str) -> Option<u8> {
+    let mut parts = header.trim().split('-');
+    let (version, trace_id, span_id, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex =
+        |text: &str, len: usize| text.len() == len && text.bytes().all(|b| b.is_ascii_hexdigit());
+    if !hex(version, 2) || version == "ff" || !hex(trace_id, 32) || !hex(span_id, 16) {
+        return None;
+    }
+    if trace_id.bytes().all(|b| b == b'0') || span_id.bytes().all(|b| b == b'0') {
+        return None;
+    }
+    if !hex(flags, 2) || (version == "00" && parts.next().is_some()) {
+        return None;
+    }
+    u8::from_str_radix(flags, 16).ok()
+}
+
+/// A number in [0, 1) from a per-thread generator (xorshift, seeded by
+/// std's randomised hasher): sampling needs no cryptographic randomness.
+fn uniform() -> f64 {
+    use std::cell::Cell;
+    use std::hash::{BuildHasher, Hasher};
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+            hasher.write_u64(0x9e37_79b9_7f4a_7c15);
+            hasher.finish() | 1
+        });
+    }
+    STATE.with(|state| {
+        let mut x = state.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        state.set(x);
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    })
 }
 
 /// Whether the current span belongs to a trace: its children are worth
@@ -269,6 +350,53 @@ mod tests {
         assert_eq!(extracted.trace_id().to_bytes(), trace.trace_id);
         assert_eq!(extracted.span_id().to_bytes(), trace.span_id);
         assert!(extracted.is_sampled());
+    }
+
+    #[test]
+    fn only_well_formed_traceparents_decide() {
+        let rows = [
+            (
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                Some(1),
+            ),
+            (
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+                Some(0),
+            ),
+            (
+                "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+                Some(1),
+            ),
+            (
+                "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+                None,
+            ),
+            (
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+                None,
+            ),
+            (
+                "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                None,
+            ),
+            (
+                "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+                None,
+            ),
+            (
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+                None,
+            ),
+            ("garbage", None),
+            ("", None),
+        ];
+        for (header, flags) in rows {
+            assert_eq!(traceparent_flags(header), flags, "{header}");
+        }
+        let draws: Vec<f64> = (0..1000).map(|_| uniform()).collect();
+        assert!(draws.iter().all(|draw| (0.0..1.0).contains(draw)));
+        let below_half = draws.iter().filter(|draw| **draw < 0.5).count();
+        assert!((350..650).contains(&below_half), "{below_half}");
     }
 
     #[test]
