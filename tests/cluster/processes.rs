@@ -13,11 +13,11 @@ use wasmraft::client::{Client, ClientConfig, ClusterStatus, DeployOptions};
 
 use super::harness::{SETTLE, Tally, increment};
 
-const WASMRAFT: &str = env!("CARGO_BIN_EXE_wasmraft");
+pub(super) const WASMRAFT: &str = env!("CARGO_BIN_EXE_wasmraft");
 
 /// A `wasmraft serve` process, SIGKILLed when dropped.
-struct Process {
-    child: Child,
+pub(super) struct Process {
+    pub(super) child: Child,
 }
 
 impl Drop for Process {
@@ -80,7 +80,7 @@ impl ProcessNode {
     }
 }
 
-fn free_port() -> u16 {
+pub(super) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

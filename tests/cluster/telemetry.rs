@@ -27,7 +27,10 @@ use wasmraft_proto::v1 as proto;
 use wasmraft_proto::v1::state_machine_client::StateMachineClient;
 
 use super::harness::SETTLE;
-use super::processes::{client, form_with_counter, start_nodes_with, wait_converged};
+use super::processes::{
+    Process, WASMRAFT, client, form_with_counter, free_port, start_nodes_with, wait_converged,
+    wait_serving,
+};
 
 /// One span as the receiver keeps it.
 #[derive(Debug, Clone)]
@@ -220,4 +223,84 @@ async fn one_invoke_through_a_follower_is_one_trace_across_three_nodes() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// With sampling 0 a node starts no trace, and still follows a caller that
+/// sampled its call: the receiver gets that call's trace and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sampling_zero_traces_only_what_callers_sampled() {
+    let receiver = Receiver::default();
+    let collector = receiver.start().await;
+    let root = TempDir::new().unwrap();
+    let port = free_port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let _node = Process {
+        child: std::process::Command::new(WASMRAFT)
+            .args(["serve", "--dev", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--data-dir")
+            .arg(root.path().join("data"))
+            .args(["--otlp-endpoint", &format!("http://{collector}")])
+            .args(["--trace-sampling", "0"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("wasmraft serve --dev starts"),
+    };
+    wait_serving(&endpoint).await;
+    let mut state_machine = StateMachineClient::connect(endpoint.clone()).await.unwrap();
+    let invoke = || proto::InvokeRequest {
+        module: "counter".into(),
+        input: br#"{"op":"add","by":1}"#.to_vec(),
+        ..Default::default()
+    };
+    for _ in 0..5 {
+        state_machine.invoke(invoke()).await.unwrap();
+    }
+    let trace_id = *b"sampled-by-them!";
+    let mut sampled = tonic::Request::new(invoke());
+    sampled.metadata_mut().insert(
+        "traceparent",
+        format!("00-{}-00f067aa0ba902b7-01", hex::encode(trace_id))
+            .parse()
+            .unwrap(),
+    );
+    state_machine.invoke(sampled).await.unwrap();
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let names = receiver.trace(&trace_id).remove("1").unwrap_or_default();
+        if ["invoke", "apply", "wasm_call", "log_append"]
+            .iter()
+            .all(|name| names.contains(*name))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sampled call's trace: {names:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Everything that ended before the sampled call was exported with it
+    // or earlier: nothing else came.
+    let others: BTreeSet<Vec<u8>> = receiver
+        .spans
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|span| span.trace_id.clone())
+        .filter(|id| id.as_slice() != trace_id)
+        .collect();
+    let names: BTreeSet<String> = receiver
+        .spans
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|span| span.trace_id.as_slice() != trace_id)
+        .map(|span| span.name.clone())
+        .collect();
+    assert!(
+        others.is_empty(),
+        "{} other traces were recorded, with spans {names:?}",
+        others.len()
+    );
 }

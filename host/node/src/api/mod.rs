@@ -58,8 +58,7 @@ pub(crate) fn identity<T>(
     node: &NodeHandle,
     request: &tonic::Request<T>,
 ) -> Result<Identity, ApiError> {
-    let _span = traces::traced()
-        .then(|| tracing::info_span!(target: traces::TARGET, "authenticate").entered());
+    let _span = traces::trace_span!("authenticate").entered();
     // The TLS layer verified the chain against the client CA: only its
     // name is read here.
     let certificate_subject = request
@@ -79,9 +78,7 @@ pub(crate) fn admit(
     class: MethodClass,
     input_bytes: usize,
 ) -> Result<(), ApiError> {
-    let _span = traces::traced().then(|| {
-        tracing::info_span!(target: traces::TARGET, "admit", class = ?class, input_bytes).entered()
-    });
+    let _span = traces::trace_span!("admit", class = ?class, input_bytes).entered();
     node.rates()
         .admit(subject, class, input_bytes)
         .map_err(|shed| {
@@ -115,9 +112,7 @@ pub(crate) fn authorize(
     action: Action,
     object: &str,
 ) -> Result<Caller, ApiError> {
-    let _span = traces::traced().then(|| {
-        tracing::info_span!(target: traces::TARGET, "authorize", action = ?action, object).entered()
-    });
+    let _span = traces::trace_span!("authorize", action = ?action, object).entered();
     Ok(node.gate().authorize(identity, action, object)?)
 }
 

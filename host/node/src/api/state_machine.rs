@@ -49,8 +49,7 @@ impl StateMachineService {
             request.input.len(),
         )?;
         let session = validate::session(&request.client_id, request.sequence)?;
-        let span = tracing::info_span!(
-            target: traces::TARGET,
+        let span = traces::trace_span!(
             "invoke",
             module = %request.module,
             client_id = %request.client_id,
@@ -102,8 +101,7 @@ impl StateMachineService {
         let caller = authorize(&self.node, &identity, Action::SessionOpen, CLUSTER_OBJECT)?;
         let _open = admit_open(&self.node, &caller.subject, MethodClass::Invoke, 0)?;
         validate::open_session(&request.client_id)?;
-        let span = tracing::info_span!(
-            target: traces::TARGET,
+        let span = traces::trace_span!(
             "open_session",
             client_id = %request.client_id
         );
@@ -146,8 +144,7 @@ impl StateMachineService {
         )?;
         let consistency = Consistency::try_from(request.consistency)
             .map_err(|_| InputError::Consistency(request.consistency))?;
-        let span = tracing::info_span!(
-            target: traces::TARGET,
+        let span = traces::trace_span!(
             "query",
             module = %request.module,
             consistency = consistency.as_str_name(),

@@ -671,19 +671,14 @@ fn apply_invoke(
         memory_bytes,
         output_bytes: output_bytes(context.settings),
     };
-    let span = if traces::traced() {
-        tracing::info_span!(
-            target: traces::TARGET,
-            "wasm_call",
-            module = %invoke.module,
-            entry_point = "apply",
-            fuel_limit = fuel,
-            fuel_used = tracing::field::Empty,
-            outcome = tracing::field::Empty,
-        )
-    } else {
-        tracing::Span::none()
-    };
+    let span = traces::trace_span!(
+        "wasm_call",
+        module = %invoke.module,
+        entry_point = "apply",
+        fuel_limit = fuel,
+        fuel_used = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+    );
     let (result, report) =
         span.in_scope(|| run(txn, context.runtime, &module, &invoke.module, &call))?;
     span.record("fuel_used", result.fuel_used);

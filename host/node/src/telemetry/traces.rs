@@ -225,6 +225,20 @@ fn uniform() -> f64 {
     })
 }
 
+/// A span of the current call's trace (target [`TARGET`], level info), or
+/// none when the current span belongs to no trace: only the edge starts
+/// one (`api::observe`), and only for a sampled call.
+macro_rules! trace_span {
+    ($($field:tt)*) => {
+        if $crate::telemetry::traces::traced() {
+            tracing::info_span!(target: $crate::telemetry::traces::TARGET, $($field)*)
+        } else {
+            tracing::Span::none()
+        }
+    };
+}
+pub(crate) use trace_span;
+
 /// Whether the current span belongs to a trace: its children are worth
 /// creating.
 pub fn traced() -> bool {

@@ -122,11 +122,7 @@ impl Forwarder {
         call.set_timeout(deadline);
         self.peer_auth.stamp(call.metadata_mut());
         // The hop joins the caller's trace, and the leader continues it.
-        let span = if traces::traced() {
-            tracing::info_span!(target: traces::TARGET, "forward", leader = to)
-        } else {
-            tracing::Span::none()
-        };
+        let span = traces::trace_span!("forward", leader = to);
         span.in_scope(|| traces::inject(call.metadata_mut()));
         let answered = tokio::time::timeout(deadline, client.forward(call))
             .instrument(span)
