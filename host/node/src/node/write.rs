@@ -141,7 +141,11 @@ impl NodeHandle {
         timeout: Duration,
     ) -> Result<Proposed, ConsensusError> {
         let timestamp_ms = request.timestamp_ms;
-        let traced = crate::storage::commands_traced(&request);
+        let traced = if traces::exporting() {
+            crate::storage::commands_traced(&request)
+        } else {
+            Vec::new()
+        };
         let span = match traced.split_first() {
             Some((first, others)) => {
                 let commands = match &request.command {

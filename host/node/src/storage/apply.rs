@@ -650,16 +650,7 @@ fn apply_invoke(
             invoke.module.clone(),
         )));
     };
-    let started = std::time::Instant::now();
-    let cached = context.runtime.cached(&record.hash);
-    let hit = cached.is_some();
-    let module = match cached {
-        Some(module) => module,
-        None => load(txn, context.runtime, &record)?,
-    };
-    if let Some(metrics) = context.metrics {
-        metrics.module_lookup((!hit).then(|| started.elapsed()));
-    }
+    let module = load(txn, context.runtime, context.metrics, &record)?;
     let (fuel, memory_bytes) = module_limits(context.settings, &record.limits);
     let call = Call {
         entry: EntryPoint::Apply,
@@ -695,24 +686,33 @@ fn apply_invoke(
 pub(crate) fn load(
     txn: &WriteTransaction,
     runtime: &Runtime,
+    metrics: Option<&Metrics>,
     record: &ModuleRecord,
 ) -> Result<LoadedModule, ApplyError> {
     if let Some(module) = runtime.cached(&record.hash) {
+        if let Some(metrics) = metrics {
+            metrics.module_lookup(None);
+        }
         return Ok(module);
     }
+    let started = std::time::Instant::now();
     let blobs = txn.open_table(BLOBS)?;
     let blob = blobs.get(record.hash.as_slice())?.ok_or_else(|| {
         redb::Error::Corrupted(format!("module `{}` has no stored wasm", record.name))
     })?;
     // The module was validated and compiled when it was deployed, by this same
     // engine configuration: failing now means the node itself is broken.
-    runtime.load(&record.hash, blob.value()).map_err(|error| {
-        HostFailure::Compile {
-            module: record.name.clone(),
-            reason: error.to_string(),
-        }
-        .into()
-    })
+    let module =
+        runtime
+            .load(&record.hash, blob.value())
+            .map_err(|error| HostFailure::Compile {
+                module: record.name.clone(),
+                reason: error.to_string(),
+            })?;
+    if let Some(metrics) = metrics {
+        metrics.module_lookup(Some(started.elapsed()));
+    }
+    Ok(module)
 }
 
 /// Runs one guest call against the module's KV as of this transaction.

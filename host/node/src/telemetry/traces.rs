@@ -158,6 +158,12 @@ pub(crate) fn exporting_with(sampling: f64) {
     let _ = SAMPLING.set(sampling);
 }
 
+/// Whether this process exports traces: without it, no span of a trace
+/// is made and log entries' trace contexts are not looked at.
+pub fn exporting() -> bool {
+    SAMPLING.get().is_some()
+}
+
 /// Whether a gRPC call with these headers is traced: never when the
 /// process exports no traces; as its `traceparent` says when it brings one
 /// (the caller sampled it, or not); otherwise, if `may_start` a trace,
