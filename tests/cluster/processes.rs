@@ -212,7 +212,12 @@ pub(super) async fn form_with_counter(nodes: &[ProcessNode]) {
             .await
             .unwrap();
     }
-    client(&nodes[0].endpoint())
+    deploy_counter(&nodes[0].endpoint()).await;
+}
+
+/// Deploys the counter example through `endpoint`.
+async fn deploy_counter(endpoint: &str) {
+    client(endpoint)
         .await
         .deploy(
             "counter",
@@ -261,15 +266,7 @@ async fn a_sigkilled_leader_is_replaced_and_restarts_from_its_data() {
         ]);
         assert!(added.contains("added as a voter"), "{added}");
     }
-    client(&nodes[1].endpoint())
-        .await
-        .deploy(
-            "counter",
-            wasmraft_examples::COUNTER_WASM,
-            DeployOptions::default(),
-        )
-        .await
-        .unwrap();
+    deploy_counter(&nodes[1].endpoint()).await;
 
     // A steady load through every node while the leader is killed.
     let tally = Arc::new(Tally::default());

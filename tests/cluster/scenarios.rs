@@ -551,19 +551,20 @@ async fn a_node_removed_while_cut_off_learns_it_when_the_links_heal() {
     cluster.links.heal();
 
     let handle = cluster.node(gone).handle().clone();
-    let deadline = std::time::Instant::now() + SETTLE;
-    loop {
-        let health = handle.health();
-        if health.reasons.iter().any(|reason| reason.name == "removed") {
-            assert!(!health.serving, "{health:?}");
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "node {gone} never learned it was removed: {health:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let mut removal = handle.removal().subscribe();
+    let learned = tokio::time::timeout(SETTLE, removal.wait_for(|removed| removed.is_some()))
+        .await
+        .map(|removed| removed.map(|removed| *removed));
+    let health = handle.health();
+    assert!(
+        matches!(learned, Ok(Ok(_))),
+        "node {gone} never learned it was removed: {health:?}"
+    );
+    assert!(!health.serving, "{health:?}");
+    assert!(
+        health.reasons.iter().any(|reason| reason.name == "removed"),
+        "{health:?}"
+    );
     let refused = cluster
         .client_of(gone)
         .await

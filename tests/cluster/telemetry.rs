@@ -46,6 +46,8 @@ struct ReceivedSpan {
 #[derive(Debug, Clone, Default)]
 struct Receiver {
     spans: Arc<Mutex<Vec<ReceivedSpan>>>,
+    /// Woken after each export is kept.
+    arrived: Arc<tokio::sync::Notify>,
 }
 
 #[tonic::async_trait]
@@ -77,6 +79,8 @@ impl TraceService for Receiver {
                 }
             }
         }
+        drop(kept);
+        self.arrived.notify_waiters();
         Ok(Response::new(ExportTraceServiceResponse::default()))
     }
 }
@@ -103,6 +107,22 @@ impl Receiver {
             .serve_with_incoming(incoming);
         tokio::spawn(server);
         address
+    }
+
+    /// Waits, export by export, until `condition` holds of what arrived or
+    /// `within` passes; answers whether it held.
+    async fn wait_for(&self, within: Duration, condition: impl Fn(&Receiver) -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            // Registered before the check, so an export in between wakes it.
+            let arrived = self.arrived.notified();
+            if condition(self) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
+                return condition(self);
+            }
+        }
     }
 
     /// The span names of trace `trace_id`, by the node that sent them.
@@ -164,22 +184,13 @@ async fn one_invoke_through_a_follower_is_one_trace_across_three_nodes() {
             .unwrap();
         state_machine.invoke(invoke).await.unwrap();
         // Spans are exported in batches, each a second after it ended.
-        let seen_at = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < seen_at {
-            if receiver
+        let forwarded = |receiver: &Receiver| {
+            receiver
                 .trace(&trace_id)
                 .get(&follower.id.to_string())
                 .is_some_and(|names| names.contains("forward"))
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        if receiver
-            .trace(&trace_id)
-            .get(&follower.id.to_string())
-            .is_some_and(|names| names.contains("forward"))
-        {
+        };
+        if receiver.wait_for(Duration::from_secs(5), forwarded).await {
             break (trace_id, follower.id);
         }
         assert!(
@@ -203,10 +214,9 @@ async fn one_invoke_through_a_follower_is_one_trace_across_three_nodes() {
         }
         names
     };
-    let deadline = Instant::now() + SETTLE;
-    loop {
+    let complete = |receiver: &Receiver| {
         let trace = receiver.trace(&trace_id);
-        let complete = nodes.iter().all(|node| {
+        let every_node = nodes.iter().all(|node| {
             trace
                 .get(&node.id.to_string())
                 .is_some_and(|names| names.is_superset(&expected(node.id)))
@@ -214,15 +224,13 @@ async fn one_invoke_through_a_follower_is_one_trace_across_three_nodes() {
         let leader_proposed = trace
             .values()
             .any(|names| names.contains("propose") && names.contains("wasmraft.v1.Raft/Forward"));
-        if complete && leader_proposed {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the trace is incomplete (follower {follower}): {trace:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        every_node && leader_proposed
+    };
+    assert!(
+        receiver.wait_for(SETTLE, complete).await,
+        "the trace is incomplete (follower {follower}): {:?}",
+        receiver.trace(&trace_id)
+    );
 }
 
 /// With sampling 0 a node starts no trace, and still follows a caller that
@@ -265,21 +273,17 @@ async fn sampling_zero_traces_only_what_callers_sampled() {
             .unwrap(),
     );
     state_machine.invoke(sampled).await.unwrap();
-    let deadline = Instant::now() + SETTLE;
-    loop {
+    let recorded = |receiver: &Receiver| {
         let names = receiver.trace(&trace_id).remove("1").unwrap_or_default();
-        if ["invoke", "apply", "wasm_call", "log_append"]
+        ["invoke", "apply", "wasm_call", "log_append"]
             .iter()
             .all(|name| names.contains(*name))
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the sampled call's trace: {names:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    };
+    assert!(
+        receiver.wait_for(SETTLE, recorded).await,
+        "the sampled call's trace: {:?}",
+        receiver.trace(&trace_id)
+    );
     // Everything that ended before the sampled call was exported with it
     // or earlier: nothing else came.
     let others: BTreeSet<Vec<u8>> = receiver
