@@ -811,3 +811,81 @@ async fn metrics_parse_and_move_under_load() {
     );
     node.shutdown().await.unwrap();
 }
+
+/// A module's storage quota over gRPC: the call that would pass it is
+/// RESOURCE_EXHAUSTED with a message naming the settings and commits none of
+/// its writes, deletes still go through, and `Modules.Get` shows the usage
+/// against the quota, also after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_past_its_storage_quota_is_refused_and_shows_its_usage() {
+    let directory = TempDir::new().unwrap();
+    let node = start(directory.path()).await;
+    let mut api = Api::connect(&node).await;
+    api.deploy("kv", wasmraft_examples::KV_WASM, (None, None))
+        .await
+        .unwrap();
+    let module = |module: proto::Module| {
+        (
+            module.storage_keys,
+            module.storage_bytes,
+            module.storage_keys_max,
+            module.storage_bytes_max,
+        )
+    };
+    let get = |api: &mut Api| {
+        let mut modules = api.modules.clone();
+        async move {
+            modules
+                .get(proto::GetModuleRequest { name: "kv".into() })
+                .await
+                .unwrap()
+                .into_inner()
+                .module
+                .unwrap()
+        }
+    };
+    // A new cluster records its quotas at bootstrap.
+    assert_eq!(module(get(&mut api).await), (0, 0, 10_000_000, 1 << 30));
+    api.cluster
+        .set_settings(proto::SetSettingsRequest {
+            module_storage_keys_max: Some(2),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let put = |key: &str| format!(r#"{{"op":"put","key":"{key}","value":"vv"}}"#);
+    api.invoke("kv", &put("a"), None).await.unwrap();
+    api.invoke("kv", &put("b"), None).await.unwrap();
+    let refused = api.invoke("kv", &put("c"), None).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    for part in [
+        "9 bytes in 3 keys",
+        "or 2 keys",
+        "module_storage_keys_max",
+        "none of them was written",
+    ] {
+        assert!(refused.message().contains(part), "{}", refused.message());
+    }
+    // Not a rate: waiting does not help, so no retry-after.
+    assert!(refused.metadata().get("retry-after-ms").is_none());
+    let get_c = r#"{"op":"get","key":"c"}"#;
+    assert_eq!(
+        api.query("kv", get_c, linearizable()).await.unwrap(),
+        r#"{"value":null}"#
+    );
+    assert_eq!(module(get(&mut api).await), (2, 6, 2, 1 << 30));
+    api.invoke("kv", r#"{"op":"delete","key":"a"}"#, None)
+        .await
+        .unwrap();
+    assert_eq!(module(get(&mut api).await), (1, 3, 2, 1 << 30));
+
+    drop(api);
+    node.shutdown().await.unwrap();
+    let node = start(directory.path()).await;
+    let mut api = Api::connect(&node).await;
+    assert_eq!(module(get(&mut api).await), (1, 3, 2, 1 << 30));
+    api.invoke("kv", &put("c"), None).await.unwrap();
+    let refused = api.invoke("kv", &put("d"), None).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    node.shutdown().await.unwrap();
+}

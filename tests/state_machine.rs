@@ -3,7 +3,7 @@
 //! life (deploy, upgrade, remove) and every refusal leave the state consistent.
 
 use openraft::CommittedLeaderId;
-use openraft::storage::RaftStateMachine;
+use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 use wasmraft::command::{
@@ -11,7 +11,7 @@ use wasmraft::command::{
     Response, SessionId, SettingsCommand, SettingsUpdate,
 };
 use wasmraft::raft::{Entry, EntryPayload, LogId};
-use wasmraft::storage::StateMachineStore;
+use wasmraft::storage::{ModuleUsage, StateMachineStore};
 use wasmraft::wasm::{Runtime, RuntimeConfig};
 
 fn counter_wasm() -> Vec<u8> {
@@ -88,7 +88,7 @@ fn settings(changes: &[(&str, u64)]) -> Command {
     for (field, value) in changes {
         update.set(field, *value).unwrap();
     }
-    Command::Settings(SettingsCommand {
+    Command::ChangeSettings(SettingsCommand {
         update,
         initial: false,
         engine_fingerprint: String::new(),
@@ -656,4 +656,151 @@ fn a_batch_applies_each_command_with_its_own_context() {
         Some(5u64.to_le_bytes().to_vec())
     );
     assert_eq!(run().1, digest, "two replicas disagree on a batch");
+}
+
+/// A kv example command, as the module takes it.
+fn kv(command: serde_json::Value) -> Command {
+    invoke("kv", command.to_string().as_bytes(), None)
+}
+
+fn put(key: &str, value: &str) -> Command {
+    kv(serde_json::json!({"op": "put", "key": key, "value": value}))
+}
+
+/// Whether `response` is a call its module's storage quota refused.
+fn over_quota(response: &Response) -> bool {
+    matches!(
+        response,
+        Response::Invoked(result) if matches!(result.outcome, CallOutcome::StorageQuota { .. })
+    )
+}
+
+/// Whether `response` is a call that succeeded.
+fn succeeded(response: &Response) -> bool {
+    matches!(response, Response::Invoked(result) if result.outcome.is_ok())
+}
+
+/// The storage quota is replicated and enforced at apply: a call whose
+/// writes would take its module past the quota commits none of them, a call
+/// that shrinks a module over a lowered quota commits, and the usage the
+/// quota is checked against is the same after a restart and on a replica
+/// that installed a snapshot, so every replica decides alike.
+#[test]
+fn storage_quotas_refuse_growth_and_hold_across_restart_and_snapshot() {
+    let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
+    let leader_directory = TempDir::new().unwrap();
+    let follower_directory = TempDir::new().unwrap();
+    let usage = |keys: u64, bytes: u64| ModuleUsage { keys, bytes };
+    let mut log = Log { next: 1 };
+    block_on(async {
+        let mut leader = StateMachineStore::open(leader_directory.path(), runtime.clone()).unwrap();
+        let responses = leader
+            .apply([
+                log.entry(settings(&[
+                    ("module_storage_keys_max", 3),
+                    ("module_storage_bytes_max", 1024),
+                ])),
+                log.entry(deploy("kv", wasmraft_examples::KV_WASM.to_vec())),
+                log.entry(put("a", "1")),
+                log.entry(put("b", "22")),
+                log.entry(put("c", "333")),
+                // A fourth key.
+                log.entry(put("d", "4")),
+                // No new key, but past 1,024 bytes.
+                log.entry(put("a", &"x".repeat(1100))),
+                // No new key and within the bytes.
+                log.entry(put("a", &"y".repeat(100))),
+            ])
+            .await
+            .unwrap();
+        assert!(
+            matches!(responses[1], Response::Deployed(_)),
+            "{responses:?}"
+        );
+        assert!(responses[2..5].iter().all(succeeded), "{responses:?}");
+        assert!(over_quota(&responses[5]), "{:?}", responses[5]);
+        let Response::Invoked(refused) = &responses[6] else {
+            panic!("{:?}", responses[6]);
+        };
+        assert_eq!(
+            refused.outcome,
+            CallOutcome::StorageQuota {
+                bytes: 1 + 1100 + 3 + 4,
+                keys: 3,
+                bytes_max: 1024,
+                keys_max: 3,
+            }
+        );
+        assert!(succeeded(&responses[7]), "{:?}", responses[7]);
+        let reader = leader.reader();
+        assert_eq!(reader.module_value("kv", b"d").unwrap(), None);
+        assert_eq!(
+            reader.module_value("kv", b"a").unwrap(),
+            Some(b"y".repeat(100))
+        );
+        assert_eq!(reader.usage("kv").unwrap(), usage(3, 101 + 3 + 4));
+
+        // Lowered below what the module holds: it may shrink, not grow.
+        let responses = leader
+            .apply([
+                log.entry(settings(&[("module_storage_keys_max", 2)])),
+                log.entry(put("d", "4")),
+                log.entry(kv(serde_json::json!({"op": "delete", "key": "c"}))),
+                log.entry(put("c", "3")),
+                log.entry(put("b", "2")),
+            ])
+            .await
+            .unwrap();
+        assert!(over_quota(&responses[1]), "{:?}", responses[1]);
+        assert!(succeeded(&responses[2]), "{:?}", responses[2]);
+        assert!(over_quota(&responses[3]), "{:?}", responses[3]);
+        assert!(succeeded(&responses[4]), "{:?}", responses[4]);
+        assert_eq!(reader.usage("kv").unwrap(), usage(2, 101 + 2));
+
+        // A snapshot carries the usage to a fresh replica.
+        let snapshot = leader
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let mut follower =
+            StateMachineStore::open(follower_directory.path(), runtime.clone()).unwrap();
+        crate::storage::install(&mut follower, snapshot).await;
+        assert_eq!(follower.reader().usage("kv").unwrap(), usage(2, 103));
+
+        // Both replicas decide the next calls alike.
+        let next = [put("e", "5"), put("b", "")];
+        let mut entries = Vec::new();
+        for command in next {
+            entries.push(log.entry(command));
+        }
+        let on_leader = leader.apply(entries.clone()).await.unwrap();
+        let on_follower = follower.apply(entries).await.unwrap();
+        assert_eq!(on_leader, on_follower);
+        assert!(over_quota(&on_leader[0]), "{:?}", on_leader[0]);
+        assert!(succeeded(&on_leader[1]), "{:?}", on_leader[1]);
+        assert_eq!(
+            leader.reader().digest().unwrap(),
+            follower.reader().digest().unwrap()
+        );
+        assert_eq!(follower.reader().usage("kv").unwrap(), usage(2, 101 + 1));
+    });
+
+    // The usage survives a restart, and the quota holds after it.
+    block_on(async {
+        let mut follower =
+            StateMachineStore::open(follower_directory.path(), runtime.clone()).unwrap();
+        assert_eq!(follower.reader().usage("kv").unwrap(), usage(2, 102));
+        let responses = follower
+            .apply([
+                log.entry(put("f", "6")),
+                log.entry(Command::Remove { name: "kv".into() }),
+            ])
+            .await
+            .unwrap();
+        assert!(over_quota(&responses[0]), "{:?}", responses[0]);
+        // Removing a module forgets its usage.
+        assert_eq!(follower.reader().usage("kv").unwrap(), usage(0, 0));
+    });
 }

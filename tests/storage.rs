@@ -7,7 +7,9 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command as Process, Stdio};
 use std::time::{Duration, Instant};
 
-use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::storage::{
+    RaftLogStorage, RaftLogStorageExt, RaftSnapshotBuilder, RaftStateMachine, Snapshot,
+};
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::{CommittedLeaderId, RaftLogReader};
 use sha2::{Digest, Sha256};
@@ -296,6 +298,18 @@ fn bulk_input(count: u32, base: u32) -> Vec<u8> {
     [count.to_le_bytes(), base.to_le_bytes()].concat()
 }
 
+/// Streams `snapshot` into what `follower` prepared for receiving, and
+/// installs it.
+pub(crate) async fn install(follower: &mut StateMachineStore, snapshot: Snapshot<TypeConfig>) {
+    let mut receiving = follower.begin_receiving_snapshot().await.unwrap();
+    let mut source = snapshot.snapshot;
+    tokio::io::copy(&mut source, &mut *receiving).await.unwrap();
+    follower
+        .install_snapshot(&snapshot.meta, receiving)
+        .await
+        .unwrap();
+}
+
 /// 100,000 keys written through real wasm, snapshotted, streamed through a
 /// file and installed into a fresh state: the digests match, the applied
 /// state matches, and the follower serves the same snapshot on.
@@ -351,13 +365,8 @@ fn snapshot_round_trip_of_100k_keys() {
         // Stream the file into what the follower prepared for receiving.
         let mut follower =
             StateMachineStore::open(follower_directory.path(), runtime.clone()).unwrap();
-        let mut receiving = follower.begin_receiving_snapshot().await.unwrap();
-        let mut source = snapshot.snapshot;
-        tokio::io::copy(&mut source, &mut *receiving).await.unwrap();
-        follower
-            .install_snapshot(&snapshot.meta, receiving)
-            .await
-            .unwrap();
+        let meta = snapshot.meta.clone();
+        install(&mut follower, snapshot).await;
 
         let (leader_applied, leader_digest) = reader.digest().unwrap();
         let (follower_applied, follower_digest) = follower.reader().digest().unwrap();
@@ -372,7 +381,7 @@ fn snapshot_round_trip_of_100k_keys() {
             .await
             .unwrap()
             .expect("follower keeps the snapshot");
-        assert_eq!(current.meta, snapshot.meta);
+        assert_eq!(current.meta, meta);
 
         // The follower goes on applying from where the snapshot ends.
         follower

@@ -622,9 +622,10 @@ pub async fn deploy_spinning(cluster: &Cluster, name: &str, items: &str, fuel: u
     cluster
         .client_of(leader)
         .await
-        .set_settings(&wasmraft::client::SettingsUpdate {
-            fuel_per_call_max: Some(fuel),
-            ..Default::default()
+        .set_settings(&{
+            let mut update = wasmraft::client::SettingsUpdate::default();
+            update.set("fuel_per_call_max", fuel).unwrap();
+            update
         })
         .await
         .unwrap();

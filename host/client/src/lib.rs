@@ -93,7 +93,7 @@ pub use status_json::{
 pub use types::{
     ClusterStatus, Consistency, DeployOptions, DeployPhase, DeployProgress, Health, InvokeOutput,
     Member, Membership, ModuleInfo, NodeRole, NodeStatus, ProgressCallback, QueryOutput,
-    SettingsView,
+    SettingsView, StorageUsage,
 };
 pub use wasmraft_core::{ClusterSettings, SettingsUpdate};
 
@@ -736,12 +736,14 @@ impl Client {
             .retrying("set settings", CallKind::Write, |timeout| {
                 let mut client = self.cluster();
                 let request = v1::SetSettingsRequest {
-                    fuel_per_call_max: update.fuel_per_call_max,
-                    memory_bytes_max: update.memory_bytes_max,
-                    output_bytes_max: update.output_bytes_max,
-                    module_bytes_max: update.module_bytes_max,
-                    session_table_bytes_max: update.session_table_bytes_max,
-                    sessions_per_caller_max: update.sessions_per_caller_max,
+                    fuel_per_call_max: update.get("fuel_per_call_max"),
+                    memory_bytes_max: update.get("memory_bytes_max"),
+                    output_bytes_max: update.get("output_bytes_max"),
+                    module_bytes_max: update.get("module_bytes_max"),
+                    session_table_bytes_max: update.get("session_table_bytes_max"),
+                    sessions_per_caller_max: update.get("sessions_per_caller_max"),
+                    module_storage_bytes_max: update.get("module_storage_bytes_max"),
+                    module_storage_keys_max: update.get("module_storage_keys_max"),
                 };
                 async move {
                     let request = self.request(request, timeout);

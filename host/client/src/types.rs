@@ -32,6 +32,19 @@ pub struct ModuleInfo {
     pub fuel_per_call_max: u64,
     /// Memory cap of one instance, after clamping to the cluster maximum.
     pub memory_bytes_max: u64,
+    /// What the module stores, against its quota.
+    pub storage: StorageUsage,
+}
+
+/// What a module stores and its quota (`None`: none is in force, on a
+/// cluster whose settings predate quotas).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct StorageUsage {
+    /// Keys plus values, in bytes.
+    pub bytes: u64,
+    pub keys: u64,
+    pub bytes_max: Option<u64>,
+    pub keys_max: Option<u64>,
 }
 
 impl From<v1::Module> for ModuleInfo {
@@ -48,6 +61,13 @@ impl From<v1::Module> for ModuleInfo {
             has_migrate: module.has_migrate,
             fuel_per_call_max: module.fuel_per_call_max,
             memory_bytes_max: module.memory_bytes_max,
+            storage: StorageUsage {
+                bytes: module.storage_bytes,
+                keys: module.storage_keys,
+                bytes_max: (module.storage_bytes_max != u64::MAX)
+                    .then_some(module.storage_bytes_max),
+                keys_max: (module.storage_keys_max != u64::MAX).then_some(module.storage_keys_max),
+            },
         }
     }
 }
@@ -450,6 +470,8 @@ pub(crate) fn settings_of(settings: v1::ClusterSettings) -> ClusterSettings {
         module_bytes_max: settings.module_bytes_max,
         session_table_bytes_max: settings.session_table_bytes_max,
         sessions_per_caller_max: settings.sessions_per_caller_max,
+        module_storage_bytes_max: settings.module_storage_bytes_max,
+        module_storage_keys_max: settings.module_storage_keys_max,
     }
 }
 

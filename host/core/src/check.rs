@@ -117,7 +117,7 @@ fn command(command: &Command) -> Result<(), String> {
         }
         Command::Access(change) => access_change(change),
         Command::OpenSession { client_id: id } => session_prefix(id),
-        Command::Batch(_) | Command::Settings(_) => Ok(()),
+        Command::Batch(_) | Command::Settings(_) | Command::ChangeSettings(_) => Ok(()),
         Command::ClusterId { cluster_id: id } => cluster_id(id),
         Command::Authorized(authorized) => {
             if let Some(id) = &authorized.token_id {

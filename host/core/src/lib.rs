@@ -20,7 +20,10 @@ pub mod check;
 pub mod codec;
 pub mod settings;
 
-pub use settings::{ClusterSettings, SettingError, SettingsRecord, SettingsUpdate};
+pub use settings::{
+    ClusterSettings, PositionalSettingsUpdate, SettingError, SettingsRecord, SettingsUpdate,
+    StorageQuota,
+};
 
 /// A content hash (sha256) of a module's wasm bytes.
 pub type ModuleHash = [u8; 32];
@@ -59,8 +62,11 @@ pub enum Command {
     /// the session after `client_id` and the command's log position, so a
     /// retried open makes a new, unused session rather than reopening one.
     OpenSession { client_id: String },
-    /// Change the cluster settings.
-    Settings(SettingsCommand),
+    /// Change the cluster settings, as releases of state format 2 wrote it
+    /// (six settings, by position). Still applied from older logs, exactly
+    /// as those releases applied it; this build proposes
+    /// [`Command::ChangeSettings`].
+    Settings(PositionalSettingsCommand),
     /// Name the cluster, once: proposed by the node that bootstraps it.
     /// Applied only while the state holds no cluster id, so proposing it
     /// again after a crash changes nothing; peers of different clusters
@@ -78,6 +84,9 @@ pub enum Command {
     /// Only the outermost envelope of a request, and only for a sampled
     /// call; apply reads it for its spans alone, never for the state.
     Traced(Box<Traced>),
+    /// Change the cluster settings, each named: a setting added later needs
+    /// no new command.
+    ChangeSettings(SettingsCommand),
 }
 
 /// See [`Command::Traced`].
@@ -110,6 +119,24 @@ pub struct Authorized {
     pub token_id: Option<String>,
     /// The command itself: never a batch or another `Authorized`.
     pub command: Command,
+}
+
+/// See [`Command::Settings`]: [`SettingsCommand`] with the settings by position.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PositionalSettingsCommand {
+    pub update: PositionalSettingsUpdate,
+    pub initial: bool,
+    pub engine_fingerprint: String,
+}
+
+impl From<&PositionalSettingsCommand> for SettingsCommand {
+    fn from(command: &PositionalSettingsCommand) -> Self {
+        SettingsCommand {
+            update: SettingsUpdate::from(&command.update),
+            initial: command.initial,
+            engine_fingerprint: command.engine_fingerprint.clone(),
+        }
+    }
 }
 
 /// A change of the cluster settings.
@@ -333,6 +360,16 @@ pub enum CallOutcome {
     /// A query ran past its wall-clock limit. Never the outcome of `apply`,
     /// which only fuel limits.
     TimedOut,
+    /// The call's writes would have taken its module past its storage quota
+    /// (the cluster settings `module_storage_bytes_max` and
+    /// `module_storage_keys_max`): none of them was committed. `bytes` and
+    /// `keys` are what the module would have held.
+    StorageQuota {
+        bytes: u64,
+        keys: u64,
+        bytes_max: u64,
+        keys_max: u64,
+    },
 }
 
 impl CallOutcome {
@@ -351,7 +388,7 @@ impl Command {
             Command::Access(_) => "access",
             Command::Batch(_) => "batch",
             Command::OpenSession { .. } => "open_session",
-            Command::Settings(_) => "settings",
+            Command::Settings(_) | Command::ChangeSettings(_) => "settings",
             Command::ClusterId { .. } => "cluster_id",
             Command::Authorized(authorized) => authorized.command.kind(),
             Command::Traced(traced) => traced.command.kind(),
@@ -401,6 +438,7 @@ impl CallOutcome {
             CallOutcome::OutputTooLarge { .. } => "output_too_large",
             CallOutcome::MissingExport(_) => "missing_export",
             CallOutcome::TimedOut => "timed_out",
+            CallOutcome::StorageQuota { .. } => "storage_quota",
         }
     }
 }

@@ -5,9 +5,12 @@
 //! [`super::Command::Settings`] entry, checked here field by field, at the
 //! edge and again at apply.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
-/// The replicated limits of guest calls, modules and client sessions.
+/// The replicated limits of guest calls, modules, module storage and client
+/// sessions.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterSettings {
@@ -27,6 +30,13 @@ pub struct ClusterSettings {
     /// The most sessions one caller may hold: opening one more forgets that
     /// caller's least recently used session, never another caller's.
     pub sessions_per_caller_max: u64,
+    /// The most bytes (keys plus values) one module may store: a call whose
+    /// writes would take its module past it commits none of them. One tenant
+    /// cannot fill the disk every replica shares. [`QUOTA_NOT_RECORDED`]
+    /// when the state's settings predate quotas.
+    pub module_storage_bytes_max: u64,
+    /// The most keys one module may store, as `module_storage_bytes_max`.
+    pub module_storage_keys_max: u64,
 }
 
 impl Default for ClusterSettings {
@@ -38,6 +48,30 @@ impl Default for ClusterSettings {
             module_bytes_max: 8 << 20,
             session_table_bytes_max: 64 << 20,
             sessions_per_caller_max: 10_000,
+            module_storage_bytes_max: 1 << 30,
+            module_storage_keys_max: 10_000_000,
+        }
+    }
+}
+
+/// The value of a storage quota the recorded settings do not hold: settings
+/// recorded by a release of state format 2, which knew no quotas. Apply
+/// enforces none then, as that release did, so that replaying its log gives
+/// the state it gave; the next settings change records the defaults for
+/// quotas it does not set.
+pub const QUOTA_NOT_RECORDED: u64 = u64::MAX;
+
+impl ClusterSettings {
+    /// The settings in force while a cluster has recorded none: the
+    /// defaults, without storage quotas. A release that knew no quotas
+    /// applied such a log without them, and a replay must give the state it
+    /// gave. A new cluster records its settings (quotas included) in its
+    /// first entries, before anything is deployed.
+    pub fn unrecorded() -> Self {
+        ClusterSettings {
+            module_storage_bytes_max: QUOTA_NOT_RECORDED,
+            module_storage_keys_max: QUOTA_NOT_RECORDED,
+            ..ClusterSettings::default()
         }
     }
 }
@@ -51,10 +85,67 @@ pub const OUTPUT_BYTES_MAX_RANGE: (u64, u64) = (1 << 10, 8 << 20);
 pub const MODULE_BYTES_MAX_RANGE: (u64, u64) = (1 << 10, 64 << 20);
 pub const SESSION_TABLE_BYTES_MAX_RANGE: (u64, u64) = (1 << 20, 16 << 30);
 pub const SESSIONS_PER_CALLER_MAX_RANGE: (u64, u64) = (1, 10_000_000);
+pub const MODULE_STORAGE_BYTES_MAX_RANGE: (u64, u64) = (1 << 10, 1 << 40);
+pub const MODULE_STORAGE_KEYS_MAX_RANGE: (u64, u64) = (1, 1 << 36);
 
-/// A change of some settings; the others keep their value.
+/// A change of some settings, each named as in [`FIELDS`]; the others keep
+/// their value. Named rather than positional, so that a setting added later
+/// changes neither this record nor the log entries that carry it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SettingsUpdate {
+    values: BTreeMap<String, u64>,
+}
+
+impl SettingsUpdate {
+    /// Every field set: the update that turns any settings into `settings`.
+    pub fn all(settings: &ClusterSettings) -> SettingsUpdate {
+        SettingsUpdate {
+            values: FIELDS
+                .iter()
+                .filter_map(|field| Some(((*field).to_owned(), settings.get(field)?)))
+                .collect(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    /// Sets one field by its name, as `wasmraft cluster settings set` and
+    /// the API name them.
+    pub fn set(&mut self, field: &str, value: u64) -> Result<(), SettingError> {
+        if !FIELDS.contains(&field) {
+            return Err(unknown_field(field));
+        }
+        self.values.insert(field.to_owned(), value);
+        Ok(())
+    }
+
+    /// The value this update gives `field`, if it sets it.
+    pub fn get(&self, field: &str) -> Option<u64> {
+        self.values.get(field).copied()
+    }
+
+    /// The fields set, by name, in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.values
+            .iter()
+            .map(|(field, value)| (field.as_str(), *value))
+    }
+}
+
+fn unknown_field(field: &str) -> SettingError {
+    SettingError {
+        field: field.escape_debug().take(64).collect(),
+        reason: format!("no such setting; the settings are {}", FIELDS.join(", ")),
+    }
+}
+
+/// A change of the six settings of state format 2, by position: the form
+/// [`super::Command::Settings`] entries of that release carry. Still read
+/// from older logs, never written.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PositionalSettingsUpdate {
     pub fuel_per_call_max: Option<u64>,
     pub memory_bytes_max: Option<u64>,
     pub output_bytes_max: Option<u64>,
@@ -63,53 +154,35 @@ pub struct SettingsUpdate {
     pub sessions_per_caller_max: Option<u64>,
 }
 
-impl SettingsUpdate {
-    /// Every field set: the update that turns any settings into `settings`.
-    pub fn all(settings: &ClusterSettings) -> SettingsUpdate {
+impl From<&PositionalSettingsUpdate> for SettingsUpdate {
+    fn from(update: &PositionalSettingsUpdate) -> Self {
+        let fields = [
+            ("fuel_per_call_max", update.fuel_per_call_max),
+            ("memory_bytes_max", update.memory_bytes_max),
+            ("output_bytes_max", update.output_bytes_max),
+            ("module_bytes_max", update.module_bytes_max),
+            ("session_table_bytes_max", update.session_table_bytes_max),
+            ("sessions_per_caller_max", update.sessions_per_caller_max),
+        ];
         SettingsUpdate {
-            fuel_per_call_max: Some(settings.fuel_per_call_max),
-            memory_bytes_max: Some(settings.memory_bytes_max),
-            output_bytes_max: Some(settings.output_bytes_max),
-            module_bytes_max: Some(settings.module_bytes_max),
-            session_table_bytes_max: Some(settings.session_table_bytes_max),
-            sessions_per_caller_max: Some(settings.sessions_per_caller_max),
+            values: fields
+                .into_iter()
+                .filter_map(|(field, value)| Some((field.to_owned(), value?)))
+                .collect(),
         }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        *self == SettingsUpdate::default()
-    }
-
-    /// Sets one field by its name, as `wasmraft cluster settings set` and
-    /// the API name them.
-    pub fn set(&mut self, field: &str, value: u64) -> Result<(), SettingError> {
-        let slot = match field {
-            "fuel_per_call_max" => &mut self.fuel_per_call_max,
-            "memory_bytes_max" => &mut self.memory_bytes_max,
-            "output_bytes_max" => &mut self.output_bytes_max,
-            "module_bytes_max" => &mut self.module_bytes_max,
-            "session_table_bytes_max" => &mut self.session_table_bytes_max,
-            "sessions_per_caller_max" => &mut self.sessions_per_caller_max,
-            _ => {
-                return Err(SettingError {
-                    field: field.escape_debug().take(64).collect(),
-                    reason: format!("no such setting; the settings are {}", FIELDS.join(", ")),
-                });
-            }
-        };
-        *slot = Some(value);
-        Ok(())
     }
 }
 
 /// The settings' names, in display order.
-pub const FIELDS: [&str; 6] = [
+pub const FIELDS: [&str; 8] = [
     "fuel_per_call_max",
     "memory_bytes_max",
     "output_bytes_max",
     "module_bytes_max",
     "session_table_bytes_max",
     "sessions_per_caller_max",
+    "module_storage_bytes_max",
+    "module_storage_keys_max",
 ];
 
 /// A setting refused, named by its field.
@@ -135,22 +208,50 @@ fn within(field: &str, value: u64, (low, high): (u64, u64)) -> Result<(), Settin
 }
 
 impl ClusterSettings {
-    /// The settings after `update`, or the first field that makes them unusable.
+    /// The settings after `update`, or the first field that makes them
+    /// unusable. Quotas the current settings do not record
+    /// ([`QUOTA_NOT_RECORDED`]) take their defaults unless `update` sets them.
     pub fn updated(&self, update: &SettingsUpdate) -> Result<ClusterSettings, SettingError> {
-        let settings = ClusterSettings {
-            fuel_per_call_max: update.fuel_per_call_max.unwrap_or(self.fuel_per_call_max),
-            memory_bytes_max: update.memory_bytes_max.unwrap_or(self.memory_bytes_max),
-            output_bytes_max: update.output_bytes_max.unwrap_or(self.output_bytes_max),
-            module_bytes_max: update.module_bytes_max.unwrap_or(self.module_bytes_max),
-            session_table_bytes_max: update
-                .session_table_bytes_max
-                .unwrap_or(self.session_table_bytes_max),
-            sessions_per_caller_max: update
-                .sessions_per_caller_max
-                .unwrap_or(self.sessions_per_caller_max),
-        };
+        let mut settings = self.clone();
+        let defaults = ClusterSettings::default();
+        if settings.module_storage_bytes_max == QUOTA_NOT_RECORDED {
+            settings.module_storage_bytes_max = defaults.module_storage_bytes_max;
+        }
+        if settings.module_storage_keys_max == QUOTA_NOT_RECORDED {
+            settings.module_storage_keys_max = defaults.module_storage_keys_max;
+        }
+        for (field, value) in update.iter() {
+            *settings.slot(field).ok_or_else(|| unknown_field(field))? = value;
+        }
         settings.validate()?;
         Ok(settings)
+    }
+
+    /// Sets the field named `field` (see [`FIELDS`]) without checking the
+    /// value; `false` when there is no such field.
+    pub fn set_field(&mut self, field: &str, value: u64) -> bool {
+        match self.slot(field) {
+            Some(slot) => {
+                *slot = value;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The field named `field` (see [`FIELDS`]).
+    fn slot(&mut self, field: &str) -> Option<&mut u64> {
+        Some(match field {
+            "fuel_per_call_max" => &mut self.fuel_per_call_max,
+            "memory_bytes_max" => &mut self.memory_bytes_max,
+            "output_bytes_max" => &mut self.output_bytes_max,
+            "module_bytes_max" => &mut self.module_bytes_max,
+            "session_table_bytes_max" => &mut self.session_table_bytes_max,
+            "sessions_per_caller_max" => &mut self.sessions_per_caller_max,
+            "module_storage_bytes_max" => &mut self.module_storage_bytes_max,
+            "module_storage_keys_max" => &mut self.module_storage_keys_max,
+            _ => return None,
+        })
     }
 
     /// Why these settings cannot be used, naming the field, or `Ok`.
@@ -207,6 +308,16 @@ impl ClusterSettings {
             self.sessions_per_caller_max,
             SESSIONS_PER_CALLER_MAX_RANGE,
         )?;
+        within(
+            "module_storage_bytes_max",
+            self.module_storage_bytes_max,
+            MODULE_STORAGE_BYTES_MAX_RANGE,
+        )?;
+        within(
+            "module_storage_keys_max",
+            self.module_storage_keys_max,
+            MODULE_STORAGE_KEYS_MAX_RANGE,
+        )?;
         Ok(())
     }
 
@@ -219,9 +330,32 @@ impl ClusterSettings {
             "module_bytes_max" => self.module_bytes_max,
             "session_table_bytes_max" => self.session_table_bytes_max,
             "sessions_per_caller_max" => self.sessions_per_caller_max,
+            "module_storage_bytes_max" => self.module_storage_bytes_max,
+            "module_storage_keys_max" => self.module_storage_keys_max,
             _ => return None,
         })
     }
+
+    /// The storage quota of every module, `None` when the recorded settings
+    /// predate quotas ([`QUOTA_NOT_RECORDED`]).
+    pub fn storage_quota(&self) -> Option<StorageQuota> {
+        if self.module_storage_bytes_max == QUOTA_NOT_RECORDED
+            || self.module_storage_keys_max == QUOTA_NOT_RECORDED
+        {
+            return None;
+        }
+        Some(StorageQuota {
+            bytes_max: self.module_storage_bytes_max,
+            keys_max: self.module_storage_keys_max,
+        })
+    }
+}
+
+/// How much one module may store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StorageQuota {
+    pub bytes_max: u64,
+    pub keys_max: u64,
 }
 
 /// A module's own limits, clamped by the cluster's: (fuel per call, memory bytes).
@@ -292,6 +426,16 @@ mod tests {
                 0,
                 "invalid setting `sessions_per_caller_max`: 0 is outside 1..=10000000",
             ),
+            (
+                "module_storage_bytes_max",
+                QUOTA_NOT_RECORDED,
+                "invalid setting `module_storage_bytes_max`: 18446744073709551615 is outside 1024..=1099511627776",
+            ),
+            (
+                "module_storage_keys_max",
+                0,
+                "invalid setting `module_storage_keys_max`: 0 is outside 1..=68719476736",
+            ),
         ];
         for (field, value, expected) in rows {
             let mut update = SettingsUpdate::default();
@@ -327,6 +471,34 @@ mod tests {
                 .updated(&SettingsUpdate::all(&updated))
                 .unwrap(),
             updated
+        );
+    }
+
+    #[test]
+    fn quotas_are_in_force_once_recorded() {
+        assert_eq!(ClusterSettings::unrecorded().storage_quota(), None);
+        let defaults = ClusterSettings::default();
+        assert_eq!(
+            defaults.storage_quota(),
+            Some(StorageQuota {
+                bytes_max: 1 << 30,
+                keys_max: 10_000_000,
+            })
+        );
+        // The first change of settings that predate quotas records the
+        // default quotas, or the ones it sets.
+        let mut update = SettingsUpdate::default();
+        update.set("fuel_per_call_max", 20_000).unwrap();
+        let updated = ClusterSettings::unrecorded().updated(&update).unwrap();
+        assert_eq!(updated.storage_quota(), defaults.storage_quota());
+        update.set("module_storage_keys_max", 5).unwrap();
+        let updated = ClusterSettings::unrecorded().updated(&update).unwrap();
+        assert_eq!(
+            updated.storage_quota(),
+            Some(StorageQuota {
+                bytes_max: 1 << 30,
+                keys_max: 5,
+            })
         );
     }
 }

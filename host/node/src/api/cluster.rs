@@ -305,7 +305,7 @@ impl Cluster for ClusterService {
                 applied_index: applied,
             },
             None => proto::GetSettingsResponse {
-                settings: Some(settings_message(&ClusterSettings::default())),
+                settings: Some(settings_message(&ClusterSettings::unrecorded())),
                 recorded: false,
                 engine_fingerprint: String::new(),
                 changed_at_index: 0,
@@ -322,18 +322,28 @@ impl Cluster for ClusterService {
         let caller = self.allow(&request, Action::ClusterSettings)?;
         let timeout = call_timeout(&request);
         let request = request.into_inner();
-        let update = SettingsUpdate {
-            fuel_per_call_max: request.fuel_per_call_max,
-            memory_bytes_max: request.memory_bytes_max,
-            output_bytes_max: request.output_bytes_max,
-            module_bytes_max: request.module_bytes_max,
-            session_table_bytes_max: request.session_table_bytes_max,
-            sessions_per_caller_max: request.sessions_per_caller_max,
-        };
+        let mut update = SettingsUpdate::default();
+        let fields = [
+            ("fuel_per_call_max", request.fuel_per_call_max),
+            ("memory_bytes_max", request.memory_bytes_max),
+            ("output_bytes_max", request.output_bytes_max),
+            ("module_bytes_max", request.module_bytes_max),
+            ("session_table_bytes_max", request.session_table_bytes_max),
+            ("sessions_per_caller_max", request.sessions_per_caller_max),
+            ("module_storage_bytes_max", request.module_storage_bytes_max),
+            ("module_storage_keys_max", request.module_storage_keys_max),
+        ];
+        for (field, value) in fields {
+            if let Some(value) = value {
+                update
+                    .set(field, value)
+                    .map_err(|error| ApiError::from(validate::InputError::from(error)))?;
+            }
+        }
         let current = self.node.settings().map_err(ApiError::from)?;
         validate::settings_update(&current, &update).map_err(ApiError::from)?;
         let span = tracing::info_span!("set_settings", ?update);
-        let command = Command::Settings(SettingsCommand {
+        let command = Command::ChangeSettings(SettingsCommand {
             update,
             initial: false,
             engine_fingerprint: self.node.runtime().engine_fingerprint(),

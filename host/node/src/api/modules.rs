@@ -119,7 +119,14 @@ async fn deploy_in_span(
     match proposed.response {
         Applied::Deployed(deployed) => {
             let (fuel_per_call_max, memory_bytes_max) = module_limits(&limits_in_force, &limits);
+            // What `init` or `migrate` stored; read after the apply that
+            // answered, so a later write may already show.
+            let usage = node.reader().usage(&deployed.name)?;
             Ok(proto::Module {
+                storage_bytes: usage.bytes,
+                storage_keys: usage.keys,
+                storage_bytes_max: limits_in_force.module_storage_bytes_max,
+                storage_keys_max: limits_in_force.module_storage_keys_max,
                 name: deployed.name,
                 version: deployed.version,
                 sha256_hex: hex::encode(deployed.hash),
@@ -254,15 +261,17 @@ impl Modules for ModulesService {
         let modules = blocking(move || -> Result<_, ApiError> {
             // The table is ordered by name, as the API promises. A caller
             // sees the modules it may see one by one (`Modules.Get`).
-            let records = node.reader().modules()?;
+            let reader = node.reader();
+            let records = reader.modules()?;
             let settings = node.settings()?;
-            Ok(records
-                .into_iter()
-                .filter(|record| {
-                    authorize(&node, &identity, Action::ModuleGet, &record.name).is_ok()
-                })
-                .map(|record| module_message(&settings, record))
-                .collect())
+            let mut modules = Vec::with_capacity(records.len());
+            for record in records {
+                if authorize(&node, &identity, Action::ModuleGet, &record.name).is_ok() {
+                    let usage = reader.usage(&record.name)?;
+                    modules.push(module_message(&settings, record, usage));
+                }
+            }
+            Ok(modules)
         })
         .await??;
         Ok(Response::new(proto::ListModulesResponse { modules }))
@@ -279,8 +288,12 @@ impl Modules for ModulesService {
         admit(&self.node, &caller.subject, MethodClass::Admin, 0)?;
         let node = self.node.clone();
         let module = blocking(move || -> Result<_, ApiError> {
-            match node.reader().module(&name)? {
-                Some(record) => Ok(module_message(&node.settings()?, record)),
+            let reader = node.reader();
+            match reader.module(&name)? {
+                Some(record) => {
+                    let usage = reader.usage(&name)?;
+                    Ok(module_message(&node.settings()?, record, usage))
+                }
                 None => Err(crate::command::Refusal::ModuleNotFound(name).into()),
             }
         })

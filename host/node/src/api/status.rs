@@ -17,6 +17,7 @@
 //! | `CallOutcome::OutOfFuel` | `RESOURCE_EXHAUSTED` | `out of fuel`, the fuel limit and fuel used |
 //! | `CallOutcome::MemoryLimit` | `RESOURCE_EXHAUSTED` | `memory limit`, the limit in bytes and fuel used |
 //! | `CallOutcome::OutputTooLarge` | `RESOURCE_EXHAUSTED` | the output limit (the cluster setting `output_bytes_max`) |
+//! | `CallOutcome::StorageQuota` (writes past the module's quota; none committed) | `RESOURCE_EXHAUSTED` | the usage it would reach, the quota and its settings |
 //! | `CallOutcome::TimedOut` (query wall clock) | `DEADLINE_EXCEEDED` | the limit (`limits.query_timeout_ms`) |
 //! | `ConsensusError::NotLeader` | `UNAVAILABLE` | the leader's id and address if known (also in metadata `wasmraft-leader-id`, `wasmraft-leader-address`) |
 //! | `ConsensusError::NoQuorum`, `ShuttingDown` | `UNAVAILABLE` | the reason; retry |
@@ -143,7 +144,8 @@ pub fn code(error: &ApiError) -> Code {
             | CallOutcome::MissingExport(_) => Code::FailedPrecondition,
             CallOutcome::OutOfFuel { .. }
             | CallOutcome::MemoryLimit { .. }
-            | CallOutcome::OutputTooLarge { .. } => Code::ResourceExhausted,
+            | CallOutcome::OutputTooLarge { .. }
+            | CallOutcome::StorageQuota { .. } => Code::ResourceExhausted,
             CallOutcome::TimedOut => Code::DeadlineExceeded,
             // Never built from a success; if it were, it is our bug.
             CallOutcome::Ok(_) => Code::Internal,
@@ -268,6 +270,14 @@ fn call_failure(module: &str, result: &CallResult, query_timeout_ms: u64) -> Str
         ),
         CallOutcome::TimedOut => format!(
             "the query of module `{module}` ran longer than {query_timeout_ms} ms (limits.query_timeout_ms; fuel used {fuel_used})"
+        ),
+        CallOutcome::StorageQuota {
+            bytes,
+            keys,
+            bytes_max,
+            keys_max,
+        } => format!(
+            "module `{module}` is at its storage quota: this call's writes would make it hold {bytes} bytes in {keys} keys, past {bytes_max} bytes or {keys_max} keys (cluster settings module_storage_bytes_max, module_storage_keys_max); none of them was written, delete keys or raise the quota (fuel used {fuel_used})"
         ),
         CallOutcome::Ok(_) => format!("module `{module}` succeeded but was reported as a failure"),
     }

@@ -127,7 +127,9 @@ pub fn command_permission(command: &Command) -> Option<(Action, &str)> {
         Command::Invoke(invoke) => Some((Action::ModuleInvoke, &invoke.module)),
         Command::Access(_) => Some((Action::AccessAdmin, CLUSTER_OBJECT)),
         Command::OpenSession { .. } => Some((Action::SessionOpen, CLUSTER_OBJECT)),
-        Command::Settings(_) => Some((Action::ClusterSettings, CLUSTER_OBJECT)),
+        Command::Settings(_) | Command::ChangeSettings(_) => {
+            Some((Action::ClusterSettings, CLUSTER_OBJECT))
+        }
         Command::ClusterId { .. }
         | Command::Batch(_)
         | Command::Authorized(_)

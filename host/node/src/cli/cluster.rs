@@ -97,7 +97,8 @@ enum SettingsCommand {
     /// Change settings through the Raft log: `FIELD=VALUE`, one or more.
     /// Values are whole numbers, optionally with a KiB, MiB or GiB suffix.
     /// Fields: fuel_per_call_max, memory_bytes_max, output_bytes_max,
-    /// module_bytes_max, session_table_bytes_max, sessions_per_caller_max.
+    /// module_bytes_max, session_table_bytes_max, sessions_per_caller_max,
+    /// module_storage_bytes_max, module_storage_keys_max.
     Set(SettingsSetArgs),
 }
 
@@ -151,7 +152,12 @@ fn parse_quantity(text: &str) -> Option<u64> {
 fn render_settings(settings: &ClusterSettings) -> String {
     crate::command::settings::FIELDS
         .iter()
-        .map(|field| format!("{field:<26}{}\n", settings.get(field).unwrap_or_default()))
+        .map(|field| match settings.get(field) {
+            Some(crate::command::settings::QUOTA_NOT_RECORDED) => {
+                format!("{field:<26}none (the settings predate quotas; the next `settings set` records the default)\n")
+            }
+            value => format!("{field:<26}{}\n", value.unwrap_or_default()),
+        })
         .collect()
 }
 
@@ -514,8 +520,8 @@ mod settings_tests {
             "fuel_per_call_max=100_000_000".to_owned(),
         ])
         .unwrap();
-        assert_eq!(update.memory_bytes_max, Some(32 << 20));
-        assert_eq!(update.fuel_per_call_max, Some(100_000_000));
+        assert_eq!(update.get("memory_bytes_max"), Some(32 << 20));
+        assert_eq!(update.get("fuel_per_call_max"), Some(100_000_000));
         let unknown = parse_changes(&["fuel=1".to_owned()])
             .unwrap_err()
             .to_string();

@@ -173,6 +173,16 @@ fn print_module(module: &ModuleInfo) {
     );
     println!("fuel per call     {}", module.fuel_per_call_max);
     println!("memory max        {} bytes", module.memory_bytes_max);
+    let storage = &module.storage;
+    let of =
+        |max: Option<u64>| max.map_or_else(|| " (no quota)".to_owned(), |max| format!(" of {max}"));
+    println!(
+        "storage           {} bytes{}, {} keys{}",
+        storage.bytes,
+        of(storage.bytes_max),
+        storage.keys,
+        of(storage.keys_max)
+    );
 }
 
 fn print_module_table(modules: &[ModuleInfo]) {

@@ -604,7 +604,7 @@ async fn propose_initial_settings(handle: &NodeHandle, initial: &ClusterSettings
             return;
         }
     }
-    let command = Command::Settings(SettingsCommand {
+    let command = Command::ChangeSettings(SettingsCommand {
         update: SettingsUpdate::all(initial),
         initial: true,
         engine_fingerprint: handle.runtime().engine_fingerprint(),

@@ -12,14 +12,16 @@ use sha2::{Digest, Sha256};
 
 use super::access;
 use super::sessions::{self, SessionRecord};
+use super::settings::{self as recorded, Layout};
 use super::state::{
-    BLOBS, CLUSTER_ID, CLUSTER_SETTINGS, KV, MODULES, ModuleRecord, SETTINGS, module_key,
-    module_key_range,
+    BLOBS, CLUSTER_ID, KV, MODULES, ModuleRecord, ModuleUsage, SETTINGS, USAGE, entry_bytes,
+    module_key, module_key_range,
 };
 use crate::command::settings::module_limits;
 use crate::command::{
     CallOutcome, CallResult, ClusterSettings, Command, Deploy, Deployed, Invoke, ModuleHash,
-    Refusal, Request, Response, SessionId, SettingsCommand, SettingsRecord, check, codec,
+    Refusal, Request, Response, SessionId, SettingsCommand, SettingsRecord, StorageQuota, check,
+    codec,
 };
 use crate::raft::LogId;
 use crate::telemetry::metrics::Metrics;
@@ -85,6 +87,8 @@ apply_storage_error!(
 /// access change) updates it for the commands after it.
 pub(crate) struct EntryState {
     settings: Option<SettingsRecord>,
+    /// The layout `settings` is recorded in (see [`recorded`]).
+    layout: Option<Layout>,
     /// The policy revision in force (see [`access::recheck`]).
     access_revision: u64,
 }
@@ -92,8 +96,10 @@ pub(crate) struct EntryState {
 impl EntryState {
     fn read(txn: &WriteTransaction) -> Result<Self, redb::Error> {
         let table = txn.open_table(SETTINGS)?;
+        let (settings, layout) = recorded::read(&table)?.unzip();
         Ok(Self {
-            settings: read_settings(&table)?,
+            settings,
+            layout,
             access_revision: access::revision(&table)?,
         })
     }
@@ -106,15 +112,16 @@ pub(crate) struct ApplyContext<'a> {
     pub metrics: Option<&'a Metrics>,
 }
 
-/// The settings in force for one command: the recorded ones, or the
-/// defaults while the cluster has none recorded (the first entries of a new
-/// cluster, or a cluster whose state predates the settings).
+/// The settings in force for one command: the recorded ones, or
+/// [`ClusterSettings::unrecorded`] while the cluster has none recorded (the
+/// first entries of a new cluster, or a cluster whose state predates the
+/// settings).
 pub(crate) fn settings_in_force(
     record: Option<&SettingsRecord>,
 ) -> std::borrow::Cow<'_, ClusterSettings> {
     match record {
         Some(record) => std::borrow::Cow::Borrowed(&record.settings),
-        None => std::borrow::Cow::Owned(ClusterSettings::default()),
+        None => std::borrow::Cow::Owned(ClusterSettings::unrecorded()),
     }
 }
 
@@ -122,7 +129,7 @@ pub(crate) fn settings_in_force(
 pub(crate) fn read_settings<T: ReadableTable<&'static [u8], &'static [u8]>>(
     table: &T,
 ) -> Result<Option<SettingsRecord>, redb::Error> {
-    read_record(table, CLUSTER_SETTINGS)
+    Ok(recorded::read(table)?.map(|(record, _)| record))
 }
 
 /// The cluster id recorded in the state, if any.
@@ -349,12 +356,16 @@ fn apply_command(
             )
         }
         Command::Settings(command) => {
-            let response =
-                apply_settings(txn, context.runtime, place, entry.settings.clone(), command)?;
-            if let Response::Settings(changed) = &response {
-                entry.settings = Some(changed.clone());
-            }
-            Ok(response)
+            // Written as its release wrote it, unless the settings it meets
+            // are of a later kind already.
+            let layout = match entry.layout {
+                None | Some(Layout::Positional) => Layout::Positional,
+                Some(Layout::Named) => Layout::Named,
+            };
+            apply_settings(txn, context.runtime, place, entry, &command.into(), layout)
+        }
+        Command::ChangeSettings(command) => {
+            apply_settings(txn, context.runtime, place, entry, command, Layout::Named)
         }
     }
 }
@@ -378,13 +389,17 @@ struct Rules<'a> {
 /// The session table's bound under [`Rules::legacy_sessions`].
 const LEGACY_SESSIONS_MAX: u64 = 100_000;
 
+/// Applies a settings change, recording the settings in `layout`, and
+/// updates `entry` for the commands after it.
 fn apply_settings(
     txn: &WriteTransaction,
     runtime: &Runtime,
     place: Place<'_>,
-    current: Option<SettingsRecord>,
+    entry: &mut EntryState,
     command: &SettingsCommand,
+    layout: Layout,
 ) -> Result<Response, ApplyError> {
+    let current = entry.settings.clone();
     if command.initial
         && let Some(current) = current
     {
@@ -419,8 +434,9 @@ fn apply_settings(
         engine_fingerprint,
         changed_index: place.log_id.index,
     };
-    txn.open_table(SETTINGS)?
-        .insert(CLUSTER_SETTINGS, codec::encode(&record).as_slice())?;
+    recorded::write(txn, &record, layout)?;
+    entry.settings = Some(record.clone());
+    entry.layout = Some(layout);
     Ok(Response::Settings(record))
 }
 
@@ -492,7 +508,11 @@ fn apply_deploy(
                     &result.outcome,
                 ))));
             }
-            commit_writes(txn, &deploy.name, report)?;
+            if let Some(refused) =
+                commit_writes(txn, &deploy.name, &report, context.settings.storage_quota())?
+            {
+                return Ok(Response::Refused(Refusal::SetupFailed(describe(&refused))));
+            }
             Some(result)
         }
     };
@@ -551,6 +571,7 @@ fn apply_remove(txn: &WriteTransaction, name: &str) -> Result<Response, redb::Er
     let range = module_key_range(name, b"", None);
     txn.open_table(KV)?
         .retain_in(range.start.as_slice()..range.end.as_slice(), |_, _| false)?;
+    txn.open_table(USAGE)?.remove(name.as_bytes())?;
     release_blob(txn, &record.hash)?;
     Ok(Response::Removed {
         name: name.to_owned(),
@@ -673,11 +694,19 @@ fn apply_invoke(
     let (result, report) =
         span.in_scope(|| run(txn, context.runtime, &module, &invoke.module, &call))?;
     span.record("fuel_used", result.fuel_used);
+    let mut result = result;
+    if let Some(refused) = commit_writes(
+        txn,
+        &invoke.module,
+        &report,
+        context.settings.storage_quota(),
+    )? {
+        result.outcome = refused;
+    }
     span.record("outcome", result.outcome.label());
     if let Some(metrics) = context.metrics {
         metrics.guest_call("apply", result.outcome.label(), result.fuel_used);
     }
-    commit_writes(txn, &invoke.module, report)?;
     Ok(Response::Invoked(result))
 }
 
@@ -784,21 +813,114 @@ pub(crate) fn call_result(report: &CallReport, call: &Call<'_>) -> Result<CallRe
     })
 }
 
+/// Commits the writes of a successful call and the module's usage with
+/// them, unless they would take the module past `quota`: then nothing is
+/// written and the outcome says why. A call that leaves its module smaller
+/// (or no larger) always commits, so a module over a lowered quota can
+/// still delete.
 fn commit_writes(
     txn: &WriteTransaction,
     name: &str,
-    report: CallReport,
-) -> Result<(), redb::Error> {
-    if !matches!(report.outcome, Outcome::Ok(_)) {
-        return Ok(());
+    report: &CallReport,
+    quota: Option<StorageQuota>,
+) -> Result<Option<CallOutcome>, redb::Error> {
+    if !matches!(report.outcome, Outcome::Ok(_)) || report.writes.is_empty() {
+        return Ok(None);
     }
     let mut table = txn.open_table(KV)?;
+    let mut usage_table = txn.open_table(USAGE)?;
+    let before = read_usage(&usage_table, name)?;
+    // The usage after the writes, from what each written key held.
+    let (mut bytes, mut keys) = (i128::from(before.bytes), i128::from(before.keys));
+    for (key, value) in report.writes.iter() {
+        let stored = module_key(name, key);
+        if let Some(old) = table.get(stored.as_slice())? {
+            bytes -= i128::from(entry_bytes(key, old.value()));
+            keys -= 1;
+        }
+        if let Some(value) = value {
+            bytes += i128::from(entry_bytes(key, value));
+            keys += 1;
+        }
+    }
+    let (Ok(bytes), Ok(keys)) = (u64::try_from(bytes), u64::try_from(keys)) else {
+        return Err(redb::Error::Corrupted(format!(
+            "the usage of module `{name}` went below zero: the usage table does not match its keys"
+        )));
+    };
+    let after = ModuleUsage { bytes, keys };
+    if let Some(quota) = quota {
+        let grows = after.bytes > before.bytes || after.keys > before.keys;
+        if grows && (after.bytes > quota.bytes_max || after.keys > quota.keys_max) {
+            return Ok(Some(CallOutcome::StorageQuota {
+                bytes: after.bytes,
+                keys: after.keys,
+                bytes_max: quota.bytes_max,
+                keys_max: quota.keys_max,
+            }));
+        }
+    }
     for (key, value) in report.writes.iter() {
         let key = module_key(name, key);
         match value {
             Some(value) => table.insert(key.as_slice(), value)?,
             None => table.remove(key.as_slice())?,
         };
+    }
+    if after != before {
+        write_usage(&mut usage_table, name, after)?;
+    }
+    Ok(None)
+}
+
+/// What module `name` stores, as the usage table records it.
+pub(crate) fn read_usage(
+    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    name: &str,
+) -> Result<ModuleUsage, redb::Error> {
+    Ok(table
+        .get(name.as_bytes())?
+        .map(|bytes| decode(bytes.value()))
+        .transpose()?
+        .unwrap_or_default())
+}
+
+fn write_usage(
+    table: &mut redb::Table<'_, &'static [u8], &'static [u8]>,
+    name: &str,
+    usage: ModuleUsage,
+) -> Result<(), redb::Error> {
+    if usage == ModuleUsage::default() {
+        table.remove(name.as_bytes())?;
+    } else {
+        table.insert(name.as_bytes(), codec::encode(&usage).as_slice())?;
+    }
+    Ok(())
+}
+
+/// Rebuilds every module's usage from its keys (state format 2 → 3).
+pub(crate) fn rebuild_usage(txn: &WriteTransaction) -> Result<(), redb::Error> {
+    let table = txn.open_table(KV)?;
+    let mut usage_table = txn.open_table(USAGE)?;
+    usage_table.retain(|_, _| false)?;
+    let mut current: Option<(Vec<u8>, ModuleUsage)> = None;
+    for item in table.iter()? {
+        let (key, value) = item?;
+        let key = key.value();
+        let split = key.iter().position(|&byte| byte == 0).ok_or_else(|| {
+            redb::Error::Corrupted("a module key without its module prefix".to_owned())
+        })?;
+        let (module, own_key) = (&key[..split], &key[split + 1..]);
+        if current.as_ref().is_some_and(|(name, _)| name != module) {
+            let (name, usage) = current.take().expect("checked just above");
+            usage_table.insert(name.as_slice(), codec::encode(&usage).as_slice())?;
+        }
+        let (_, usage) = current.get_or_insert_with(|| (module.to_vec(), ModuleUsage::default()));
+        usage.bytes += entry_bytes(own_key, value.value());
+        usage.keys += 1;
+    }
+    if let Some((name, usage)) = current {
+        usage_table.insert(name.as_slice(), codec::encode(&usage).as_slice())?;
     }
     Ok(())
 }
@@ -818,6 +940,16 @@ pub(crate) fn describe(outcome: &CallOutcome) -> String {
         }
         CallOutcome::MissingExport(export) => format!("the module has no `{export}` export"),
         CallOutcome::TimedOut => "timed out".to_owned(),
+        CallOutcome::StorageQuota {
+            bytes,
+            keys,
+            bytes_max,
+            keys_max,
+        } => format!(
+            "its writes would make the module hold {bytes} bytes in {keys} keys, past its \
+             storage quota of {bytes_max} bytes and {keys_max} keys (cluster settings \
+             module_storage_bytes_max, module_storage_keys_max); none was written"
+        ),
     }
 }
 

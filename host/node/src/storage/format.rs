@@ -13,8 +13,9 @@
 /// The state database's format (`state/state.redb`, and the snapshots that
 /// carry it). 1: the first release. 2: cluster settings (`settings` table),
 /// sessions indexed per caller and bounded in bytes (`sessions_by_caller`,
-/// the `session_bytes` meta record).
-pub const STATE_FORMAT: u32 = 2;
+/// the `session_bytes` meta record). 3: module storage usage (`usage`
+/// table), settings recorded by name (the `cluster_settings` record).
+pub const STATE_FORMAT: u32 = 3;
 
 /// The oldest state format this build migrates.
 pub const STATE_FORMAT_OLDEST: u32 = 1;
@@ -128,7 +129,7 @@ mod tests {
             error.to_string(),
             format!(
                 "the state (state/state.redb) has format 7 (written by wasmraft 3.1.0); this build \
-                 ({RELEASE}) reads format 2. A newer release wrote it: run that release (or a \
+                 ({RELEASE}) reads format 3. A newer release wrote it: run that release (or a \
                  later one) on this data directory."
             )
         );

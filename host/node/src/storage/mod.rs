@@ -17,6 +17,7 @@ pub mod format;
 mod inspect;
 mod log_store;
 mod sessions;
+mod settings;
 mod snapshot;
 mod state;
 mod state_machine;
@@ -26,7 +27,7 @@ pub use inspect::{InspectError, Inspection, inspect};
 pub(crate) use log_store::commands_traced;
 pub use log_store::{LogStore, OpenLogError};
 pub use snapshot::{SnapshotError, SnapshotFileReader, SnapshotFileWriter};
-pub use state::{ModuleRecord, StateDigest, module_key_range};
+pub use state::{ModuleRecord, ModuleUsage, StateDigest, module_key_range};
 pub use state_machine::{
     OpenStateError, QueryAnswer, QueryError, StateMachineStore, StateReader, recorded_cluster_id,
 };

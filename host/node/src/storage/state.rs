@@ -42,9 +42,14 @@ pub(crate) const SESSIONS_BY_CALLER: Table = TableDefinition::new("sessions_by_c
 /// subject and the sha256 of its secret).
 pub(crate) const TOKENS: Table = TableDefinition::new("tokens");
 
+/// Module name → [`ModuleUsage`]: what each module stores, kept with every
+/// write so that its quota is checked without a scan (format 3). Derived
+/// from `kv`, so not digested.
+pub(crate) const USAGE: Table = TableDefinition::new("usage");
+
 /// Every table with its id in snapshot files. The ids are part of the
 /// snapshot format: never renumber, only append.
-pub(crate) const TABLES: [(u8, Table); 10] = [
+pub(crate) const TABLES: [(u8, Table); 11] = [
     (0, META),
     (1, MODULES),
     (2, BLOBS),
@@ -55,11 +60,12 @@ pub(crate) const TABLES: [(u8, Table); 10] = [
     (7, SETTINGS),
     (8, SESSIONS_BY_CALLER),
     (9, TOKENS),
+    (10, USAGE),
 ];
 
 /// Tables whose content is the replicated state proper, as digested.
 /// `meta` is left out: it records how far the node got, not what the state
-/// is; the session indexes are derived from `sessions`.
+/// is; the session indexes are derived from `sessions`, the usage from `kv`.
 pub(crate) const DIGESTED_TABLES: [(u8, Table); 7] = [
     (1, MODULES),
     (2, BLOBS),
@@ -70,8 +76,13 @@ pub(crate) const DIGESTED_TABLES: [(u8, Table); 7] = [
     (9, TOKENS),
 ];
 
-/// The key of the cluster settings in the `settings` table.
-pub(crate) const CLUSTER_SETTINGS: &[u8] = b"cluster";
+/// The key of the cluster settings in the `settings` table, as releases of
+/// state format 2 wrote them (six settings by position): read, and written
+/// only by applying one of their entries onto settings of their kind.
+pub(crate) const CLUSTER_SETTINGS_POSITIONAL: &[u8] = b"cluster";
+/// The key of the cluster settings in the `settings` table, each named
+/// (format 3): present, it replaces [`CLUSTER_SETTINGS_POSITIONAL`].
+pub(crate) const CLUSTER_SETTINGS: &[u8] = b"cluster_settings";
 /// The key of the cluster id in the `settings` table.
 pub(crate) const CLUSTER_ID: &[u8] = b"cluster_id";
 /// The key of the access policy revision in the `settings` table: the log
@@ -88,6 +99,19 @@ pub(crate) const LAST_TIMESTAMP: &[u8] = b"last_timestamp_ms";
 pub(crate) const FORMAT: &[u8] = b"format";
 /// The release that last opened the state for writing.
 pub(crate) const WRITTEN_BY: &[u8] = b"written_by";
+
+/// What one module stores: its keys and their bytes (key plus value, in the
+/// module's own key space).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleUsage {
+    pub bytes: u64,
+    pub keys: u64,
+}
+
+/// The size a stored entry counts for in its module's usage.
+pub(crate) fn entry_bytes(key: &[u8], value: &[u8]) -> u64 {
+    (key.len() + value.len()) as u64
+}
 
 /// A deployed module, as replicated.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

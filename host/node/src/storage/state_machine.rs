@@ -29,8 +29,8 @@ use super::format::{
 };
 use super::snapshot::{SnapshotError, SnapshotFileReader, SnapshotFileWriter};
 use super::state::{
-    self, FORMAT, LAST_APPLIED, LAST_TIMESTAMP, MEMBERSHIP, META, ModuleRecord, StateDigest,
-    TABLES, WRITTEN_BY,
+    self, FORMAT, LAST_APPLIED, LAST_TIMESTAMP, MEMBERSHIP, META, ModuleRecord, ModuleUsage,
+    StateDigest, TABLES, WRITTEN_BY,
 };
 use super::{storage_error, store_error};
 use crate::auth::AccessCache;
@@ -589,6 +589,12 @@ fn migration_steps(txn: &redb::WriteTransaction, from: u32) -> Result<(), redb::
     if from <= 1 {
         super::sessions::index_format_1(txn)?;
     }
+    // Format 2 → 3: every module's usage, counted from its keys. The
+    // settings keep their positional record (and no quota is in force)
+    // until a settings change records them by name.
+    if from <= 2 {
+        apply::rebuild_usage(txn)?;
+    }
     Ok(())
 }
 
@@ -866,6 +872,13 @@ impl StateReader {
             records.push(apply::decode(bytes.value())?);
         }
         Ok(records)
+    }
+
+    /// What module `name` stores (nothing for a module not deployed).
+    pub fn usage(&self, name: &str) -> Result<ModuleUsage, redb::Error> {
+        let db = self.store.db();
+        let txn = db.begin_read()?;
+        apply::read_usage(&txn.open_table(state::USAGE)?, name)
     }
 
     /// Reads one key of a module's KV directly (for tests and tools).

@@ -13,5 +13,7 @@ pub(crate) fn settings_message(settings: &ClusterSettings) -> proto::ClusterSett
         module_bytes_max: settings.module_bytes_max,
         session_table_bytes_max: settings.session_table_bytes_max,
         sessions_per_caller_max: settings.sessions_per_caller_max,
+        module_storage_bytes_max: settings.module_storage_bytes_max,
+        module_storage_keys_max: settings.module_storage_keys_max,
     }
 }
