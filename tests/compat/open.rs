@@ -64,6 +64,43 @@ async fn assert_accepts_writes(client: &wasmraft::client::Client, release: &str)
         .unwrap();
 }
 
+/// The `kv` module's storage usage (counted by the migration for a state
+/// that predates it) is what its keys hold; a quota is in force only where
+/// the settings were recorded with one (state format 3 on).
+async fn assert_usage_counts_the_keys(
+    client: &wasmraft::client::Client,
+    release: &str,
+    state_format: u32,
+) {
+    let output = client
+        .query(
+            "kv",
+            br#"{"op":"scan","prefix":"","limit":1000}"#,
+            Consistency::Linearizable,
+        )
+        .await
+        .unwrap()
+        .output;
+    let scan: serde_json::Value = serde_json::from_slice(&output).unwrap();
+    let items = scan["items"].as_array().unwrap();
+    assert!(!items.is_empty() && items.len() < 1000, "{release}: {scan}");
+    let bytes: usize = items
+        .iter()
+        .map(|item| item[0].as_str().unwrap().len() + item[1].as_str().unwrap().len())
+        .sum();
+    let usage = client.get_module("kv").await.unwrap().storage;
+    assert_eq!(
+        (usage.keys, usage.bytes),
+        (items.len() as u64, bytes as u64),
+        "{release}: the usage of `kv` is not what its keys hold"
+    );
+    assert_eq!(
+        (usage.keys_max.is_some(), usage.bytes_max.is_some()),
+        (state_format >= 3, state_format >= 3),
+        "{release}: {usage:?}"
+    );
+}
+
 async fn counter(client: &wasmraft::client::Client) -> i64 {
     let output = client
         .query("counter", br#"{"op":"get"}"#, Consistency::Linearizable)
@@ -92,6 +129,7 @@ async fn a_dev_node_of_every_release_opens_answers_and_writes() {
                 assert_recorded_state(&expected.dev, &nodes, &name).await;
                 let client = fixture::client(nodes[&1].local_addr()).await;
                 assert_answers(&expected.dev, &client, &name).await;
+                assert_usage_counts_the_keys(&client, &name, expected.state_format).await;
                 assert_accepts_writes(&client, &name).await;
             } else {
                 // What the first open wrote is still there.

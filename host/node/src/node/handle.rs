@@ -263,16 +263,15 @@ impl NodeHandle {
         &self.inner.membership_rules
     }
 
-    /// The cluster settings in force in this node's state (the defaults
-    /// until the cluster records some). The edge checks requests against
+    /// The cluster settings in force in this node's state
+    /// ([`ClusterSettings::unrecorded`] until the cluster records some). The edge checks requests against
     /// them; apply checks again against the settings of its own moment.
     pub fn settings(&self) -> Result<ClusterSettings, redb::Error> {
         Ok(self
             .inner
             .reader
             .settings()?
-            .map(|record| record.settings)
-            .unwrap_or_default())
+            .map_or_else(ClusterSettings::unrecorded, |record| record.settings))
     }
 
     pub(crate) fn begin_shutdown(&self) {
