@@ -488,3 +488,139 @@ async fn the_cli_fails_over_between_endpoints_and_keeps_its_deadline() {
         "the error says the time ran out: {stderr}"
     );
 }
+
+/// One counter increment straight over gRPC (no client retries): the
+/// node's own answer.
+async fn raw_increment(endpoint: &str) -> Result<(), tonic::Status> {
+    let mut request = tonic::Request::new(wasmraft_proto::v1::InvokeRequest {
+        module: "counter".to_owned(),
+        input: br#"{"op":"add","by":1}"#.to_vec(),
+        ..Default::default()
+    });
+    request.set_timeout(Duration::from_secs(20));
+    wasmraft_proto::v1::state_machine_client::StateMachineClient::connect(endpoint.to_owned())
+        .await
+        .unwrap()
+        .invoke(request)
+        .await
+        .map(drop)
+}
+
+/// Waits until the log at `path` holds `count` lines with `needle`, and
+/// returns its text.
+async fn wait_for_log(path: &Path, needle: &str, count: usize) -> String {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.lines().filter(|line| line.contains(needle)).count() >= count {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the log never held {count} lines with {needle:?}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// SIGHUP reloads a node's `[limits]` from its file: a raised rate is in
+/// force at once; a file that does not validate keeps the limits in force
+/// and the log says why; a change the running node cannot take (its Raft
+/// timeouts, its payload bound) is named in the log and waits for a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sighup_reloads_the_limits_and_a_bad_file_keeps_them() {
+    let root = TempDir::new().unwrap();
+    let port = free_port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let file = root.path().join("node.toml");
+    let log = root.path().join("node.log");
+    let data = root.path().join("data");
+    let write_config = |burst: u32, extra: &str| {
+        std::fs::write(
+            &file,
+            format!(
+                "node_id = 1\nlisten = \"127.0.0.1:{port}\"\ndata_dir = {data:?}\n\
+                 bootstrap = true\ninsecure = true\n{extra}\n\
+                 [limits.rates.subjects.anonymous]\n\
+                 invoke = {{ per_second = 1, burst = {burst} }}\n"
+            ),
+        )
+        .unwrap();
+    };
+    write_config(2, "");
+    let node = Process {
+        child: Command::new(WASMRAFT)
+            .arg("serve")
+            .arg("--config")
+            .arg(&file)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("wasmraft serve starts"),
+    };
+    let hang_up = || {
+        let status = Command::new("kill")
+            .args(["-HUP", &node.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    wait_serving(&endpoint).await;
+    deploy_counter(&endpoint).await;
+
+    // A burst of 2 at 1 a second: ten calls in a row meet the limit.
+    let mut refused = None;
+    for _ in 0..10 {
+        if let Err(status) = raw_increment(&endpoint).await {
+            refused = Some(status);
+            break;
+        }
+    }
+    let refused = refused.expect("ten calls past a burst of 2 at 1 a second");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert!(
+        refused
+            .message()
+            .contains("limits.rates.subjects.anonymous.invoke"),
+        "{refused:?}"
+    );
+
+    // Raised: in force from the reload on.
+    write_config(1000, "");
+    hang_up();
+    wait_for_log(&log, "SIGHUP: limits reloaded", 1).await;
+    for call in 0..30 {
+        raw_increment(&endpoint)
+            .await
+            .unwrap_or_else(|status| panic!("call {call} after the raise: {status:?}"));
+    }
+
+    // A burst of 0 does not validate: the raised limits stay.
+    write_config(0, "");
+    hang_up();
+    let text = wait_for_log(&log, "SIGHUP: kept the limits in force", 1).await;
+    assert!(
+        text.contains("limits.rates"),
+        "the log names the bad setting:\n{text}"
+    );
+    for call in 0..10 {
+        raw_increment(&endpoint)
+            .await
+            .unwrap_or_else(|status| panic!("call {call} after a bad file: {status:?}"));
+    }
+
+    // What a running node cannot change is named, the rest reloads.
+    write_config(
+        1000,
+        "[raft]\nheartbeat_interval_ms = 40\n[limits]\npayload_bytes_max = 2097152",
+    );
+    hang_up();
+    let text = wait_for_log(&log, "keep their values until the next start", 1).await;
+    assert!(text.contains("limits.payload_bytes_max"), "{text}");
+    assert!(text.contains("[raft] (its timeouts hold"), "{text}");
+    raw_increment(&endpoint).await.unwrap();
+}

@@ -48,6 +48,8 @@ impl InFlightSettings {
 
 #[derive(Debug, Default)]
 struct Counts {
+    /// The caps in force (replaced by [`InFlight::reload`]).
+    settings: InFlightSettings,
     total: u32,
     /// Only subjects with a call open: an entry goes with its last call.
     by_subject: HashMap<String, u32>,
@@ -56,7 +58,6 @@ struct Counts {
 /// The calls open on this node. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct InFlight {
-    settings: InFlightSettings,
     counts: Arc<Mutex<Counts>>,
 }
 
@@ -74,9 +75,20 @@ const RETRY_AFTER_MS: u64 = 100;
 impl InFlight {
     pub fn new(settings: &InFlightSettings) -> Self {
         Self {
-            settings: settings.clone(),
-            counts: Arc::default(),
+            counts: Arc::new(Mutex::new(Counts {
+                settings: settings.clone(),
+                ..Counts::default()
+            })),
         }
+    }
+
+    /// Puts `settings` in force for the calls admitted from now on; calls
+    /// open already keep their permits.
+    pub fn reload(&self, settings: &InFlightSettings) {
+        self.counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .settings = settings.clone();
     }
 
     /// Opens a call of `subject`, or sheds it past a cap.
@@ -85,7 +97,7 @@ impl InFlight {
             .counts
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if counts.total >= self.settings.total {
+        if counts.total >= counts.settings.total {
             return Err(Shed {
                 limit: "limits.in_flight.total".into(),
                 detail: format!("{} calls are open on this node", counts.total),
@@ -93,7 +105,7 @@ impl InFlight {
             });
         }
         let open = counts.by_subject.get(subject).copied().unwrap_or(0);
-        if open >= self.settings.per_subject {
+        if open >= counts.settings.per_subject {
             return Err(Shed {
                 limit: "limits.in_flight.per_subject".into(),
                 detail: format!("`{subject}` has {open} calls open on this node"),
@@ -158,6 +170,33 @@ mod tests {
         drop(_second);
         let counts = in_flight.counts.lock().unwrap();
         assert_eq!(counts.by_subject.keys().collect::<Vec<_>>(), ["b"]);
+    }
+
+    #[test]
+    fn a_reload_applies_to_the_next_admissions() {
+        let in_flight = InFlight::new(&InFlightSettings {
+            per_subject: 2,
+            total: 4,
+        });
+        let _first = in_flight.admit("a").unwrap();
+        let _second = in_flight.admit("a").unwrap();
+        assert!(in_flight.admit("a").is_err());
+        in_flight.reload(&InFlightSettings {
+            per_subject: 3,
+            total: 4,
+        });
+        let _third = in_flight.admit("a").unwrap();
+        // Lowered under what is open: the open calls stay, no new one.
+        in_flight.reload(&InFlightSettings {
+            per_subject: 1,
+            total: 4,
+        });
+        assert_eq!(in_flight.open(), 3);
+        assert_eq!(
+            in_flight.admit("a").unwrap_err().limit,
+            "limits.in_flight.per_subject"
+        );
+        assert!(in_flight.admit("b").is_ok());
     }
 
     #[test]

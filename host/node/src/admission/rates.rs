@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use governor::clock::{Clock, DefaultClock};
@@ -211,9 +212,9 @@ const PRUNE_EVERY_CALLS: u64 = 4096;
 
 /// The rate limits of one node, shared by every call.
 pub struct RateLimits {
-    defaults: Buckets,
+    defaults: Arc<Buckets>,
     /// The subjects with rates of their own; each keyed by its one name.
-    subjects: HashMap<String, Buckets>,
+    subjects: HashMap<String, Arc<Buckets>>,
     calls: AtomicU64,
     clock: DefaultClock,
 }
@@ -230,11 +231,31 @@ impl std::fmt::Debug for RateLimits {
 impl RateLimits {
     pub fn new(settings: &RateSettings) -> Self {
         Self {
-            defaults: Buckets::new(&settings.defaults),
+            defaults: Arc::new(Buckets::new(&settings.defaults)),
             subjects: settings
                 .subjects
                 .iter()
-                .map(|(subject, rates)| (subject.clone(), Buckets::new(rates)))
+                .map(|(subject, rates)| (subject.clone(), Arc::new(Buckets::new(rates))))
+                .collect(),
+            calls: AtomicU64::new(0),
+            clock: DefaultClock::default(),
+        }
+    }
+
+    /// The limits of `settings`, keeping the buckets (and what callers
+    /// spent of them) of every rate that did not change: a reload neither
+    /// refills a flooding subject's buckets nor empties anyone's.
+    pub fn reloaded(&self, settings: &RateSettings) -> Self {
+        let keep = |held: Option<&Arc<Buckets>>, rates: &ClassRates| match held {
+            Some(held) if held.rates == *rates => held.clone(),
+            _ => Arc::new(Buckets::new(rates)),
+        };
+        Self {
+            defaults: keep(Some(&self.defaults), &settings.defaults),
+            subjects: settings
+                .subjects
+                .iter()
+                .map(|(subject, rates)| (subject.clone(), keep(self.subjects.get(subject), rates)))
                 .collect(),
             calls: AtomicU64::new(0),
             clock: DefaultClock::default(),
@@ -305,7 +326,12 @@ impl RateLimits {
     /// The subjects whose buckets are held (a subject counts once per
     /// bucket it used), for memory accounting.
     pub fn held_keys(&self) -> usize {
-        self.defaults.keys() + self.subjects.values().map(Buckets::keys).sum::<usize>()
+        self.defaults.keys()
+            + self
+                .subjects
+                .values()
+                .map(|buckets| buckets.keys())
+                .sum::<usize>()
     }
 }
 
@@ -452,5 +478,33 @@ mod tests {
         }
         limits.defaults.prune();
         assert_eq!(limits.held_keys(), 0);
+    }
+
+    /// A reload keeps what callers spent of the rates it leaves alone and
+    /// gives a changed rate fresh buckets.
+    #[test]
+    fn a_reload_keeps_the_buckets_of_unchanged_rates() {
+        let limits = RateLimits::new(&settings());
+        let spend = |limits: &RateLimits, subject: &str| {
+            (0..10)
+                .find_map(|_| limits.admit(subject, MethodClass::Invoke, 0).err())
+                .is_some()
+        };
+        assert!(spend(&limits, "tenant"), "a burst of 3 at 1 a second");
+        // Unchanged: still spent.
+        let reloaded = limits.reloaded(&settings());
+        assert!(reloaded.admit("tenant", MethodClass::Invoke, 0).is_err());
+        // Raised: in force at once.
+        let mut raised = settings();
+        raised.subjects.get_mut("tenant").unwrap().invoke = Rate::new(1, 1000);
+        let reloaded = reloaded.reloaded(&raised);
+        for _ in 0..100 {
+            reloaded.admit("tenant", MethodClass::Invoke, 0).unwrap();
+        }
+        // A subject's own rates removed: it falls back to the defaults.
+        let reloaded = reloaded.reloaded(&RateSettings::default());
+        for _ in 0..100 {
+            reloaded.admit("tenant", MethodClass::Invoke, 0).unwrap();
+        }
     }
 }

@@ -172,7 +172,7 @@ pub fn router(
     raft_message_bytes_max: usize,
     tls: Option<ServerTlsConfig>,
 ) -> Result<Router<Stack<observe::ObserveLayer, NoLayer>>, tonic::transport::Error> {
-    let api_message_bytes_max = validate::api_message_bytes_max(node.limits());
+    let api_message_bytes_max = validate::api_message_bytes_max(&node.limits());
     let mut server = Server::builder();
     if let Some(tls) = tls {
         server = server.tls_config(tls)?;

@@ -171,7 +171,7 @@ impl ModulesService {
         mut stream: Streaming<proto::DeployChunk>,
     ) -> Result<(DeployUpload, Caller), Status> {
         let settings = self.node.settings().map_err(ApiError::from)?;
-        let mut assembler = DeployAssembler::new(self.node.limits(), settings.module_bytes_max);
+        let mut assembler = DeployAssembler::new(&self.node.limits(), settings.module_bytes_max);
         let mut caller = None;
         // The upload counts as an open call of its caller while it lasts.
         let mut _open = None;

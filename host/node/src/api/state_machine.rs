@@ -41,7 +41,7 @@ impl StateMachineService {
         let limits = self.node.limits();
         validate::module_name(&request.module)?;
         let caller = authorize(&self.node, &identity, Action::ModuleInvoke, &request.module)?;
-        validate::payload("the input", request.input.len(), limits)?;
+        validate::payload("the input", request.input.len(), &limits)?;
         let _open = admit_open(
             &self.node,
             &caller.subject,
@@ -135,7 +135,7 @@ impl StateMachineService {
         let limits = self.node.limits();
         validate::module_name(&request.module)?;
         let mut caller = authorize(&self.node, &identity, Action::ModuleQuery, &request.module)?;
-        validate::payload("the input", request.input.len(), limits)?;
+        validate::payload("the input", request.input.len(), &limits)?;
         let _open = admit_open(
             &self.node,
             &caller.subject,

@@ -28,7 +28,7 @@ const DEV_NODE_ID: u64 = 1;
 /// How long dev mode waits for its single node to elect itself.
 const DEV_LEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 #[command(group(clap::ArgGroup::new("mode").args(["dev", "node_id", "config"]).required(true)))]
 pub struct ServeArgs {
     /// Run a single development node: initialises itself the first time and
@@ -240,6 +240,7 @@ pub fn run(args: ServeArgs, log_format: LogFormat) -> anyhow::Result<ExitCode> {
 
 async fn serve(args: ServeArgs, config: NodeConfig) -> anyhow::Result<()> {
     let data_dir = config.data_dir.clone();
+    let started_with = config.clone();
     let examples = args.dev && !args.no_examples;
     if config.insecure && !args.dev {
         tracing::warn!(
@@ -283,7 +284,14 @@ async fn serve(args: ServeArgs, config: NodeConfig) -> anyhow::Result<()> {
         if args.dev {
             print_dev_banner(&node, &data_dir);
         }
-        wait_for_signal().await?;
+        let reloads = tokio::spawn(reload_on_hangup(
+            node.handle().clone(),
+            args.clone(),
+            started_with,
+        ));
+        let stopped = wait_for_signal().await;
+        reloads.abort();
+        stopped?;
         eprintln!("shutting down");
     }
     node.shutdown().await.context("unclean shutdown")?;
@@ -361,6 +369,102 @@ fn print_dev_banner(node: &RunningNode, data_dir: &std::path::Path) {
 }
 
 /// Returns on SIGINT or SIGTERM.
+/// Reloads this node's `[limits]` from its configuration file at every
+/// SIGHUP. A file that does not read or validate keeps the old limits, and
+/// the log says why; a change outside `[limits]` is named and waits for a
+/// restart.
+async fn reload_on_hangup(handle: NodeHandle, args: ServeArgs, started_with: NodeConfig) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(hangups) => hangups,
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGHUP: the limits do not reload");
+                return;
+            }
+        };
+        while hangups.recv().await.is_some() {
+            reload_limits(&handle, &args, &started_with);
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (handle, args, started_with);
+}
+
+fn reload_limits(handle: &NodeHandle, args: &ServeArgs, started_with: &NodeConfig) {
+    let Some(path) = &args.config else {
+        tracing::warn!(
+            "SIGHUP: this node was started without --config FILE, so it has no file to reload its limits from"
+        );
+        return;
+    };
+    let mut config = match NodeConfig::from_file(path) {
+        Ok(config) => config,
+        Err(error) => {
+            tracing::warn!(
+                file = %path.display(),
+                "SIGHUP: kept the limits in force: {error}"
+            );
+            return;
+        }
+    };
+    telemetry_options(args, &mut config.telemetry);
+    let restart_only = sections_changed(started_with, &config);
+    if !restart_only.is_empty() {
+        tracing::warn!(
+            file = %path.display(),
+            "SIGHUP: {} changed in the file; only [limits] reloads, the rest takes effect at the next start",
+            restart_only.join(", ")
+        );
+    }
+    match handle.reload_limits(config.limits) {
+        Ok(kept) if kept.is_empty() => {
+            tracing::info!(file = %path.display(), "SIGHUP: limits reloaded");
+        }
+        Ok(kept) => tracing::warn!(
+            file = %path.display(),
+            "SIGHUP: limits reloaded, but {} keep their values until the next start",
+            kept.join(", ")
+        ),
+        Err(error) => tracing::warn!(
+            file = %path.display(),
+            "SIGHUP: kept the limits in force: {error}"
+        ),
+    }
+}
+
+/// The parts of the configuration, other than `[limits]`, that differ.
+fn sections_changed(before: &NodeConfig, after: &NodeConfig) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    let mut note = |differs: bool, name: &'static str| {
+        if differs {
+            changed.push(name);
+        }
+    };
+    note(before.node_id != after.node_id, "node_id");
+    note(before.listen != after.listen, "listen");
+    note(before.advertise != after.advertise, "advertise");
+    note(before.data_dir != after.data_dir, "data_dir");
+    note(
+        before.cluster_secret_file != after.cluster_secret_file,
+        "cluster_secret_file",
+    );
+    note(before.insecure != after.insecure, "insecure");
+    note(before.tls != after.tls, "[tls]");
+    note(
+        before.raft != after.raft,
+        "[raft] (its timeouts hold for the life of the process: restart the nodes one at a time)",
+    );
+    note(before.membership != after.membership, "[membership]");
+    note(before.telemetry != after.telemetry, "[telemetry]");
+    note(
+        before.cluster != after.cluster,
+        "[cluster] (read at bootstrap only; `wasmraft cluster settings set` changes the cluster's)",
+    );
+    changed
+}
+
 async fn wait_for_signal() -> anyhow::Result<()> {
     #[cfg(unix)]
     {

@@ -52,11 +52,12 @@ pub(super) struct Inner {
     pub(super) reader: StateReader,
     /// Validates modules at the edge; shares its caches with apply.
     pub(super) runtime: Runtime,
-    pub(super) limits: LimitSettings,
+    /// This node's own limits (replaced whole by [`NodeHandle::reload_limits`]).
+    pub(super) limits: std::sync::RwLock<Arc<LimitSettings>>,
     /// What membership changes may name (checked here and on the leader).
     pub(super) membership_rules: MembershipRules,
     /// The callers' token buckets (`limits.rates`).
-    pub(super) rates: RateLimits,
+    pub(super) rates: std::sync::RwLock<Arc<RateLimits>>,
     /// The calls open on this node (`limits.in_flight`).
     pub(super) in_flight: InFlight,
     /// How long a write or a read barrier may wait for Raft: a write without
@@ -146,7 +147,7 @@ impl NodeHandle {
         removal: Removal,
     ) -> Self {
         let (proposals, queue) = mpsc::channel(PROPOSALS_QUEUED_MAX);
-        let rates = RateLimits::new(&limits.rates);
+        let rates = std::sync::RwLock::new(Arc::new(RateLimits::new(&limits.rates)));
         let in_flight = InFlight::new(&limits.in_flight);
         let query_threads = limits
             .query_threads
@@ -160,7 +161,7 @@ impl NodeHandle {
             advertised_address,
             consensus,
             reader,
-            limits,
+            limits: std::sync::RwLock::new(Arc::new(limits)),
             membership_rules,
             rates,
             in_flight,
@@ -244,8 +245,56 @@ impl NodeHandle {
         &self.inner.runtime
     }
 
-    pub fn limits(&self) -> &LimitSettings {
-        &self.inner.limits
+    /// This node's own limits in force.
+    pub fn limits(&self) -> Arc<LimitSettings> {
+        self.inner
+            .limits
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Puts `limits` in force for the calls admitted from now on, once
+    /// they pass validation; the old limits stay otherwise. The limits
+    /// fixed when the node started (`payload_bytes_max`, which sizes the
+    /// gRPC server's messages, `query_threads`, the query pool's threads,
+    /// and `query_timeout_ms`, the runtime's wall clock) keep their values,
+    /// and each one asked to change is named in the answer.
+    pub fn reload_limits(
+        &self,
+        mut limits: LimitSettings,
+    ) -> Result<Vec<&'static str>, crate::node::config::ConfigError> {
+        limits.validate()?;
+        let current = self.limits();
+        let mut kept = Vec::new();
+        if limits.payload_bytes_max != current.payload_bytes_max {
+            kept.push("limits.payload_bytes_max");
+            limits.payload_bytes_max = current.payload_bytes_max;
+        }
+        if limits.query_threads != current.query_threads {
+            kept.push("limits.query_threads");
+            limits.query_threads = current.query_threads;
+        }
+        if limits.query_timeout_ms != current.query_timeout_ms {
+            kept.push("limits.query_timeout_ms");
+            limits.query_timeout_ms = current.query_timeout_ms;
+        }
+        // The rates were validated against the payload bound they will
+        // meet, which may be the one kept.
+        limits.validate()?;
+        let rates = Arc::new(self.rates().reloaded(&limits.rates));
+        self.inner.in_flight.reload(&limits.in_flight);
+        *self
+            .inner
+            .rates
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = rates;
+        *self
+            .inner
+            .limits
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(limits);
+        Ok(kept)
     }
 
     /// The calls open on this node.
@@ -254,8 +303,12 @@ impl NodeHandle {
     }
 
     /// The callers' rate limits.
-    pub fn rates(&self) -> &RateLimits {
-        &self.inner.rates
+    pub fn rates(&self) -> Arc<RateLimits> {
+        self.inner
+            .rates
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// What membership changes this node accepts.
