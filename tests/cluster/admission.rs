@@ -155,6 +155,7 @@ async fn a_subject_at_its_in_flight_cap_is_shed_and_others_are_served() {
         in_flight: InFlightSettings {
             per_subject: 2,
             total: 64,
+            ..InFlightSettings::default()
         },
         ..LimitSettings::default()
     };
@@ -224,5 +225,107 @@ async fn a_subject_at_its_in_flight_cap_is_shed_and_others_are_served() {
         shed >= 1,
         "eight calls at once past a cap of two: some are shed"
     );
+    cluster.shutdown().await;
+}
+
+/// A deploy stream of `wasm` announced whole, whose chunks are sent by the
+/// returned sender; the call's answer comes from the returned task.
+fn open_deploy(
+    channel: &Channel,
+    wasm: &[u8],
+) -> (
+    futures::channel::mpsc::Sender<proto::DeployChunk>,
+    tokio::task::JoinHandle<Result<(), tonic::Status>>,
+) {
+    use sha2::Digest;
+    let (mut chunks, stream) = futures::channel::mpsc::channel(16);
+    let header = proto::DeployChunk {
+        content: Some(proto::deploy_chunk::Content::Header(proto::DeployHeader {
+            name: "counter2".to_owned(),
+            sha256_hex: hex::encode(sha2::Sha256::digest(wasm)),
+            size_bytes: wasm.len() as u64,
+            ..Default::default()
+        })),
+    };
+    chunks.try_send(header).unwrap();
+    let mut client = wasmraft_proto::v1::modules_client::ModulesClient::new(channel.clone());
+    let call = tokio::spawn(async move { client.deploy(stream).await.map(drop) });
+    (chunks, call)
+}
+
+/// Deploy uploads are bounded: in number (`limits.in_flight.deploys`),
+/// in the bytes the node holds for them (`limits.in_flight.bytes`, taken
+/// for the size a header announces) and in idle time
+/// (`limits.deploy_idle_timeout_ms`); a shed upload names its limit, and
+/// once the others end the next deploy goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deploy_uploads_are_bounded_in_number_bytes_and_idle_time() {
+    let wasm = wasmraft_examples::COUNTER_WASM;
+    let limits = LimitSettings {
+        deploy_idle_timeout_ms: 1_500,
+        in_flight: InFlightSettings {
+            deploys: 1,
+            ..InFlightSettings::default()
+        },
+        ..LimitSettings::default()
+    };
+    let cluster = Cluster::start_as_limited(
+        1,
+        super::harness::test_raft_settings(),
+        false,
+        false,
+        limits,
+    )
+    .await;
+    let channel = Channel::from_shared(format!("http://{}", cluster.address(1)))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    // One upload that sends its header and then nothing.
+    let (idle_chunks, idle) = open_deploy(&channel, wasm);
+    // Until it is shed for idling, no second upload is admitted. The first
+    // may be shed before the second arrives on a slow machine: then the
+    // second is admitted and idles in its turn.
+    let (second_chunks, second) = open_deploy(&channel, wasm);
+    let mut answers = Vec::new();
+    for call in [idle, second] {
+        answers.push(call.await.unwrap().unwrap_err());
+    }
+    drop((idle_chunks, second_chunks));
+    let codes: Vec<Code> = answers.iter().map(tonic::Status::code).collect();
+    assert!(
+        codes.contains(&Code::DeadlineExceeded),
+        "an upload that sends nothing is ended: {answers:?}"
+    );
+    for status in &answers {
+        let expected = match status.code() {
+            Code::DeadlineExceeded => "limits.deploy_idle_timeout_ms",
+            Code::ResourceExhausted => "limits.in_flight.deploys",
+            _ => panic!("{status:?}"),
+        };
+        assert!(status.message().contains(expected), "{status:?}");
+        if status.code() == Code::ResourceExhausted {
+            assert!(
+                status.metadata().contains_key("retry-after-ms"),
+                "{status:?}"
+            );
+        }
+    }
+
+    // With the uploads ended, a whole one goes through.
+    let (mut chunks, call) = open_deploy(&channel, wasm);
+    for piece in wasm.chunks(64 << 10) {
+        futures::SinkExt::send(
+            &mut chunks,
+            proto::DeployChunk {
+                content: Some(proto::deploy_chunk::Content::Data(piece.to_vec())),
+            },
+        )
+        .await
+        .unwrap();
+    }
+    drop(chunks);
+    call.await.unwrap().expect("a deploy once the others ended");
     cluster.shutdown().await;
 }

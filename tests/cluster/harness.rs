@@ -212,7 +212,7 @@ impl Cluster {
         Self::start_as_limited(size, raft, secure, tls, LimitSettings::default()).await
     }
 
-    async fn start_as_limited(
+    pub(super) async fn start_as_limited(
         size: u64,
         raft: RaftSettings,
         secure: bool,

@@ -1,7 +1,9 @@
-//! How many calls a node serves at once: per subject, and in all. A call
-//! holds an [`InFlightPermit`] from its admission until it answers; one
-//! past a cap is shed at once, so a subject with thousands of calls open
-//! cannot take every slot another subject needs.
+//! How many calls a node serves at once: per subject, and in all, with the
+//! request bytes they hold and the deploy uploads among them. A call holds
+//! an [`InFlightPermit`] from its admission until it answers; one past a cap
+//! is shed at once, so a subject with thousands of calls open cannot take
+//! every slot another subject needs, and the bytes a node buffers for its
+//! callers stay bounded.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -18,6 +20,11 @@ pub struct InFlightSettings {
     pub per_subject: u32,
     /// Calls the node serves at once, all subjects together.
     pub total: u32,
+    /// Request bytes the open calls may hold at once: invoke and query
+    /// inputs, and the wasm of deploy uploads as it arrives.
+    pub bytes: u64,
+    /// Deploy uploads open at once.
+    pub deploys: u32,
 }
 
 impl Default for InFlightSettings {
@@ -27,14 +34,32 @@ impl Default for InFlightSettings {
         Self {
             per_subject: 1024,
             total: 8192,
+            bytes: 512 << 20,
+            deploys: 8,
         }
     }
 }
 
 impl InFlightSettings {
-    pub fn validate(&self) -> Result<(), String> {
-        if self.per_subject == 0 || self.total == 0 {
-            return Err("`limits.in_flight.per_subject` and `total` must be at least 1".to_owned());
+    /// Why these caps cannot work, or `Ok`. The bytes must hold the largest
+    /// input (`payload_bytes_max`) and the largest module the cluster
+    /// settings allow, so that every call that fits its own bounds can be
+    /// served alone.
+    pub fn validate(&self, payload_bytes_max: u64) -> Result<(), String> {
+        if self.per_subject == 0 || self.total == 0 || self.deploys == 0 {
+            return Err(
+                "`limits.in_flight.per_subject`, `total` and `deploys` must be at least 1"
+                    .to_owned(),
+            );
+        }
+        let largest = payload_bytes_max.max(crate::command::settings::MODULE_BYTES_MAX_RANGE.1);
+        if self.bytes < largest {
+            return Err(format!(
+                "`limits.in_flight.bytes` ({}) is below the largest request a node may have to \
+                 hold ({largest} bytes: the largest module the cluster settings allow, or \
+                 `limits.payload_bytes_max`)",
+                self.bytes
+            ));
         }
         if self.per_subject > self.total {
             return Err(format!(
@@ -51,6 +76,8 @@ struct Counts {
     /// The caps in force (replaced by [`InFlight::reload`]).
     settings: InFlightSettings,
     total: u32,
+    bytes: u64,
+    deploys: u32,
     /// Only subjects with a call open: an entry goes with its last call.
     by_subject: HashMap<String, u32>,
 }
@@ -66,6 +93,18 @@ pub struct InFlight {
 pub struct InFlightPermit {
     counts: Arc<Mutex<Counts>>,
     subject: String,
+    /// The request bytes this call holds.
+    bytes: u64,
+    deploy: bool,
+}
+
+/// What kind of call a permit opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallKind {
+    /// An invoke or a query, holding its input.
+    Call,
+    /// A deploy upload, holding its wasm as it arrives.
+    Deploy,
 }
 
 /// How long a shed caller should wait: calls end within milliseconds to
@@ -91,12 +130,9 @@ impl InFlight {
             .settings = settings.clone();
     }
 
-    /// Opens a call of `subject`, or sheds it past a cap.
-    pub fn admit(&self, subject: &str) -> Result<InFlightPermit, Shed> {
-        let mut counts = self
-            .counts
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+    /// Opens a call of `subject` holding `bytes`, or sheds it past a cap.
+    pub fn admit(&self, subject: &str, kind: CallKind, bytes: u64) -> Result<InFlightPermit, Shed> {
+        let mut counts = self.lock();
         if counts.total >= counts.settings.total {
             return Err(Shed {
                 limit: "limits.in_flight.total".into(),
@@ -112,20 +148,85 @@ impl InFlight {
                 retry_after_ms: RETRY_AFTER_MS,
             });
         }
+        if kind == CallKind::Deploy && counts.deploys >= counts.settings.deploys {
+            return Err(Shed {
+                limit: "limits.in_flight.deploys".into(),
+                detail: format!("{} deploy uploads are open on this node", counts.deploys),
+                retry_after_ms: DEPLOY_RETRY_AFTER_MS,
+            });
+        }
+        counts.take_bytes(bytes)?;
         counts.total += 1;
+        counts.deploys += u32::from(kind == CallKind::Deploy);
         *counts.by_subject.entry(subject.to_owned()).or_insert(0) += 1;
         Ok(InFlightPermit {
             counts: self.counts.clone(),
             subject: subject.to_owned(),
+            bytes,
+            deploy: kind == CallKind::Deploy,
         })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
+        self.counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Request bytes the open calls hold now.
+    pub fn bytes(&self) -> u64 {
+        self.lock().bytes
     }
 
     /// Calls open now, all subjects together.
     pub fn open(&self) -> u32 {
-        self.counts
+        self.lock().total
+    }
+}
+
+/// How long a deploy shed for room should wait: uploads take seconds.
+const DEPLOY_RETRY_AFTER_MS: u64 = 1000;
+
+impl Counts {
+    fn take_bytes(&mut self, bytes: u64) -> Result<(), Shed> {
+        let limit = self.settings.bytes;
+        if bytes > limit {
+            // Validation keeps the cap above every request that fits its
+            // own bounds; waiting would not help this one.
+            return Err(Shed {
+                limit: "limits.in_flight.bytes".into(),
+                detail: format!(
+                    "one request of {bytes} bytes is more than this node holds for all calls at once ({limit})"
+                ),
+                retry_after_ms: DEPLOY_RETRY_AFTER_MS,
+            });
+        }
+        if self.bytes.saturating_add(bytes) > limit {
+            return Err(Shed {
+                limit: "limits.in_flight.bytes".into(),
+                detail: format!(
+                    "the open calls hold {} request bytes of the node's {limit}",
+                    self.bytes
+                ),
+                retry_after_ms: RETRY_AFTER_MS,
+            });
+        }
+        self.bytes += bytes;
+        Ok(())
+    }
+}
+
+impl InFlightPermit {
+    /// Counts `more` request bytes against the node's cap for this call (a
+    /// deploy's next chunk), or sheds the call.
+    pub fn hold(&mut self, more: u64) -> Result<(), Shed> {
+        let mut counts = self
+            .counts
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .total
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        counts.take_bytes(more)?;
+        self.bytes += more;
+        Ok(())
     }
 }
 
@@ -136,6 +237,10 @@ impl Drop for InFlightPermit {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         counts.total = counts.total.saturating_sub(1);
+        counts.bytes = counts.bytes.saturating_sub(self.bytes);
+        if self.deploy {
+            counts.deploys = counts.deploys.saturating_sub(1);
+        }
         if let Some(open) = counts.by_subject.get_mut(&self.subject) {
             *open -= 1;
             if *open == 0 {
@@ -154,17 +259,18 @@ mod tests {
         let in_flight = InFlight::new(&InFlightSettings {
             per_subject: 2,
             total: 3,
+            ..InFlightSettings::default()
         });
-        let first = in_flight.admit("a").unwrap();
-        let _second = in_flight.admit("a").unwrap();
-        let shed = in_flight.admit("a").unwrap_err();
+        let first = in_flight.admit("a", CallKind::Call, 0).unwrap();
+        let _second = in_flight.admit("a", CallKind::Call, 0).unwrap();
+        let shed = in_flight.admit("a", CallKind::Call, 0).unwrap_err();
         assert_eq!(shed.limit, "limits.in_flight.per_subject");
         assert_eq!(shed.detail, "`a` has 2 calls open on this node");
-        let _third = in_flight.admit("b").unwrap();
-        let shed = in_flight.admit("c").unwrap_err();
+        let _third = in_flight.admit("b", CallKind::Call, 0).unwrap();
+        let shed = in_flight.admit("c", CallKind::Call, 0).unwrap_err();
         assert_eq!(shed.limit, "limits.in_flight.total");
         drop(first);
-        let _again = in_flight.admit("a").unwrap();
+        let _again = in_flight.admit("a", CallKind::Call, 0).unwrap();
         assert_eq!(in_flight.open(), 3);
         drop(_again);
         drop(_second);
@@ -177,35 +283,91 @@ mod tests {
         let in_flight = InFlight::new(&InFlightSettings {
             per_subject: 2,
             total: 4,
+            ..InFlightSettings::default()
         });
-        let _first = in_flight.admit("a").unwrap();
-        let _second = in_flight.admit("a").unwrap();
-        assert!(in_flight.admit("a").is_err());
+        let _first = in_flight.admit("a", CallKind::Call, 0).unwrap();
+        let _second = in_flight.admit("a", CallKind::Call, 0).unwrap();
+        assert!(in_flight.admit("a", CallKind::Call, 0).is_err());
         in_flight.reload(&InFlightSettings {
             per_subject: 3,
             total: 4,
+            ..InFlightSettings::default()
         });
-        let _third = in_flight.admit("a").unwrap();
+        let _third = in_flight.admit("a", CallKind::Call, 0).unwrap();
         // Lowered under what is open: the open calls stay, no new one.
         in_flight.reload(&InFlightSettings {
             per_subject: 1,
             total: 4,
+            ..InFlightSettings::default()
         });
         assert_eq!(in_flight.open(), 3);
         assert_eq!(
-            in_flight.admit("a").unwrap_err().limit,
+            in_flight.admit("a", CallKind::Call, 0).unwrap_err().limit,
             "limits.in_flight.per_subject"
         );
-        assert!(in_flight.admit("b").is_ok());
+        assert!(in_flight.admit("b", CallKind::Call, 0).is_ok());
     }
 
     #[test]
     fn bad_settings_are_refused() {
         for (per_subject, total) in [(0, 1), (1, 0), (5, 4)] {
-            assert!(
-                InFlightSettings { per_subject, total }.validate().is_err(),
-                "{per_subject} {total}"
-            );
+            let settings = InFlightSettings {
+                per_subject,
+                total,
+                ..InFlightSettings::default()
+            };
+            assert!(settings.validate(1 << 20).is_err(), "{per_subject} {total}");
         }
+        let no_deploys = InFlightSettings {
+            deploys: 0,
+            ..InFlightSettings::default()
+        };
+        assert!(no_deploys.validate(1 << 20).is_err());
+        let small = InFlightSettings {
+            bytes: 32 << 20,
+            ..InFlightSettings::default()
+        };
+        let error = small.validate(1 << 20).unwrap_err();
+        assert!(error.contains("the largest module"), "{error}");
+        InFlightSettings::default().validate(64 << 20).unwrap();
+        assert!(InFlightSettings::default().validate(1 << 30).is_err());
+    }
+
+    /// Request bytes are held per call and in all: a deploy grows its hold
+    /// as its chunks arrive, and one that would pass the node's cap is shed
+    /// while the calls within it go on; closing a call frees its bytes.
+    #[test]
+    fn request_bytes_and_deploy_uploads_are_bounded() {
+        let in_flight = InFlight::new(&InFlightSettings {
+            bytes: 100,
+            deploys: 1,
+            ..InFlightSettings::default()
+        });
+        let call = in_flight.admit("a", CallKind::Call, 60).unwrap();
+        let mut deploy = in_flight.admit("b", CallKind::Deploy, 0).unwrap();
+        assert_eq!(
+            in_flight.admit("c", CallKind::Deploy, 0).unwrap_err().limit,
+            "limits.in_flight.deploys"
+        );
+        deploy.hold(30).unwrap();
+        let shed = deploy.hold(30).unwrap_err();
+        assert_eq!(shed.limit, "limits.in_flight.bytes");
+        assert_eq!(
+            shed.detail,
+            "the open calls hold 90 request bytes of the node's 100"
+        );
+        assert_eq!(in_flight.bytes(), 90);
+        let shed = in_flight.admit("c", CallKind::Call, 101).unwrap_err();
+        assert!(
+            shed.detail.starts_with("one request of 101 bytes"),
+            "{}",
+            shed.detail
+        );
+        drop(call);
+        deploy.hold(30).unwrap();
+        assert_eq!(in_flight.bytes(), 60);
+        drop(deploy);
+        assert_eq!(in_flight.bytes(), 0);
+        let _next = in_flight.admit("c", CallKind::Deploy, 0).unwrap();
     }
 }

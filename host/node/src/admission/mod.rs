@@ -8,7 +8,8 @@
 //! - `rates`: [`RateLimits`], token buckets per subject and method class
 //!   (requests and input bytes), with overrides per subject.
 //! - `in_flight`: [`InFlight`], the calls open at once, per subject and in
-//!   all; invokes, queries and deploy uploads hold a permit while they run.
+//!   all, the request bytes they hold and the deploy uploads among them;
+//!   invokes, queries and deploy uploads hold a permit while they run.
 //!
 //! Invariant: a refusal is an [`Shed`] naming the limit and when to retry;
 //! it never leaves work behind (nothing was started).
@@ -17,7 +18,7 @@ mod in_flight;
 mod queries;
 pub mod rates;
 
-pub use in_flight::{InFlight, InFlightPermit, InFlightSettings};
+pub use in_flight::{CallKind, InFlight, InFlightPermit, InFlightSettings};
 pub use queries::{QueryPermit, QueryPool};
 pub use rates::{MethodClass, RateLimits, RateSettings};
 

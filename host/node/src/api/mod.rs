@@ -36,7 +36,7 @@ pub use self::raft::RaftService;
 pub use self::state_machine::StateMachineService;
 pub use self::status::ApiError;
 pub use self::validate::{DeployUpload, InputError};
-use crate::admission::{InFlightPermit, MethodClass};
+use crate::admission::{CallKind, InFlightPermit, MethodClass};
 use crate::auth::tls::certificate_subject;
 use crate::auth::{Action, Caller, Identity};
 use crate::node::handle::NodeHandle;
@@ -98,10 +98,17 @@ pub(crate) fn admit_open(
     input_bytes: usize,
 ) -> Result<InFlightPermit, ApiError> {
     admit(node, subject, class, input_bytes)?;
-    node.in_flight().admit(subject).map_err(|shed| {
-        node.metrics().rejected(&shed.limit);
-        shed.into()
-    })
+    let kind = match class {
+        MethodClass::Deploy => CallKind::Deploy,
+        _ => CallKind::Call,
+    };
+    let bytes = u64::try_from(input_bytes).unwrap_or(u64::MAX);
+    node.in_flight()
+        .admit(subject, kind, bytes)
+        .map_err(|shed| {
+            node.metrics().rejected(&shed.limit);
+            shed.into()
+        })
 }
 
 /// The caller `identity` acts as for `action` on `object`, if the policy in

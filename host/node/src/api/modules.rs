@@ -173,20 +173,31 @@ impl ModulesService {
         let settings = self.node.settings().map_err(ApiError::from)?;
         let mut assembler = DeployAssembler::new(&self.node.limits(), settings.module_bytes_max);
         let mut caller = None;
-        // The upload counts as an open call of its caller while it lasts.
+        // The upload counts as an open call of its caller while it lasts,
+        // holding the bytes its header announced.
         let mut _open = None;
-        while let Some(chunk) = stream.message().await? {
+        let idle = Duration::from_millis(self.node.limits().deploy_idle_timeout_ms);
+        loop {
+            let Ok(chunk) = tokio::time::timeout(idle, stream.message()).await else {
+                return Err(Status::deadline_exceeded(format!(
+                    "the deploy stream sent nothing for {} ms (limits.deploy_idle_timeout_ms); \
+                     send the wasm without pauses",
+                    idle.as_millis()
+                )));
+            };
+            let Some(chunk) = chunk? else { break };
             assembler.push(chunk.content).map_err(ApiError::from)?;
             if caller.is_none()
                 && let Some(name) = assembler.module_name()
             {
                 let allowed = authorize(&self.node, identity, Action::ModuleDeploy, name)?;
-                _open = Some(admit_open(
-                    &self.node,
-                    &allowed.subject,
-                    MethodClass::Deploy,
-                    0,
-                )?);
+                let mut open = admit_open(&self.node, &allowed.subject, MethodClass::Deploy, 0)?;
+                open.hold(assembler.announced_bytes().unwrap_or(0))
+                    .map_err(|shed| {
+                        self.node.metrics().rejected(&shed.limit);
+                        ApiError::from(shed)
+                    })?;
+                _open = Some(open);
                 caller = Some(allowed);
             }
         }

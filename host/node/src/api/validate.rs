@@ -204,6 +204,12 @@ impl DeployAssembler {
         self.header.as_ref().map(|header| header.name.as_str())
     }
 
+    /// The size of the wasm the header announced (checked against the
+    /// module size bound), once the header arrived: no more is taken.
+    pub fn announced_bytes(&self) -> Option<u64> {
+        self.header.as_ref().map(|header| header.size_bytes)
+    }
+
     /// Takes the next chunk of the stream.
     pub fn push(&mut self, content: Option<Content>) -> Result<(), InputError> {
         match (content, &mut self.header) {

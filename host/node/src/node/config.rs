@@ -140,7 +140,10 @@ pub struct LimitSettings {
     /// CPU in its guest); by default one per core, so that queries, however
     /// many arrive, leave apply and the network their share of the CPU.
     pub query_threads: Option<u64>,
-    /// Calls open at once, per subject and in all (`[limits.in_flight]`).
+    /// How long a deploy upload may go without sending a chunk.
+    pub deploy_idle_timeout_ms: u64,
+    /// Calls open at once, per subject and in all, the request bytes they
+    /// hold and the deploy uploads among them (`[limits.in_flight]`).
     pub in_flight: crate::admission::InFlightSettings,
     /// Token buckets per subject and method class (`[limits.rates]`, and
     /// `[limits.rates.subjects.NAME]` for a subject's own).
@@ -153,6 +156,7 @@ impl Default for LimitSettings {
             payload_bytes_max: 1024 * 1024,
             query_timeout_ms: 5_000,
             query_threads: None,
+            deploy_idle_timeout_ms: 30_000,
             in_flight: Default::default(),
             rates: Default::default(),
         }
@@ -261,8 +265,14 @@ impl LimitSettings {
         if let Some(threads) = self.query_threads {
             within("limits.query_threads", threads, 1, 1024)?;
         }
+        within(
+            "limits.deploy_idle_timeout_ms",
+            self.deploy_idle_timeout_ms,
+            100,
+            600_000,
+        )?;
         self.in_flight
-            .validate()
+            .validate(self.payload_bytes_max)
             .map_err(|reason| invalid("limits.in_flight", reason))?;
         self.rates
             .validate(self.payload_bytes_max)

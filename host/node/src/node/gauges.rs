@@ -91,6 +91,11 @@ pub(super) fn register(handle: &NodeHandle, log_file: std::path::PathBuf) {
         "Calls open on this node (invokes, queries, deploy uploads)",
         |node, observer| observer.observe(u64::from(node.in_flight().open()), &[]),
     );
+    gauge(
+        "wasmraft.requests.in_flight.bytes",
+        "Request bytes the open calls hold (inputs, deploy uploads), against limits.in_flight.bytes",
+        |node, observer| observer.observe(node.in_flight().bytes(), &[]),
+    );
     gauge("wasmraft.modules", "Modules deployed", |node, observer| {
         if let Ok(modules) = node.reader().modules() {
             observer.observe(modules.len() as u64, &[]);

@@ -326,7 +326,7 @@ pub async fn serve(
 /// `limits.in_flight.total`, …), with a subject's own override counted
 /// under the class it overrides, so the set stays closed.
 fn limit_label(limit: &str) -> &'static str {
-    const KNOWN: [&str; 9] = [
+    const KNOWN: [&str; 10] = [
         "limits.rates.invoke",
         "limits.rates.query",
         "limits.rates.deploy",
@@ -334,8 +334,9 @@ fn limit_label(limit: &str) -> &'static str {
         "limits.rates.bytes",
         "limits.in_flight.total",
         "limits.in_flight.per_subject",
+        "limits.in_flight.bytes",
+        "limits.in_flight.deploys",
         "limits.query_threads",
-        "limits.deploy_streams",
     ];
     let general = match limit.strip_prefix("limits.rates.subjects.") {
         Some(rest) => rest.rsplit('.').next().unwrap_or(rest),
