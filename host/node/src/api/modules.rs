@@ -179,11 +179,10 @@ impl ModulesService {
         let idle = Duration::from_millis(self.node.limits().deploy_idle_timeout_ms);
         loop {
             let Ok(chunk) = tokio::time::timeout(idle, stream.message()).await else {
-                return Err(Status::deadline_exceeded(format!(
-                    "the deploy stream sent nothing for {} ms (limits.deploy_idle_timeout_ms); \
-                     send the wasm without pauses",
-                    idle.as_millis()
-                )));
+                return Err(ApiError::StreamIdle {
+                    idle_ms: u64::try_from(idle.as_millis()).unwrap_or(u64::MAX),
+                }
+                .into());
             };
             let Some(chunk) = chunk? else { break };
             assembler.push(chunk.content).map_err(ApiError::from)?;

@@ -37,7 +37,8 @@
 //! | a valid credential without the permission (`Denied::PermissionDenied`); a permission revoked while the command was in flight (`Refusal::PermissionDenied`) | `PERMISSION_DENIED` | who may not do what, and the roles that may |
 //! | revoking a binding or a token that does not exist | `NOT_FOUND` | what was not found |
 //! | method not built yet | `UNIMPLEMENTED` | what comes when |
-//! | a local admission limit (`admission::Shed`: query threads, rates) | `RESOURCE_EXHAUSTED` | the limit and what the node was doing; metadata `retry-after-ms` |
+//! | a local admission limit (`admission::Shed`: query threads, rates, calls and request bytes in flight, deploy uploads) | `RESOURCE_EXHAUSTED` | the limit and what the node was doing; metadata `retry-after-ms` |
+//! | a deploy stream idle past `limits.deploy_idle_timeout_ms` (`ApiError::StreamIdle`) | `DEADLINE_EXCEEDED` | the limit |
 //!
 //! Messages above tonic's decoding limit never reach a handler: tonic
 //! answers `OUT_OF_RANGE` itself. The limit sits above every cap here, so a
@@ -96,6 +97,11 @@ pub enum ApiError {
     Denied(#[from] Denied),
     #[error("{0}")]
     NotFound(String),
+    /// A deploy stream paused longer than `limits.deploy_idle_timeout_ms`.
+    #[error(
+        "the deploy stream sent nothing for {idle_ms} ms (limits.deploy_idle_timeout_ms); send the wasm without pauses"
+    )]
+    StreamIdle { idle_ms: u64 },
 }
 
 impl From<redb::Error> for ApiError {
@@ -175,6 +181,7 @@ pub fn code(error: &ApiError) -> Code {
         ApiError::Unimplemented(_) => Code::Unimplemented,
         ApiError::Denied(denied) => denied_code(denied),
         ApiError::NotFound(_) => Code::NotFound,
+        ApiError::StreamIdle { .. } => Code::DeadlineExceeded,
     }
 }
 
