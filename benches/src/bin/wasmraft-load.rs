@@ -7,6 +7,12 @@
 //! cargo run --release -p wasmraft -- serve --dev --data-dir /tmp/load-node &
 //! cargo run --release -p wasmraft-benches --bin wasmraft-load -- --clients 1,16,256
 //! ```
+//!
+//! `--target etcd` sends the same puts (same keys, values, closed loop and
+//! connection pool) to an etcd cluster as etcd v3 `Put`s, for a side-by-side
+//! figure (`benches/vs-etcd`); it needs the `etcd` feature
+//! (`--features etcd`), whose `etcd-client` builds its protocol with the
+//! system's `protoc`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 use wasmraft_proto::v1 as proto;
 use wasmraft_proto::v1::state_machine_client::StateMachineClient;
@@ -23,14 +30,20 @@ use wasmraft_proto::v1::state_machine_client::StateMachineClient;
     about = "Drive a wasmraft node with concurrent kv puts and report throughput and latency"
 )]
 struct Args {
-    /// The node to load: any member of a cluster (a follower forwards every
-    /// put to the leader, which costs one more hop).
+    /// What to load: `wasmraft` (kv example invokes) or `etcd` (v3 puts).
+    #[arg(long, value_enum, default_value = "wasmraft")]
+    target: Target,
+    /// The members to load, comma-separated: the connections go to them in
+    /// turn (a follower forwards every put to the leader, which costs one
+    /// more hop).
     #[arg(
         long,
+        alias = "endpoint",
         env = "WASMRAFT_ENDPOINT",
+        value_delimiter = ',',
         default_value = "http://127.0.0.1:7070"
     )]
-    endpoint: String,
+    endpoints: Vec<String>,
     /// Concurrency levels to run, one after the other.
     #[arg(long, value_delimiter = ',', default_value = "1,16,256")]
     clients: Vec<usize>,
@@ -59,6 +72,103 @@ struct Args {
     token: Option<String>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Target {
+    Wasmraft,
+    Etcd,
+}
+
+/// One pooled connection to the system under load.
+#[derive(Clone)]
+enum Connection {
+    Wasmraft {
+        client: StateMachineClient<Channel>,
+        authorization: Option<MetadataValue<Ascii>>,
+    },
+    #[cfg(feature = "etcd")]
+    Etcd(etcd_client::KvClient),
+}
+
+impl Connection {
+    async fn open(args: &Args, endpoint: &str) -> anyhow::Result<Self> {
+        match args.target {
+            Target::Wasmraft => {
+                let channel = Endpoint::from_shared(endpoint.to_owned())
+                    .with_context(|| format!("`{endpoint}` is not a URL"))?
+                    .connect_timeout(Duration::from_secs(5))
+                    .timeout(Duration::from_secs(30))
+                    .connect()
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "cannot reach {endpoint}; is a node running (`wasmraft serve --dev`)?"
+                        )
+                    })?;
+                let authorization = match &args.token {
+                    Some(token) => Some(
+                        MetadataValue::try_from(format!("Bearer {token}"))
+                            .context("--token holds characters a header cannot carry")?,
+                    ),
+                    None => None,
+                };
+                Ok(Self::Wasmraft {
+                    client: StateMachineClient::new(channel),
+                    authorization,
+                })
+            }
+            #[cfg(feature = "etcd")]
+            Target::Etcd => {
+                let options = etcd_client::ConnectOptions::new()
+                    .with_connect_timeout(Duration::from_secs(5))
+                    .with_timeout(Duration::from_secs(30));
+                let client = etcd_client::Client::connect([endpoint], Some(options))
+                    .await
+                    .with_context(|| format!("cannot reach etcd at {endpoint}"))?;
+                Ok(Self::Etcd(client.kv_client()))
+            }
+            #[cfg(not(feature = "etcd"))]
+            Target::Etcd => bail!(
+                "this wasmraft-load was built without etcd support: build it with \
+                 `cargo build --release -p wasmraft-benches --features etcd` (benches/vs-etcd does)"
+            ),
+        }
+    }
+
+    /// One durable put of `value` under `key`.
+    async fn put(&mut self, module: &str, key: &str, value: &str) -> Result<(), String> {
+        match self {
+            Self::Wasmraft {
+                client,
+                authorization,
+            } => {
+                let input = format!(r#"{{"op":"put","key":"{key}","value":"{value}"}}"#);
+                let mut request = tonic::Request::new(proto::InvokeRequest {
+                    module: module.to_owned(),
+                    input: input.into_bytes(),
+                    client_id: String::new(),
+                    sequence: 0,
+                });
+                if let Some(authorization) = authorization {
+                    request
+                        .metadata_mut()
+                        .insert("authorization", authorization.clone());
+                }
+                client
+                    .invoke(request)
+                    .await
+                    .map(drop)
+                    .map_err(|status| format!("{:?}: {}", status.code(), status.message()))
+            }
+            #[cfg(feature = "etcd")]
+            Self::Etcd(client) => client
+                .put(key, value, None)
+                .await
+                .map(drop)
+                .map_err(|error| error.to_string()),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Tally {
     latencies_us: Vec<u32>,
@@ -67,7 +177,7 @@ struct Tally {
 }
 
 async fn client_loop(
-    mut client: StateMachineClient<Channel>,
+    mut connection: Connection,
     args: Arc<Args>,
     worker: usize,
     measuring: Arc<AtomicBool>,
@@ -75,41 +185,24 @@ async fn client_loop(
 ) -> Tally {
     let mut tally = Tally::default();
     let value = "v".repeat(args.value_bytes);
-    let authorization = args.token.as_ref().map(|token| {
-        tonic::metadata::MetadataValue::try_from(format!("Bearer {token}"))
-            .expect("checked in main")
-    });
     let mut sequence = 0usize;
     while !stop.load(Ordering::Relaxed) {
         let key = (worker * 7919 + sequence * 104_729) % args.keys;
         sequence += 1;
-        let input = format!(r#"{{"op":"put","key":"key-{key:08}","value":"{value}"}}"#);
-        let mut request = tonic::Request::new(proto::InvokeRequest {
-            module: args.module.clone(),
-            input: input.into_bytes(),
-            client_id: String::new(),
-            sequence: 0,
-        });
-        if let Some(authorization) = &authorization {
-            request
-                .metadata_mut()
-                .insert("authorization", authorization.clone());
-        }
+        let key = format!("key-{key:08}");
         let started = Instant::now();
-        let result = client.invoke(request).await;
+        let result = connection.put(&args.module, &key, &value).await;
         let elapsed = started.elapsed();
         if !measuring.load(Ordering::Relaxed) {
             continue;
         }
         match result {
-            Ok(_) => tally
+            Ok(()) => tally
                 .latencies_us
                 .push(u32::try_from(elapsed.as_micros()).unwrap_or(u32::MAX)),
-            Err(status) => {
+            Err(error) => {
                 tally.errors += 1;
-                tally
-                    .first_error
-                    .get_or_insert_with(|| format!("{:?}: {}", status.code(), status.message()));
+                tally.first_error.get_or_insert(error);
             }
         }
     }
@@ -130,29 +223,13 @@ async fn main() -> anyhow::Result<()> {
     if args.clients.is_empty() || args.clients.contains(&0) {
         bail!("--clients needs concurrency levels of at least 1");
     }
-    if let Some(token) = &args.token
-        && tonic::metadata::MetadataValue::<tonic::metadata::Ascii>::try_from(format!(
-            "Bearer {token}"
-        ))
-        .is_err()
-    {
-        bail!("--token holds characters a header cannot carry");
+    if args.endpoints.is_empty() {
+        bail!("--endpoints needs at least one member");
     }
-    let mut channels = Vec::new();
-    for _ in 0..args.connections.max(1) {
-        let channel = Endpoint::from_shared(args.endpoint.clone())
-            .with_context(|| format!("`{}` is not a URL", args.endpoint))?
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(30))
-            .connect()
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot reach {}; is a node running (`wasmraft serve --dev`)?",
-                    args.endpoint
-                )
-            })?;
-        channels.push(channel);
+    let mut connections = Vec::new();
+    for index in 0..args.connections.max(1) {
+        let endpoint = &args.endpoints[index % args.endpoints.len()];
+        connections.push(Connection::open(&args, endpoint).await?);
     }
     println!(
         "{:>8} {:>12} {:>10} {:>10} {:>10} {:>8}",
@@ -163,9 +240,9 @@ async fn main() -> anyhow::Result<()> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut tasks = Vec::with_capacity(clients);
         for worker in 0..clients {
-            let client = StateMachineClient::new(channels[worker % channels.len()].clone());
+            let connection = connections[worker % connections.len()].clone();
             tasks.push(tokio::spawn(client_loop(
-                client,
+                connection,
                 args.clone(),
                 worker,
                 measuring.clone(),
