@@ -79,7 +79,8 @@ apply_storage_error!(
     redb::TransactionError,
     redb::TableError,
     redb::StorageError,
-    redb::CommitError
+    redb::CommitError,
+    redb::SetDurabilityError
 );
 
 /// What the commands of one entry read from the state before they run, read

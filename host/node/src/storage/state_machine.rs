@@ -88,7 +88,18 @@ struct Shared {
     /// The node's instruments, once it gave them (guest calls, compiles,
     /// snapshots).
     metrics: std::sync::OnceLock<Metrics>,
+    /// When apply last committed durably, and the entries it applied since:
+    /// what a crash would make Raft apply again, and what redb holds in
+    /// memory until the next durable commit.
+    undurable: Mutex<(std::time::Instant, u64)>,
 }
+
+/// Apply commits durably once this long has passed since its last durable
+/// commit, or after this many entries: a bound on the memory its
+/// non-durable commits hold and on what a restart applies again, paid by one
+/// batch in many rather than by every write.
+const DURABLE_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+const DURABLE_EVERY_ENTRIES: u64 = 4096;
 
 impl std::fmt::Debug for StateMachineStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -166,6 +177,7 @@ impl StateMachineStore {
                 digest_cache: Mutex::new(None),
                 access,
                 metrics: std::sync::OnceLock::new(),
+                undurable: Mutex::new((std::time::Instant::now(), 0)),
             }),
         })
     }
@@ -235,6 +247,9 @@ impl StateMachineStore {
             )
         };
         let db = self.db();
+        // The log is purged up to the snapshot once it is built: the state
+        // it holds must survive a crash by then.
+        make_durable(&db).map_err(|e| write_error(&e))?;
         let txn = db.begin_read().map_err(|e| write_error(&e))?;
         let (last_applied, membership) = read_applied(&txn).map_err(|e| write_error(&e))?;
         let counter = self.shared.snapshot_counter.fetch_add(1, Ordering::Relaxed);
@@ -409,6 +424,22 @@ impl StateMachineStore {
         Ok(())
     }
 
+    /// The durability of the next apply commit, of `entries` entries.
+    fn durability_for(&self, entries: usize) -> Durability {
+        let mut undurable = self
+            .shared
+            .undurable
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        undurable.1 += entries as u64;
+        if undurable.0.elapsed() >= DURABLE_EVERY || undurable.1 >= DURABLE_EVERY_ENTRIES {
+            *undurable = (std::time::Instant::now(), 0);
+            Durability::Immediate
+        } else {
+            Durability::None
+        }
+    }
+
     fn apply_blocking(&self, entries: Vec<Entry>) -> Result<Vec<Response>, StorageError> {
         let db = self.db();
         let context = ApplyContext {
@@ -419,7 +450,13 @@ impl StateMachineStore {
         let mut last_log_id = None;
         let mut access_changed = false;
         let result = (|| -> Result<(), apply::ApplyError> {
-            let txn = db.begin_write()?;
+            let mut txn = db.begin_write()?;
+            // Mostly not durable on its own: the log is (every entry
+            // applied here was fsynced in it first), and it is never purged
+            // past a durable state (`make_durable` before every snapshot).
+            // After a crash the state reopens at its last durable commit and
+            // Raft applies the entries after it again, to the same state.
+            txn.set_durability(self.durability_for(entries.len()))?;
             let mut membership = None;
             let mut clock = Clock {
                 last_timestamp_ms: match txn.open_table(META)?.get(LAST_TIMESTAMP)? {
@@ -526,6 +563,30 @@ fn initialise_tables(db: &Database) -> Result<(), redb::Error> {
     }
     txn.commit()?;
     Ok(())
+}
+
+/// Makes every commit of `db` so far durable: apply commits without an
+/// fsync of their own, and one durable commit persists those before it.
+fn make_durable(db: &Database) -> Result<(), redb::Error> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(Durability::Immediate)?;
+    txn.commit()?;
+    Ok(())
+}
+
+impl Drop for Shared {
+    /// A node that stops cleanly leaves its state durable, so that its next
+    /// start applies nothing again.
+    fn drop(&mut self) {
+        let db = self
+            .db
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if let Err(error) = make_durable(&db) {
+            tracing::warn!(%error, "the state could not be made durable at shutdown; the next start applies the log's last entries again");
+        }
+    }
 }
 
 /// Migrates a state database of format `from` to [`STATE_FORMAT`] in one
