@@ -268,38 +268,30 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
         let span = append_span(&entries);
-        let _entered = span.enter();
-        let started = Instant::now();
-        let count = entries.len();
-        let result = (|| -> Result<(), redb::Error> {
-            // Durability::Immediate is redb's default: commit returns after fsync.
-            let txn = self.db.begin_write()?;
-            {
-                let mut table = txn.open_table(ENTRIES)?;
-                let mut previous = table.last()?.map(|(index, _)| index.value());
-                let mut buffer = Vec::with_capacity(1024);
-                for entry in entries {
-                    let index = entry.log_id.index;
-                    if let Some(previous) = previous {
-                        // openraft truncates before it overwrites, so appends
-                        // always extend the log by exactly one index.
-                        assert_eq!(
-                            previous + 1,
-                            index,
-                            "append leaves a gap or overlaps the log"
-                        );
-                    }
-                    codec::encode_into(&entry, &mut buffer);
-                    table.insert(index, buffer.as_slice())?;
-                    previous = Some(index);
-                }
+        let db = self.db.clone();
+        let metrics = self.metrics.clone();
+        // The write and its fsync run on a blocking thread, so the async
+        // workers serve calls meanwhile; Raft awaits it all the same.
+        let written = tokio::task::spawn_blocking(move || {
+            let _entered = span.enter();
+            let started = Instant::now();
+            let count = entries.len();
+            let result = write_entries(&db, entries);
+            if let Some(metrics) = &metrics {
+                metrics.log_append(count, started.elapsed());
             }
-            txn.commit()?;
-            Ok(())
-        })();
-        if let Some(metrics) = &self.metrics {
-            metrics.log_append(count, started.elapsed());
-        }
+            result
+        })
+        .await;
+        let result = match written {
+            Ok(result) => result,
+            // A broken invariant of the log (asserted while writing) stops
+            // the node as it did on the worker.
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            Err(error) => Err(redb::Error::Io(std::io::Error::other(format!(
+                "the log append did not run: {error}"
+            )))),
+        };
         match result {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));
@@ -343,6 +335,34 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         })();
         result.map_err(|e| storage_error(ErrorSubject::Log(log_id), ErrorVerb::Delete, e))
     }
+}
+
+/// Writes `entries` after the log's last one in one durable transaction
+/// (redb's default durability: commit returns after the fsync).
+fn write_entries(db: &Database, entries: Vec<Entry>) -> Result<(), redb::Error> {
+    let txn = db.begin_write()?;
+    {
+        let mut table = txn.open_table(ENTRIES)?;
+        let mut previous = table.last()?.map(|(index, _)| index.value());
+        let mut buffer = Vec::with_capacity(1024);
+        for entry in entries {
+            let index = entry.log_id.index;
+            if let Some(previous) = previous {
+                // openraft truncates before it overwrites, so appends
+                // always extend the log by exactly one index.
+                assert_eq!(
+                    previous + 1,
+                    index,
+                    "append leaves a gap or overlaps the log"
+                );
+            }
+            codec::encode_into(&entry, &mut buffer);
+            table.insert(index, buffer.as_slice())?;
+            previous = Some(index);
+        }
+    }
+    txn.commit()?;
+    Ok(())
 }
 
 /// The span of one append, in the trace of the first traced command it
