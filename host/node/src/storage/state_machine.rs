@@ -247,11 +247,13 @@ impl StateMachineStore {
             )
         };
         let db = self.db();
-        // The log is purged up to the snapshot once it is built: the state
-        // it holds must survive a crash by then.
-        make_durable(&db).map_err(|e| write_error(&e))?;
         let txn = db.begin_read().map_err(|e| write_error(&e))?;
         let (last_applied, membership) = read_applied(&txn).map_err(|e| write_error(&e))?;
+        // The log is purged up to the snapshot once it is built: the state
+        // it holds must survive a crash by then. Made durable after the read
+        // began, so the durable state reaches at least what the snapshot
+        // holds, even when apply commits in between.
+        make_durable(&db).map_err(|e| write_error(&e))?;
         let counter = self.shared.snapshot_counter.fetch_add(1, Ordering::Relaxed);
         let snapshot_id = match &last_applied {
             Some(log_id) => format!(
