@@ -113,9 +113,15 @@ pub(super) async fn client(endpoint: &str) -> Client {
     .unwrap()
 }
 
+/// How long a started process may take to serve: a dev node compiles its
+/// example modules first, which takes the debug build of the compiler tens
+/// of seconds on a busy machine. A deadline, not a measure: the wait ends as
+/// soon as the node serves.
+const STARTUP: Duration = Duration::from_secs(180);
+
 /// Waits until `endpoint` answers health checks as serving.
 pub(super) async fn wait_serving(endpoint: &str) {
-    let deadline = Instant::now() + SETTLE;
+    let deadline = Instant::now() + STARTUP;
     loop {
         if let Ok(client) = Client::connect(endpoint).await
             && let Ok(health) = client.health().await
