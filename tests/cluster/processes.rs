@@ -221,17 +221,39 @@ pub(super) async fn form_with_counter(nodes: &[ProcessNode]) {
     deploy_counter(&nodes[0].endpoint()).await;
 }
 
-/// Deploys the counter example through `endpoint`.
+/// Deploys the counter example through `endpoint`. A leader change while
+/// the deploy is in flight answers UNAVAILABLE, and the deploy may or may
+/// not have been applied: try again until the counter is deployed (a
+/// freshly formed cluster on a busy machine may change leaders).
 async fn deploy_counter(endpoint: &str) {
-    client(endpoint)
-        .await
-        .deploy(
-            "counter",
-            wasmraft_examples::COUNTER_WASM,
-            DeployOptions::default(),
-        )
-        .await
-        .unwrap();
+    use sha2::Digest;
+    let hash = hex::encode(sha2::Sha256::digest(wasmraft_examples::COUNTER_WASM));
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let client = client(endpoint).await;
+        let error = match client
+            .deploy(
+                "counter",
+                wasmraft_examples::COUNTER_WASM,
+                DeployOptions::default(),
+            )
+            .await
+        {
+            Ok(_) => return,
+            Err(error) => error,
+        };
+        assert_eq!(error.code(), Some(tonic::Code::Unavailable), "{error}");
+        if let Ok(module) = client.get_module("counter").await
+            && module.sha256_hex == hash
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the counter was never deployed: {error}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// One writer per node, each adding 1 to the counter until `stop`.
