@@ -67,37 +67,35 @@ async fn five_nodes_keep_writing_with_two_lost_and_take_them_back() {
     cluster.shutdown().await;
 }
 
-// openraft 0.9 gives every AppendEntries the heartbeat interval as its
-// timeout, so a follower behind a link slower than that never catches up,
-// and on a busy machine writes through it fail (18 of 20, 7 of 20 seen).
-// Opt-in until that is fixed: `cargo test -- --ignored slow_links`.
-#[ignore = "known defect: a follower behind a link slower than the heartbeat never catches up"]
+// openraft 0.9 gives every AppendEntries its heartbeat interval (100 ms
+// here) as a timeout; before the network kept appends on the wire past it,
+// a follower behind a slower link never caught up and writes through it
+// failed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn slow_links_delay_replication_but_lose_nothing() {
+async fn a_follower_behind_a_link_slower_than_the_heartbeat_catches_up() {
     let cluster = Cluster::start(3).await;
     let leader = cluster.wait_for_leader().await;
     cluster.deploy_counter(leader).await;
-    let followers: Vec<_> = cluster
+    let slow = cluster
         .running()
         .into_iter()
-        .filter(|id| *id != leader)
-        .collect();
-    // One follower far behind a slow link, the other on a slightly slow one
-    // (both well under the election timeout, so the leader stays).
+        .find(|id| *id != leader)
+        .unwrap();
+    // Both ways: replication to it and the forward hop from it.
     cluster
         .links
-        .slow_down(leader, followers[0], Duration::from_millis(150));
+        .slow_down(leader, slow, Duration::from_millis(200));
     cluster
         .links
-        .slow_down(leader, followers[1], Duration::from_millis(20));
+        .slow_down(slow, leader, Duration::from_millis(200));
     let tally = Tally::default();
-    let started = std::time::Instant::now();
-    increment(&cluster.client_of(followers[0]).await, 20, &tally).await;
-    // Every write waited for a quorum over a delayed link.
-    assert!(started.elapsed() >= Duration::from_millis(20 * 20));
-    cluster.links.heal();
+    increment(&cluster.client_of(leader).await, 10, &tally).await;
+    // The link is still slow: the follower catches up over it.
     cluster.assert_converged().await;
-    assert_eq!(cluster.counter(followers[0]).await, 20);
+    increment(&cluster.client_of(slow).await, 10, &tally).await;
+    cluster.assert_converged().await;
+    assert_eq!(cluster.counter(slow).await, 20);
+    cluster.links.heal();
     tally.check(20);
     cluster.shutdown().await;
 }

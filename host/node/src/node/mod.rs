@@ -266,6 +266,7 @@ impl Node {
                 message_bytes_max: raft_message_bytes_max,
                 connect_timeout: options.connect_timeout,
                 unreachable_retry: Duration::from_millis(config.raft.heartbeat_interval_ms),
+                ..NetworkSettings::default()
             },
             options.faults.clone(),
             peer_auth.clone(),

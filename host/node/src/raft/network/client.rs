@@ -1,13 +1,26 @@
 //! The client side of the Raft network: openraft's `RaftNetworkFactory` and
 //! `RaftNetwork` over tonic clients of the internal `Raft` gRPC service.
 //!
-//! One lazily connected channel per peer; every call bounded by openraft's
-//! hard TTL; transport failures classified so openraft reacts well:
-//! a peer that cannot be reached is `Unreachable` (openraft backs off), a
-//! call that ran out of time is `Timeout`, anything else is a
-//! `NetworkError` (retried at once). A message larger than the peers accept
-//! is `PayloadTooLarge`, so openraft sends fewer entries at a time.
+//! One lazily connected channel per peer; every call bounded by a deadline;
+//! transport failures classified so openraft reacts well: a peer that
+//! cannot be reached is `Unreachable` (openraft backs off), a call that ran
+//! out of time is `Timeout`, anything else is a `NetworkError` (retried at
+//! once). A message larger than the peers accept is `PayloadTooLarge`, so
+//! openraft sends fewer entries at a time.
+//!
+//! AppendEntries run on tasks of their own, with a deadline sized to their
+//! payload. openraft 0.9 gives every AppendEntries its heartbeat interval
+//! as a timeout and drops the call when it passes; on a link slower than
+//! that, no append would ever complete and the follower would never catch
+//! up. Here openraft's timeout drops only its wait: the message stays on
+//! the wire, and openraft's next try of the same append (same leader, same
+//! `prev_log_id`) waits for that message's answer instead of sending it
+//! again. Heartbeats are never answered from an earlier message (a read
+//! index needs a fresh acknowledgement), but they stay on the wire too, so
+//! a follower behind a slow link still hears its leader.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use openraft::error::{
@@ -21,6 +34,7 @@ use openraft::raft::{
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 use wasmraft_proto::v1::raft_client::RaftClient;
 use wasmraft_proto::v1::{RaftReply, RaftRequest};
@@ -29,7 +43,7 @@ use super::faults::{FaultDecision, Faults, InjectedFault};
 use super::removal::{REMOVED_AT_METADATA, Removal, Removed};
 use super::{Reachability, wire};
 use crate::auth::PeerAuth;
-use crate::raft::{Node, NodeId, TypeConfig};
+use crate::raft::{LogId, Node, NodeId, TypeConfig, Vote};
 
 /// Sizes and times of the Raft network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +57,12 @@ pub struct NetworkSettings {
     /// heartbeat: a restarted peer that heard from no leader for its
     /// election timeout would start an election and depose a healthy one.
     pub unreachable_retry: Duration,
+    /// The deadline of an AppendEntries before its payload is counted: a
+    /// heartbeat's whole deadline.
+    pub append_timeout: Duration,
+    /// The slowest transfer an AppendEntries is given time for: its
+    /// deadline grows by its encoded size at this rate.
+    pub append_bytes_per_second: u64,
 }
 
 impl Default for NetworkSettings {
@@ -51,9 +71,26 @@ impl Default for NetworkSettings {
             message_bytes_max: 64 * 1024 * 1024,
             connect_timeout: Duration::from_secs(2),
             unreachable_retry: Duration::from_millis(50),
+            append_timeout: Duration::from_secs(1),
+            append_bytes_per_second: 8 * 1024 * 1024,
         }
     }
 }
+
+impl NetworkSettings {
+    /// The deadline of an AppendEntries that encodes to `bytes`.
+    pub fn append_deadline(&self, bytes: usize) -> Duration {
+        let rate = self.append_bytes_per_second.max(1) as u128;
+        let transfer_micros = bytes as u128 * 1_000_000 / rate;
+        self.append_timeout
+            + Duration::from_micros(u64::try_from(transfer_micros).unwrap_or(u64::MAX))
+    }
+}
+
+/// Heartbeats to one peer on the wire at once, at most. Beyond it (a peer
+/// that answers nothing until each deadline passes) a heartbeat is not
+/// sent and counts as timed out.
+const HEARTBEATS_IN_FLIGHT_MAX: usize = 32;
 
 /// Makes one [`PeerNetwork`] per peer for openraft.
 #[derive(Debug, Clone)]
@@ -111,15 +148,19 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
                 .max_encoding_message_size(self.settings.message_bytes_max)
         });
         PeerNetwork {
-            from: self.from,
-            target,
-            node: node.clone(),
-            client,
-            settings: self.settings,
-            faults: self.faults.clone(),
-            peer_auth: self.peer_auth.clone(),
-            reachability: self.reachability.clone(),
-            removal: self.removal.clone(),
+            link: Link {
+                from: self.from,
+                target,
+                node: node.clone(),
+                client,
+                settings: self.settings,
+                faults: self.faults.clone(),
+                peer_auth: self.peer_auth.clone(),
+                reachability: self.reachability.clone(),
+                removal: self.removal.clone(),
+            },
+            append: None,
+            heartbeats: Arc::new(AtomicUsize::new(0)),
         }
     }
 }
@@ -127,6 +168,66 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 /// The connection of this node to one peer.
 #[derive(Debug)]
 pub struct PeerNetwork {
+    link: Link,
+    /// The AppendEntries with entries on the wire, if any, and what it
+    /// carries.
+    append: Option<InFlightAppend>,
+    /// Heartbeats on the wire.
+    heartbeats: Arc<AtomicUsize>,
+}
+
+impl Drop for PeerNetwork {
+    fn drop(&mut self) {
+        // openraft dropped this peer's replication (a new term, a
+        // membership change): nobody will ask for the answer.
+        if let Some(append) = self.append.take() {
+            append.task.abort();
+        }
+    }
+}
+
+type AppendResult = RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible>;
+
+/// An AppendEntries sent on its own task.
+#[derive(Debug)]
+struct InFlightAppend {
+    vote: Vote,
+    prev_log_id: Option<LogId>,
+    last_log_id: Option<LogId>,
+    task: JoinHandle<AppendResult>,
+}
+
+impl InFlightAppend {
+    /// Whether `rpc` asks for what this message is already carrying, so
+    /// that its answer answers `rpc` too.
+    fn answers(&self, rpc: &AppendEntriesRequest<TypeConfig>) -> bool {
+        // Within one leader's term its log only grows, so the same leader
+        // and the same `prev_log_id` mean the same entries after it.
+        !rpc.entries.is_empty() && self.vote == rpc.vote && self.prev_log_id == rpc.prev_log_id
+    }
+
+    /// This message's answer, as the answer to a request for entries up to
+    /// `wanted`: it says no more than what this message carried.
+    fn answer_for(
+        last_sent: Option<LogId>,
+        wanted: Option<LogId>,
+        response: AppendEntriesResponse<NodeId>,
+    ) -> AppendEntriesResponse<NodeId> {
+        match response {
+            AppendEntriesResponse::Success if last_sent < wanted => {
+                AppendEntriesResponse::PartialSuccess(last_sent)
+            }
+            AppendEntriesResponse::PartialSuccess(matched) if matched >= wanted => {
+                AppendEntriesResponse::Success
+            }
+            other => other,
+        }
+    }
+}
+
+/// What a call to one peer needs; cheap to clone into a task.
+#[derive(Debug, Clone)]
+struct Link {
     from: NodeId,
     target: NodeId,
     node: Node,
@@ -150,11 +251,11 @@ struct BadAddress {
 
 type RpcResult<T, E> = Result<T, RPCError<NodeId, Node, RaftError<NodeId, E>>>;
 
-impl PeerNetwork {
+impl Link {
     /// Sends one encoded request and reads the peer's reply, within `ttl`,
     /// and records whether the peer answered.
     async fn call<Resp, E>(
-        &mut self,
+        &self,
         action: RPCTypes,
         request: RaftRequest,
         ttl: Duration,
@@ -173,7 +274,7 @@ impl PeerNetwork {
 
     /// Sends one encoded request and reads the peer's reply, within `ttl`.
     async fn exchange<Resp, E>(
-        &mut self,
+        &self,
         action: RPCTypes,
         request: RaftRequest,
         ttl: Duration,
@@ -294,25 +395,86 @@ fn entries_hint(entries: usize, encoded_bytes: usize, message_bytes_max: usize) 
     fitting as u64
 }
 
-impl RaftNetwork<TypeConfig> for PeerNetwork {
-    fn backoff(&self) -> Backoff {
-        Backoff::new(std::iter::repeat(self.settings.unreachable_retry))
+impl PeerNetwork {
+    /// Sends `request`, which carries entries, on a task of its own, unless
+    /// the message on the wire already carries them; then waits for the
+    /// answer. If openraft stops waiting, the message stays on the wire for
+    /// openraft's next try.
+    async fn append(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        request: RaftRequest,
+    ) -> AppendResult {
+        let wanted = rpc.entries.last().map(|entry| entry.log_id);
+        if let Some(in_flight) = self.append.take_if(|in_flight| !in_flight.answers(&rpc)) {
+            in_flight.task.abort();
+        }
+        let in_flight = self.append.get_or_insert_with(|| {
+            let link = self.link.clone();
+            let deadline = link.settings.append_deadline(request.payload.len());
+            InFlightAppend {
+                vote: rpc.vote,
+                prev_log_id: rpc.prev_log_id,
+                last_log_id: wanted,
+                task: tokio::spawn(async move {
+                    link.call(RPCTypes::AppendEntries, request, deadline).await
+                }),
+            }
+        });
+        let joined = (&mut in_flight.task).await;
+        let last_sent = in_flight.last_log_id;
+        self.append = None;
+        let response = joined.map_err(|error| RPCError::Network(NetworkError::new(&error)))??;
+        Ok(InFlightAppend::answer_for(last_sent, wanted, response))
     }
 
+    /// Sends a heartbeat on a task of its own and waits for the answer. If
+    /// openraft stops waiting, the heartbeat still reaches the peer.
+    async fn heartbeat(&mut self, request: RaftRequest) -> AppendResult {
+        let link = self.link.clone();
+        let deadline = link.settings.append_timeout;
+        if self.heartbeats.fetch_add(1, Ordering::AcqRel) >= HEARTBEATS_IN_FLIGHT_MAX {
+            self.heartbeats.fetch_sub(1, Ordering::AcqRel);
+            return Err(RPCError::Timeout(Timeout {
+                action: RPCTypes::AppendEntries,
+                id: link.from,
+                target: link.target,
+                timeout: deadline,
+            }));
+        }
+        let heartbeats = Arc::clone(&self.heartbeats);
+        let task = tokio::spawn(async move {
+            let result = link.call(RPCTypes::AppendEntries, request, deadline).await;
+            heartbeats.fetch_sub(1, Ordering::AcqRel);
+            result
+        });
+        task.await
+            .map_err(|error| RPCError::Network(NetworkError::new(&error)))?
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerNetwork {
+    fn backoff(&self) -> Backoff {
+        Backoff::new(std::iter::repeat(self.link.settings.unreachable_retry))
+    }
+
+    /// openraft's `option` (its heartbeat interval) is not the deadline:
+    /// see the module documentation.
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
-        option: RPCOption,
-    ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
+        _option: RPCOption,
+    ) -> AppendResult {
         let entries = rpc.entries.len();
-        let request = match self.encode(&rpc) {
+        let message_bytes_max = self.link.settings.message_bytes_max;
+        let request = match self.link.encode(&rpc) {
             Ok(request) => request,
             Err(encoded_bytes) if entries > 1 => {
                 return Err(RPCError::PayloadTooLarge(
                     PayloadTooLarge::new_entries_hint(entries_hint(
                         entries,
                         encoded_bytes,
-                        self.settings.message_bytes_max,
+                        message_bytes_max,
                     )),
                 ));
             }
@@ -321,14 +483,16 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
                 // caps every entry well below it, so this is a broken limit.
                 return Err(RPCError::Network(NetworkError::new(
                     &std::io::Error::other(format!(
-                        "one log entry encodes to {encoded_bytes} bytes, above the Raft message limit of {} bytes",
-                        self.settings.message_bytes_max
+                        "one log entry encodes to {encoded_bytes} bytes, above the Raft message limit of {message_bytes_max} bytes"
                     )),
                 )));
             }
         };
-        self.call(RPCTypes::AppendEntries, request, option.hard_ttl())
-            .await
+        if entries == 0 {
+            self.heartbeat(request).await
+        } else {
+            self.append(rpc, request).await
+        }
     }
 
     async fn install_snapshot(
@@ -336,13 +500,14 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
-        let request = self.encode(&rpc).map_err(|encoded_bytes| {
+        let request = self.link.encode(&rpc).map_err(|encoded_bytes| {
             RPCError::Network(NetworkError::new(&std::io::Error::other(format!(
                 "a snapshot chunk encodes to {encoded_bytes} bytes, above the Raft message limit of {} bytes; lower raft.snapshot_chunk_bytes",
-                self.settings.message_bytes_max
+                self.link.settings.message_bytes_max
             ))))
         })?;
-        self.call(RPCTypes::InstallSnapshot, request, option.hard_ttl())
+        self.link
+            .call(RPCTypes::InstallSnapshot, request, option.hard_ttl())
             .await
     }
 
@@ -352,7 +517,9 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>, openraft::error::Infallible> {
         let request = wire::encode_request(&rpc);
-        self.call(RPCTypes::Vote, request, option.hard_ttl()).await
+        self.link
+            .call(RPCTypes::Vote, request, option.hard_ttl())
+            .await
     }
 }
 
@@ -365,6 +532,56 @@ mod tests {
         assert_eq!(entries_hint(100, 200, 100), 50);
         assert_eq!(entries_hint(2, 10_000, 100), 1);
         assert_eq!(entries_hint(10, 101, 100), 9);
+    }
+
+    #[test]
+    fn an_append_deadline_grows_with_its_payload() {
+        let settings = NetworkSettings {
+            append_timeout: Duration::from_secs(1),
+            append_bytes_per_second: 1024 * 1024,
+            ..NetworkSettings::default()
+        };
+        assert_eq!(settings.append_deadline(0), Duration::from_secs(1));
+        assert_eq!(
+            settings.append_deadline(8 * 1024 * 1024),
+            Duration::from_secs(9)
+        );
+    }
+
+    #[test]
+    fn an_earlier_answer_says_no_more_than_its_message_carried() {
+        let log_id = |index| Some(LogId::new(openraft::CommittedLeaderId::new(1, 1), index));
+        let answer = InFlightAppend::answer_for;
+        // It carried less than the new request asks for.
+        assert_eq!(
+            answer(log_id(5), log_id(9), AppendEntriesResponse::Success),
+            AppendEntriesResponse::PartialSuccess(log_id(5))
+        );
+        // It carried as much or more.
+        assert_eq!(
+            answer(log_id(9), log_id(9), AppendEntriesResponse::Success),
+            AppendEntriesResponse::Success
+        );
+        assert_eq!(
+            answer(
+                log_id(9),
+                log_id(7),
+                AppendEntriesResponse::PartialSuccess(log_id(8))
+            ),
+            AppendEntriesResponse::Success
+        );
+        assert_eq!(
+            answer(
+                log_id(9),
+                log_id(9),
+                AppendEntriesResponse::PartialSuccess(log_id(8))
+            ),
+            AppendEntriesResponse::PartialSuccess(log_id(8))
+        );
+        assert_eq!(
+            answer(log_id(9), log_id(12), AppendEntriesResponse::Conflict),
+            AppendEntriesResponse::Conflict
+        );
     }
 
     #[tokio::test]
