@@ -2,7 +2,7 @@
 //! crashes in the middle of writes, purge and restart, large snapshots and
 //! large entries.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::process::{Command as Process, Stdio};
 use std::time::{Duration, Instant};
@@ -114,20 +114,11 @@ fn log_survives_sigkill_mid_write() {
     let path = directory.path().join("log.redb");
     let mut acknowledged = 0u64;
     for round in 0..3 {
-        let mut child = Process::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "storage::crash_child_log_writer",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env("WASMRAFT_CRASH_LOG", &path)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let (mut child, mut lines) = spawn_crash_child(
+            "storage::crash_child_log_writer",
+            "WASMRAFT_CRASH_LOG",
+            &path,
+        );
         let target = acknowledged + 400 + round * 37;
         let deadline = Instant::now() + Duration::from_secs(60);
         while acknowledged < target {
@@ -514,20 +505,11 @@ fn state_survives_sigkill_mid_apply() {
     let path = directory.path().join("state");
     let (mut applied, mut snapshot) = (0u64, 0u64);
     for round in 0..3u64 {
-        let mut child = Process::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "storage::crash_child_state_applier",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env("WASMRAFT_CRASH_STATE", &path)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let (mut child, mut lines) = spawn_crash_child(
+            "storage::crash_child_state_applier",
+            "WASMRAFT_CRASH_STATE",
+            &path,
+        );
         let target = applied + 150 + round * 57;
         let deadline = Instant::now() + Duration::from_secs(120);
         while applied < target {
@@ -569,4 +551,315 @@ fn state_survives_sigkill_mid_apply() {
             );
         });
     }
+}
+
+/// Starts this test binary again as the child process that runs `helper`
+/// (an ignored test) with `variable` set to `path`, and returns it with
+/// the lines it prints.
+fn spawn_crash_child(
+    helper: &str,
+    variable: &str,
+    path: &std::path::Path,
+) -> (
+    std::process::Child,
+    std::io::Lines<BufReader<std::process::ChildStdout>>,
+) {
+    let mut child = Process::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            helper,
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(variable, path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    (child, lines)
+}
+
+/// A random number of microseconds below `bound`, to land a kill at a
+/// different point of an operation each time.
+fn random_micros(bound: u64) -> u64 {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).unwrap();
+    u64::from_le_bytes(bytes) % bound.max(1)
+}
+
+/// Appends batches forever and purges the log behind them as it goes,
+/// printing each durable batch and each purge. Run as a child process by
+/// `log_survives_sigkill_mid_purge`, which kills it.
+#[test]
+#[ignore = "helper process of log_survives_sigkill_mid_purge"]
+fn crash_child_log_purger() {
+    let Ok(path) = std::env::var("WASMRAFT_CRASH_PURGE") else {
+        return;
+    };
+    block_on(async move {
+        let mut log = LogStore::open(&path).unwrap();
+        let mut next = log
+            .get_log_state()
+            .await
+            .unwrap()
+            .last_log_id
+            .map_or(1, |id| id.index + 1);
+        loop {
+            let batch: Vec<Entry> = (next..next + 16)
+                .map(|index| invoke_entry(1, index, payload(index)))
+                .collect();
+            log.blocking_append(batch).await.unwrap();
+            next += 16;
+            println!("durable {}", next - 1);
+            if next > 64 {
+                // Keep about 48 entries, as a snapshot's purge would.
+                let upto = next - 49;
+                log.purge(log_id(1, upto)).await.unwrap();
+                println!("purged {upto}");
+            }
+        }
+    });
+}
+
+/// Kill a log in the middle of its purges (SIGKILL) several times over
+/// one file: every entry after the purged point is there, intact and
+/// contiguous, every acknowledged entry is there, and a purge that a
+/// durable append followed is never undone.
+#[test]
+fn log_survives_sigkill_mid_purge() {
+    let directory = TempDir::new().unwrap();
+    let path = directory.path().join("log.redb");
+    let mut acknowledged = 0u64;
+    for round in 0..4u64 {
+        let (mut child, mut lines) = spawn_crash_child(
+            "storage::crash_child_log_purger",
+            "WASMRAFT_CRASH_PURGE",
+            &path,
+        );
+        let target = acknowledged + 300 + round * 29;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        // The last purge printed before an append printed after it: that
+        // append's durable commit made the purge durable too.
+        let (mut purged_printed, mut purged_durable) = (0u64, 0u64);
+        while acknowledged < target {
+            assert!(Instant::now() < deadline, "the log made no progress");
+            let line = lines.next().expect("purger output").unwrap();
+            if let Some(index) = line.strip_prefix("durable ") {
+                acknowledged = index.parse().unwrap();
+                purged_durable = purged_printed;
+            } else if let Some(index) = line.strip_prefix("purged ") {
+                purged_printed = index.parse().unwrap();
+            }
+        }
+        std::thread::sleep(Duration::from_micros(random_micros(3_000)));
+        child.kill().unwrap();
+        child.wait().unwrap();
+
+        block_on(async {
+            let mut log = LogStore::open(&path).expect("reopen after kill");
+            let state = log.get_log_state().await.unwrap();
+            let last = state.last_log_id.expect("entries survived").index;
+            let purged = state.last_purged_log_id.map_or(0, |id| id.index);
+            assert!(
+                last >= acknowledged,
+                "round {round}: acknowledged {acknowledged}, found only {last}"
+            );
+            assert!(
+                purged >= purged_durable,
+                "round {round}: the purge to {purged_durable} was undone (purged {purged})"
+            );
+            let entries = log.try_get_log_entries(purged + 1..=last).await.unwrap();
+            assert_eq!(
+                entries.len() as u64,
+                last - purged,
+                "round {round}: the log has gaps after its purged point {purged}"
+            );
+            for (position, entry) in entries.iter().enumerate() {
+                let index = purged + 1 + position as u64;
+                assert_eq!(entry.log_id.index, index);
+                let EntryPayload::Normal(Request {
+                    command: Command::Invoke(invoke),
+                    ..
+                }) = &entry.payload
+                else {
+                    panic!("entry {index} changed kind");
+                };
+                assert_eq!(invoke.input, payload(index), "entry {index} corrupted");
+            }
+            assert!(
+                log.try_get_log_entries(1..=purged)
+                    .await
+                    .unwrap()
+                    .is_empty(),
+                "round {round}: purged entries came back"
+            );
+            eprintln!(
+                "round {round}: acknowledged {acknowledged}, reopened with ({purged}, {last}]"
+            );
+            acknowledged = last;
+        });
+    }
+}
+
+/// The snapshots the install crash test alternates between: the crash
+/// test's log applied up to each of these indexes.
+const INSTALL_CRASH_SNAPSHOTS: [u64; 2] = [40, 70];
+
+/// The entry at `index` of the install crash test's log: the bulk module,
+/// then invokes of 1,000 keys each, so that an install takes a while.
+fn install_crash_entry(index: u64) -> Entry {
+    if index == 1 {
+        return deploy_entry(1, "bulk", wat::parse_str(BULK_WAT).unwrap());
+    }
+    invoke_entry(1, index, bulk_input(1000, (index as u32) * 1000))
+}
+
+/// A state that applied the install crash test's log up to `last`.
+async fn install_crash_replica(directory: &std::path::Path, last: u64) -> StateMachineStore {
+    let mut replica = StateMachineStore::open(directory, runtime()).unwrap();
+    let entries: Vec<Entry> = (1..=last).map(install_crash_entry).collect();
+    replica.apply(entries).await.unwrap();
+    replica
+}
+
+/// Installs the snapshots the parent left in the directory, one after
+/// the other, forever, printing each install's start and its duration.
+/// Run as a child process by `state_survives_sigkill_mid_install`.
+#[test]
+#[ignore = "helper process of state_survives_sigkill_mid_install"]
+fn crash_child_snapshot_installer() {
+    let Ok(directory) = std::env::var("WASMRAFT_CRASH_INSTALL") else {
+        return;
+    };
+    let directory = std::path::PathBuf::from(directory);
+    block_on(async move {
+        let mut store = StateMachineStore::open(directory.join("state"), runtime()).unwrap();
+        for round in 0.. {
+            let last = INSTALL_CRASH_SNAPSHOTS[round % 2];
+            let meta: wasmraft::raft::SnapshotMeta = serde_json::from_slice(
+                &std::fs::read(directory.join(format!("{last}.meta"))).unwrap(),
+            )
+            .unwrap();
+            let started = Instant::now();
+            println!("installing {last}");
+            let mut receiving = store.begin_receiving_snapshot().await.unwrap();
+            let mut source = tokio::fs::File::open(directory.join(format!("{last}.snapshot")))
+                .await
+                .unwrap();
+            tokio::io::copy(&mut source, &mut *receiving).await.unwrap();
+            store.install_snapshot(&meta, receiving).await.unwrap();
+            println!("installed {last} in {}", started.elapsed().as_micros());
+        }
+    });
+}
+
+/// Kill a follower in the middle of installing a snapshot (SIGKILL),
+/// several times over one state, at a random point of the install: the
+/// state reopens as exactly one of the two snapshots, never a mix, and
+/// applying the log after it reaches the digest of a replica that never
+/// crashed.
+#[test]
+fn state_survives_sigkill_mid_install() {
+    let directory = TempDir::new().unwrap();
+    let full = *INSTALL_CRASH_SNAPSHOTS.last().unwrap() + 5;
+    let digests = block_on(async {
+        let mut digests = BTreeMap::new();
+        for last in INSTALL_CRASH_SNAPSHOTS {
+            let replica_directory = TempDir::new().unwrap();
+            let mut replica = install_crash_replica(replica_directory.path(), last).await;
+            let snapshot = replica
+                .get_snapshot_builder()
+                .await
+                .build_snapshot()
+                .await
+                .unwrap();
+            let mut copy =
+                tokio::fs::File::create(directory.path().join(format!("{last}.snapshot")))
+                    .await
+                    .unwrap();
+            let mut source = snapshot.snapshot;
+            tokio::io::copy(&mut source, &mut copy).await.unwrap();
+            std::fs::write(
+                directory.path().join(format!("{last}.meta")),
+                serde_json::to_vec(&snapshot.meta).unwrap(),
+            )
+            .unwrap();
+            digests.insert(last, replica.reader().digest().unwrap().1);
+        }
+        let replica_directory = TempDir::new().unwrap();
+        let replica = install_crash_replica(replica_directory.path(), full).await;
+        digests.insert(full, replica.reader().digest().unwrap().1);
+        digests
+    });
+
+    let mut install_micros = 100_000u64;
+    let mut reopened_at = BTreeSet::new();
+    for round in 0..5u64 {
+        let (mut child, mut lines) = spawn_crash_child(
+            "storage::crash_child_snapshot_installer",
+            "WASMRAFT_CRASH_INSTALL",
+            directory.path(),
+        );
+        let deadline = Instant::now() + Duration::from_secs(120);
+        // Let it finish one install at least (the first round starts
+        // empty), then kill it at a random point of the next.
+        let mut installed = 0;
+        loop {
+            assert!(Instant::now() < deadline, "the installer made no progress");
+            let line = lines.next().expect("installer output").unwrap();
+            if let Some(rest) = line.strip_prefix("installed ") {
+                installed += 1;
+                install_micros = rest.split(" in ").nth(1).unwrap().parse().unwrap();
+            } else if line.starts_with("installing ") && installed >= 1 + round % 2 {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_micros(random_micros(install_micros * 5 / 4)));
+        child.kill().unwrap();
+        child.wait().unwrap();
+
+        block_on(async {
+            let mut store = StateMachineStore::open(directory.path().join("state"), runtime())
+                .expect("reopen after kill");
+            let (applied, digest) = store.reader().digest().unwrap();
+            let applied = applied.expect("a snapshot was installed").index;
+            assert_eq!(
+                digests.get(&applied),
+                Some(&digest),
+                "round {round}: the state at {applied} is not the snapshot's"
+            );
+            reopened_at.insert(applied);
+            if let Some(current) = store.get_current_snapshot().await.unwrap() {
+                let index = current.meta.last_log_id.unwrap().index;
+                assert!(
+                    INSTALL_CRASH_SNAPSHOTS.contains(&index),
+                    "round {round}: the kept snapshot is at {index}"
+                );
+            }
+            // Raft applies the log after the snapshot; on a copy, so the
+            // next round installs over the snapshot's state again.
+            let copy_directory = TempDir::new().unwrap();
+            let snapshot = store
+                .get_snapshot_builder()
+                .await
+                .build_snapshot()
+                .await
+                .unwrap();
+            let mut copy = StateMachineStore::open(copy_directory.path(), runtime()).unwrap();
+            install(&mut copy, snapshot).await;
+            let rest: Vec<Entry> = (applied + 1..=full).map(install_crash_entry).collect();
+            copy.apply(rest).await.unwrap();
+            assert_eq!(
+                copy.reader().digest().unwrap().1,
+                digests[&full],
+                "round {round}: the state reopened at {applied}, applied on, differs"
+            );
+            eprintln!(
+                "round {round}: reopened at {applied} (an install takes {install_micros} µs)"
+            );
+        });
+    }
+    eprintln!("reopened at {reopened_at:?}");
 }
