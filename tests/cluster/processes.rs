@@ -391,6 +391,135 @@ async fn every_node_sigkilled_at_once_keeps_every_acknowledged_write() {
     tally.check(value["value"].as_i64().unwrap());
 }
 
+/// Changes the membership through `endpoint` until node `id` is a voter
+/// (`voter`) or no member at all, as an operator would after a change
+/// whose outcome was unknown: a change that was cut short is made again.
+async fn settle_membership(endpoint: &str, id: u64, address: &str, voter: bool) {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let client = client(endpoint).await;
+        if let Ok(status) = client.status().await {
+            let voting = status.voters.iter().any(|member| member.id == id);
+            let learning = status.learners.iter().any(|member| member.id == id);
+            if voting == voter && (voter || !learning) {
+                return;
+            }
+        }
+        let attempt = if voter {
+            client.add_node(id, address, SETTLE).await.map(drop)
+        } else {
+            client.remove_node(id).await.map(drop)
+        };
+        assert!(
+            Instant::now() < deadline,
+            "node {id} never became {}: {attempt:?}",
+            if voter { "a voter" } else { "no member" }
+        );
+        if attempt.is_err() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// The leader of `nodes`, as one of the running ones sees it.
+async fn leader_index(nodes: &[ProcessNode]) -> usize {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        for node in nodes.iter().filter(|node| node.process.is_some()) {
+            if let Ok(status) = client(&node.endpoint()).await.status().await
+                && let Some(leader) = status.leader_id
+                && let Some(index) = nodes.iter().position(|node| node.id == leader)
+            {
+                return index;
+            }
+        }
+        assert!(Instant::now() < deadline, "no leader");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// SIGKILL during a membership change: under load, node 4 is added and
+/// then removed, and each time the leader is SIGKILLed while the change is
+/// in flight (at a random point of it), then restarted. Each change is
+/// made again until it holds, as an operator would. Every acknowledged
+/// write survives and the replicas agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_sigkilled_mid_membership_change_loses_no_write() {
+    let root = TempDir::new().unwrap();
+    let mut nodes = start_nodes(root.path());
+    form_with_counter(&nodes).await;
+    let mut joining = ProcessNode {
+        id: 4,
+        port: free_port(),
+        directory: directory(root.path(), 4),
+        secret: nodes[0].secret.clone(),
+        extra_args: Vec::new(),
+        process: None,
+    };
+    joining.start(false);
+    let address = format!("127.0.0.1:{}", joining.port);
+
+    let tally = Arc::new(Tally::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    // The writers use the three first members; node 4 may lead, and be
+    // killed, like any voter.
+    let writers = spawn_writers(&nodes, &tally, &stop);
+    nodes.push(joining);
+    for voter in [true, false] {
+        let before = tally.acknowledged.load(Ordering::SeqCst);
+        tally
+            .acknowledged_at_least(before + 20, "before the change")
+            .await;
+        let leader = leader_index(&nodes).await;
+        let stays = nodes[(0..3).find(|index| *index != leader).unwrap()].endpoint();
+        let change = {
+            let (stays, address) = (stays.clone(), address.clone());
+            tokio::spawn(async move {
+                let client = client(&stays).await;
+                if voter {
+                    client.add_node(4, &address, SETTLE).await.map(drop)
+                } else {
+                    client.remove_node(4).await.map(drop)
+                }
+            })
+        };
+        let mut random = [0u8; 2];
+        getrandom::fill(&mut random).unwrap();
+        tokio::time::sleep(Duration::from_millis(
+            u64::from(u16::from_le_bytes(random)) % 300,
+        ))
+        .await;
+        nodes[leader].kill();
+        // Cut short or not: its outcome is for the status to tell.
+        let _ = change.await.unwrap();
+        nodes[leader].start(false);
+        settle_membership(&stays, 4, &address, voter).await;
+    }
+    let before = tally.acknowledged.load(Ordering::SeqCst);
+    tally
+        .acknowledged_at_least(before + 10, "after the changes")
+        .await;
+    stop.store(true, Ordering::SeqCst);
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    wait_converged(&nodes[0].endpoint(), 3).await;
+    let value: serde_json::Value = serde_json::from_slice(
+        &client(&nodes[1].endpoint())
+            .await
+            .query(
+                "counter",
+                br#"{"op":"get"}"#,
+                wasmraft::client::Consistency::Linearizable,
+            )
+            .await
+            .unwrap()
+            .output,
+    )
+    .unwrap();
+    tally.check(value["value"].as_i64().unwrap());
+}
+
 /// A command whose reader went away (`… | head -1`) stops quietly, with the
 /// exit code of a tool stopped by SIGPIPE, rather than panicking.
 #[test]
