@@ -14,7 +14,7 @@ pub(crate) mod harness;
 mod health;
 mod hostile;
 mod peers;
-mod processes;
+pub(crate) mod processes;
 mod scenarios;
 mod telemetry;
 mod tls;

@@ -1,9 +1,16 @@
 //! Checked histories: concurrent clients run puts, deletes, compare-and-swaps
 //! and linearizable reads against a three-node cluster while faults are
-//! injected (partitions, slow links, a follower and the leader stopped and
-//! restarted, calls cut off mid-way), every call and return is recorded,
-//! and the history is checked for linearizability (`checker`).
+//! injected, every call and return is recorded, and the history is checked
+//! for linearizability (`checker`). Two clusters: nodes in this process
+//! (partitions and slow links from the network seam, a follower and the
+//! leader stopped and restarted) and real processes (the leader and a
+//! follower SIGKILLed and restarted, a follower and the leader paused with
+//! SIGSTOP); on both, calls are now and then cut off mid-way, as a killed
+//! client would. The bank example runs beside them under the same faults
+//! (`bank`): no money is made or lost and every payment is applied exactly
+//! once.
 
+mod bank;
 mod checker;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,9 +20,12 @@ use std::time::{Duration, Instant};
 use checker::{Input, Operation, Output};
 use wasmraft::client::{Client, ClientConfig, ClientError, Consistency, DeployOptions};
 
-use crate::cluster::harness::Cluster;
+use crate::cluster::harness::{Cluster, SETTLE};
+use crate::cluster::processes::{self, ProcessNode};
 
 const KEYS: [&str; 3] = ["a", "b", "c"];
+/// Clients of the bank example, beside the kv ones.
+const BANK_CLIENTS: usize = 3;
 
 /// The shared record of a run.
 struct Recorder {
@@ -178,14 +188,14 @@ async fn client_loop(
     }
 }
 
-/// Clients with short timeouts, so that faults leave outcomes unknown
-/// rather than stall the run.
-async fn clients(cluster: &Cluster) -> Vec<Client> {
+/// Clients of `endpoints` with short timeouts, so that faults leave
+/// outcomes unknown rather than stall the run.
+async fn clients(endpoints: &[String]) -> Vec<Client> {
     let mut clients = Vec::new();
-    for id in cluster.running() {
+    for endpoint in endpoints {
         clients.push(
             Client::connect_with(
-                &format!("http://{}", cluster.address(id)),
+                endpoint,
                 ClientConfig {
                     request_timeout: Duration::from_secs(3),
                     retry_deadline: Duration::from_secs(6),
@@ -200,9 +210,48 @@ async fn clients(cluster: &Cluster) -> Vec<Client> {
     clients
 }
 
-/// One round of every fault, each lasting for some answered operations,
-/// with traffic before and after.
-async fn fault_cycle(cluster: &mut Cluster, recorder: &Recorder) {
+/// A three-node cluster a run injects faults into.
+trait Faulty {
+    /// Every node's endpoint.
+    fn endpoints(&self) -> Vec<String>;
+    /// A client of the leader, once there is one.
+    async fn leader_client(&self) -> Client;
+    /// One round of every fault, paced by the traffic `recorder` sees.
+    async fn fault_cycle(&mut self, recorder: &Recorder);
+    /// Waits until every node applied the same log to the same state.
+    async fn converge(&self);
+    async fn shutdown(self);
+}
+
+/// Nodes in this process, faults from the network seam and stops.
+impl Faulty for Cluster {
+    fn endpoints(&self) -> Vec<String> {
+        self.running()
+            .into_iter()
+            .map(|id| format!("http://{}", self.address(id)))
+            .collect()
+    }
+
+    async fn leader_client(&self) -> Client {
+        self.client_of(self.wait_for_leader().await).await
+    }
+
+    async fn fault_cycle(&mut self, recorder: &Recorder) {
+        seam_fault_cycle(self, recorder).await;
+    }
+
+    async fn converge(&self) {
+        self.assert_converged().await;
+    }
+
+    async fn shutdown(self) {
+        Cluster::shutdown(self).await;
+    }
+}
+
+/// One round of every fault of the in-process cluster, each lasting for
+/// some answered operations, with traffic before and after.
+async fn seam_fault_cycle(cluster: &mut Cluster, recorder: &Recorder) {
     recorder.traffic(40, "before the faults").await;
     let leader = cluster.wait_for_leader().await;
     let others: Vec<_> = cluster
@@ -239,24 +288,119 @@ async fn fault_cycle(cluster: &mut Cluster, recorder: &Recorder) {
     recorder.traffic(30, "after the faults").await;
 }
 
-/// A run with `cycles` rounds of faults, or as many as fit in `soak`.
-async fn run(soak: Option<Duration>) {
+/// Nodes as real `wasmraft serve` processes, SIGKILLed and SIGSTOPped.
+struct Processes {
+    nodes: Vec<ProcessNode>,
+    /// Holds the nodes' directories.
+    _root: tempfile::TempDir,
+}
+
+impl Processes {
+    async fn start() -> Processes {
+        let root = tempfile::TempDir::new().unwrap();
+        let nodes = processes::start_nodes(root.path());
+        processes::wait_serving(&nodes[0].endpoint()).await;
+        for node in &nodes[1..] {
+            processes::client(&nodes[0].endpoint())
+                .await
+                .add_node(node.id, &format!("127.0.0.1:{}", node.port), SETTLE)
+                .await
+                .unwrap();
+        }
+        Processes { nodes, _root: root }
+    }
+
+    /// The index of the leader, as a running, unpaused node sees it.
+    async fn leader(&self, among: &[usize]) -> usize {
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            for index in among {
+                if let Ok(status) = processes::client(&self.nodes[*index].endpoint())
+                    .await
+                    .status()
+                    .await
+                    && let Some(leader) = status.leader_id
+                    && let Some(position) = self.nodes.iter().position(|node| node.id == leader)
+                    && among.contains(&position)
+                {
+                    return position;
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader among {among:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Faulty for Processes {
+    fn endpoints(&self) -> Vec<String> {
+        self.nodes.iter().map(ProcessNode::endpoint).collect()
+    }
+
+    async fn leader_client(&self) -> Client {
+        let leader = self.leader(&[0, 1, 2]).await;
+        processes::client(&self.nodes[leader].endpoint()).await
+    }
+
+    async fn fault_cycle(&mut self, recorder: &Recorder) {
+        let all = [0, 1, 2];
+        recorder.traffic(40, "before the faults").await;
+        let leader = self.leader(&all).await;
+        self.nodes[leader].kill();
+        recorder.traffic(30, "the leader SIGKILLed").await;
+        self.nodes[leader].start(false);
+        recorder.traffic(20, "the leader's restart").await;
+        let leader = self.leader(&all).await;
+        let follower = (leader + 1) % 3;
+        self.nodes[follower].pause();
+        recorder.traffic(30, "a follower paused").await;
+        self.nodes[follower].resume();
+        recorder.traffic(20, "the follower resumed").await;
+        // A paused leader: the others elect another, and the old one
+        // wakes up believing it still leads.
+        let leader = self.leader(&all).await;
+        self.nodes[leader].pause();
+        let others: Vec<_> = all.into_iter().filter(|index| *index != leader).collect();
+        self.leader(&others).await;
+        recorder.traffic(30, "the leader paused").await;
+        self.nodes[leader].resume();
+        recorder.traffic(20, "the old leader resumed").await;
+        let leader = self.leader(&all).await;
+        let follower = (leader + 2) % 3;
+        self.nodes[follower].kill();
+        recorder.traffic(30, "a follower SIGKILLed").await;
+        self.nodes[follower].start(false);
+        recorder.traffic(30, "after the faults").await;
+    }
+
+    async fn converge(&self) {
+        processes::wait_converged(&self.nodes[0].endpoint(), 3).await;
+    }
+
+    async fn shutdown(self) {}
+}
+
+/// A run with one round of faults, or as many as fit in `soak`.
+async fn run(mut cluster: impl Faulty, soak: Option<Duration>) {
     let started = Instant::now();
-    let mut cluster = Cluster::start(3).await;
-    let leader = cluster.wait_for_leader().await;
-    cluster
-        .client_of(leader)
-        .await
-        .deploy("kv", wasmraft_examples::KV_WASM, DeployOptions::default())
-        .await
-        .expect("kv deploys");
+    let leader = cluster.leader_client().await;
+    for (name, wasm) in [
+        ("kv", wasmraft_examples::KV_WASM),
+        ("bank", wasmraft_examples::BANK_WASM),
+    ] {
+        leader
+            .deploy(name, wasm, DeployOptions::default())
+            .await
+            .unwrap_or_else(|error| panic!("{name} deploys: {error}"));
+    }
+    bank::open_accounts(&leader, BANK_CLIENTS).await;
     let recorder = Arc::new(Recorder {
         start: Instant::now(),
         operations: Mutex::new(Vec::new()),
         answered: tokio::sync::watch::Sender::new(0),
     });
     let stop = Arc::new(AtomicBool::new(false));
-    let nodes = clients(&cluster).await;
+    let nodes = clients(&cluster.endpoints()).await;
     let workers: Vec<_> = (0..6)
         .map(|number| {
             tokio::spawn(client_loop(
@@ -267,18 +411,39 @@ async fn run(soak: Option<Duration>) {
             ))
         })
         .collect();
+    let ledger = Arc::new(bank::Ledger::default());
+    let bank_workers: Vec<_> = (0..BANK_CLIENTS)
+        .map(|number| {
+            tokio::spawn(bank::client_loop(
+                number,
+                nodes.clone(),
+                Arc::clone(&ledger),
+                Arc::clone(&stop),
+            ))
+        })
+        .collect();
 
+    let mut cycles = 0;
     loop {
-        fault_cycle(&mut cluster, &recorder).await;
+        cluster.fault_cycle(&recorder).await;
+        cycles += 1;
         if soak.is_none_or(|soak| started.elapsed() >= soak) {
             break;
         }
     }
     stop.store(true, Ordering::Relaxed);
-    for worker in workers {
+    for worker in workers.into_iter().chain(bank_workers) {
         worker.await.unwrap();
     }
-    cluster.assert_converged().await;
+    cluster.converge().await;
+    eprintln!(
+        "fault rounds: {cycles} in {} s",
+        started.elapsed().as_secs()
+    );
+    eprintln!(
+        "{}",
+        bank::check(&cluster.leader_client().await, &ledger, BANK_CLIENTS).await
+    );
     let history = recorder.operations.lock().unwrap().clone();
     let known = history.iter().filter(|op| op.returned.is_some()).count();
     let writes = history
@@ -308,18 +473,35 @@ async fn run(soak: Option<Duration>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kv_histories_under_faults_are_linearizable() {
-    run(None).await;
+    run(Cluster::start(3).await, None).await;
 }
 
-/// The long version: fault rounds for `WASMRAFT_SOAK_MINUTES` (10 by
-/// default), one history checked at the end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "a soak of several minutes; run by hand (README, Proof under faults)"]
-async fn soak() {
+async fn histories_of_processes_sigkilled_and_paused_are_linearizable() {
+    run(Processes::start().await, None).await;
+}
+
+/// The soak time asked for in `WASMRAFT_SOAK_MINUTES` (10 by default).
+fn soak_time() -> Duration {
     let minutes = std::env::var("WASMRAFT_SOAK_MINUTES")
         .ok()
         .map_or(10, |minutes| {
             minutes.parse::<u64>().expect("minutes as a whole number")
         });
-    run(Some(Duration::from_secs(minutes * 60))).await;
+    Duration::from_secs(minutes * 60)
+}
+
+/// The long version: fault rounds for `WASMRAFT_SOAK_MINUTES`, one history
+/// checked at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "a soak of several minutes; run by hand (README, Proof under faults)"]
+async fn soak() {
+    run(Cluster::start(3).await, Some(soak_time())).await;
+}
+
+/// The long version over real processes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "a soak of several minutes; run by hand (README, Proof under faults)"]
+async fn soak_processes() {
+    run(Processes::start().await, Some(soak_time())).await;
 }

@@ -27,9 +27,9 @@ impl Drop for Process {
     }
 }
 
-pub(super) struct ProcessNode {
-    pub(super) id: u64,
-    pub(super) port: u16,
+pub(crate) struct ProcessNode {
+    pub(crate) id: u64,
+    pub(crate) port: u16,
     directory: PathBuf,
     /// The cluster secret every node of the test is started with.
     secret: PathBuf,
@@ -39,11 +39,11 @@ pub(super) struct ProcessNode {
 }
 
 impl ProcessNode {
-    pub(super) fn endpoint(&self) -> String {
+    pub(crate) fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    fn start(&mut self, bootstrap: bool) {
+    pub(crate) fn start(&mut self, bootstrap: bool) {
         let log = std::fs::File::create(self.directory.with_extension(format!(
             "log-{}",
             std::time::SystemTime::now()
@@ -75,8 +75,28 @@ impl ProcessNode {
     }
 
     /// SIGKILL: no shutdown, no flush beyond what was already durable.
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         drop(self.process.take());
+    }
+
+    /// Stops the process where it is (SIGSTOP), as a long pause of the
+    /// machine or the runtime would: it holds its connections and answers
+    /// nothing until [`ProcessNode::resume`].
+    pub(crate) fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    pub(crate) fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let process = self.process.as_ref().expect("a running node");
+        let sent = Command::new("kill")
+            .args([signal, &process.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill {signal} failed");
     }
 }
 
@@ -100,7 +120,7 @@ pub(super) fn cli(args: &[&str]) -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
-pub(super) async fn client(endpoint: &str) -> Client {
+pub(crate) async fn client(endpoint: &str) -> Client {
     Client::connect_with(
         endpoint,
         ClientConfig {
@@ -120,7 +140,7 @@ pub(super) async fn client(endpoint: &str) -> Client {
 const STARTUP: Duration = Duration::from_secs(180);
 
 /// Waits until `endpoint` answers health checks as serving.
-pub(super) async fn wait_serving(endpoint: &str) {
+pub(crate) async fn wait_serving(endpoint: &str) {
     let deadline = Instant::now() + STARTUP;
     loop {
         if let Ok(client) = Client::connect(endpoint).await
@@ -135,7 +155,7 @@ pub(super) async fn wait_serving(endpoint: &str) {
 }
 
 /// Waits until every member reports the same applied index and digest.
-pub(super) async fn wait_converged(endpoint: &str, members: usize) -> ClusterStatus {
+pub(crate) async fn wait_converged(endpoint: &str, members: usize) -> ClusterStatus {
     let deadline = Instant::now() + SETTLE;
     loop {
         if let Ok(status) = client(endpoint).await.status().await {
@@ -172,12 +192,12 @@ fn directory(root: &Path, id: u64) -> PathBuf {
 
 /// Starts nodes 1 to 3 under `root`, node 1 bootstrapping, sharing a
 /// cluster secret the CLI makes.
-fn start_nodes(root: &Path) -> Vec<ProcessNode> {
+pub(crate) fn start_nodes(root: &Path) -> Vec<ProcessNode> {
     start_nodes_with(root, &[])
 }
 
 /// [`start_nodes`], each node given `extra_args` too.
-pub(super) fn start_nodes_with(root: &Path, extra_args: &[String]) -> Vec<ProcessNode> {
+pub(crate) fn start_nodes_with(root: &Path, extra_args: &[String]) -> Vec<ProcessNode> {
     let secret = root.join("cluster-secret");
     let secret_arg = secret.to_str().unwrap();
     cli(&["cluster", "new-secret", secret_arg]);
@@ -221,36 +241,34 @@ pub(super) async fn form_with_counter(nodes: &[ProcessNode]) {
     deploy_counter(&nodes[0].endpoint()).await;
 }
 
-/// Deploys the counter example through `endpoint`. A leader change while
-/// the deploy is in flight answers UNAVAILABLE, and the deploy may or may
-/// not have been applied: try again until the counter is deployed (a
-/// freshly formed cluster on a busy machine may change leaders).
+/// Deploys the counter example through `endpoint`.
 async fn deploy_counter(endpoint: &str) {
+    deploy_example(endpoint, "counter", wasmraft_examples::COUNTER_WASM).await;
+}
+
+/// Deploys `wasm` as `name` through `endpoint`. A leader change while the
+/// deploy is in flight answers UNAVAILABLE, and the deploy may or may not
+/// have been applied: try again until the module is deployed (a freshly
+/// formed cluster on a busy machine may change leaders).
+pub(crate) async fn deploy_example(endpoint: &str, name: &str, wasm: &[u8]) {
     use sha2::Digest;
-    let hash = hex::encode(sha2::Sha256::digest(wasmraft_examples::COUNTER_WASM));
+    let hash = hex::encode(sha2::Sha256::digest(wasm));
     let deadline = Instant::now() + SETTLE;
     loop {
         let client = client(endpoint).await;
-        let error = match client
-            .deploy(
-                "counter",
-                wasmraft_examples::COUNTER_WASM,
-                DeployOptions::default(),
-            )
-            .await
-        {
+        let error = match client.deploy(name, wasm, DeployOptions::default()).await {
             Ok(_) => return,
             Err(error) => error,
         };
         assert_eq!(error.code(), Some(tonic::Code::Unavailable), "{error}");
-        if let Ok(module) = client.get_module("counter").await
+        if let Ok(module) = client.get_module(name).await
             && module.sha256_hex == hash
         {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "the counter was never deployed: {error}"
+            "{name} was never deployed: {error}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
