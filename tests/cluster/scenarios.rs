@@ -269,6 +269,97 @@ async fn a_new_node_catches_up_from_a_snapshot_after_the_log_was_purged() {
     cluster.shutdown().await;
 }
 
+/// A node started with `--bootstrap` that a leader introduces itself to
+/// while it listens is being added to that cluster: once the listening
+/// ends it refuses to found one of its own, even though no Raft message
+/// reached it (they are cut here), and says so. Started plain, it joins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_being_added_while_it_waits_to_bootstrap_founds_no_cluster() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    cluster.deploy_counter(leader).await;
+    // An address for node 4, then an empty directory behind it.
+    cluster.launch(4, false).await;
+    cluster.stop(4).await;
+    cluster.wipe(4);
+    let address = cluster.address(4).to_string();
+    for member in [1, 2, 3] {
+        cluster.links.cut_one_way(member, 4);
+    }
+    let client = cluster.client_of(leader).await;
+    let adding = async {
+        // Until the starting node serves; its listening lasts seconds.
+        let deadline = std::time::Instant::now() + SETTLE;
+        loop {
+            let added = client.add_node(4, &address, Duration::from_secs(5)).await;
+            match &added {
+                Err(error) if error.to_string().contains("cannot reach") => {
+                    assert!(std::time::Instant::now() < deadline, "{error}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                _ => return added,
+            }
+        }
+    };
+    let (started, added) = tokio::join!(cluster.try_launch(4, true), adding);
+    let error = started.expect_err("node 4 founds no cluster of its own");
+    assert!(
+        matches!(error, wasmraft::node::StartError::BeingAdded { id: 4, .. }),
+        "{error}"
+    );
+    assert!(error.to_string().contains("without --bootstrap"), "{error}");
+    assert!(added.is_err(), "node 4 never caught up: {added:?}");
+
+    cluster.links.heal();
+    cluster.launch(4, false).await;
+    cluster.add(4).await.expect("node 4 joins");
+    cluster.assert_converged().await;
+    assert_eq!(cluster.counter(4).await, 0);
+    cluster.shutdown().await;
+}
+
+/// `add-node` answers success only once the new voter applied the log up
+/// to its promotion, so that a read it serves right after sees what the
+/// cluster had; by the deadline it says it has not. Here the new node
+/// takes the log (it catches up) but cannot apply it: its compiler fails
+/// on the deployed module, a host failure that stops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn add_node_says_when_the_new_voter_has_not_applied_its_promotion() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    cluster.deploy_counter(leader).await;
+    let tally = Tally::default();
+    increment(&cluster.client_of(leader).await, 5, &tally).await;
+    cluster.launch(4, false).await;
+    cluster.compile_faults(4).fail(true);
+    let error = cluster
+        .client_of(leader)
+        .await
+        .add_node(4, &cluster.address(4).to_string(), Duration::from_secs(5))
+        .await
+        .expect_err("node 4 never applies its promotion");
+    assert_eq!(error.code(), Some(Code::DeadlineExceeded), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("is a voter now, but had not applied the log up to its promotion"),
+        "{error}"
+    );
+    let status = cluster.client_of(leader).await.status().await.unwrap();
+    assert!(
+        status.voters.iter().any(|member| member.id == 4),
+        "the change holds: {status:?}"
+    );
+    // Once it can apply, it catches up by itself.
+    cluster.compile_faults(4).fail(false);
+    cluster.stop_failed(4).await;
+    cluster.launch(4, false).await;
+    cluster.assert_converged().await;
+    assert_eq!(cluster.counter(4).await, 5);
+    tally.check(5);
+    cluster.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_whole_cluster_restart_keeps_every_acknowledged_write() {
     let mut cluster = Cluster::start(3).await;
@@ -354,8 +445,8 @@ async fn a_bootstrap_node_that_lost_its_data_founds_no_second_cluster() {
     assert!(
         matches!(
             &error,
-            wasmraft::node::StartError::LostData { id: 1, cluster_id: named, .. }
-                if *named == cluster_id
+            wasmraft::node::StartError::LostData { id: 1, cluster: named, .. }
+                if *named == format!("cluster {cluster_id}")
         ),
         "{message}"
     );

@@ -99,7 +99,7 @@ impl RaftRpc for RaftService {
         &self,
         request: Request<proto::HandshakeRequest>,
     ) -> Result<Response<proto::HandshakeResponse>, Status> {
-        self.peer(&request)?;
+        let peer = self.peer(&request)?;
         let auth = self.node.peer_auth();
         let theirs = &request.get_ref().cluster_id;
         let ours = auth.cluster_id();
@@ -126,15 +126,18 @@ impl RaftRpc for RaftService {
         // A leader is about to add this node: take its messages, and its
         // cluster's id (the log brings the same id soon), from now on. A
         // node with Raft data keeps its own cluster: the caller sees
-        // `initialized` and leaves it alone.
+        // `initialized` and leaves it alone. An empty node founding a
+        // cluster of its own refuses to be added.
+        if !initialized {
+            self.node
+                .introduced_by(peer)
+                .map_err(Status::failed_precondition)?;
+        }
         let cluster_id = match ours {
             Some(ours) => ours,
             None if !initialized && !theirs.is_empty() => auth.adopt(theirs),
             None => String::new(),
         };
-        if !initialized {
-            self.node.admit();
-        }
         Ok(Response::new(proto::HandshakeResponse {
             node_id: self.node.id(),
             cluster_id,

@@ -30,6 +30,7 @@
 //! | `MembershipError::NotMember` | `NOT_FOUND` | the id |
 //! | `MembershipError::Unreachable`, `WrongId`, `EngineMismatch`, `OtherCluster`, `HasData`, `LastVoter`, `InProgress` | `FAILED_PRECONDITION` | what to do |
 //! | `MembershipError::NotCaughtUp` | `DEADLINE_EXCEEDED` | the node stays a learner; ask again |
+//! | `MembershipError::NotApplied` | `DEADLINE_EXCEEDED` | the node is a voter that has not applied up to its promotion yet |
 //! | `MembershipError::Consensus` | as the `ConsensusError` | |
 //! | Raft message in an unknown encoding version | `FAILED_PRECONDITION` | both versions |
 //! | malformed Raft message | `INVALID_ARGUMENT` | the decode error |
@@ -170,7 +171,9 @@ pub fn code(error: &ApiError) -> Code {
             | MembershipError::HasData { .. }
             | MembershipError::LastVoter(_)
             | MembershipError::InProgress => Code::FailedPrecondition,
-            MembershipError::NotCaughtUp { .. } => Code::DeadlineExceeded,
+            MembershipError::NotCaughtUp { .. } | MembershipError::NotApplied { .. } => {
+                Code::DeadlineExceeded
+            }
             MembershipError::Consensus(error) => consensus_code(error),
         },
         ApiError::Wire(WireError::UnknownEncoding { .. }) => Code::FailedPrecondition,
@@ -578,6 +581,16 @@ mod tests {
                 .into(),
                 Code::DeadlineExceeded,
                 "stays a learner",
+            ),
+            (
+                MembershipError::NotApplied {
+                    id: 4,
+                    index: 17,
+                    after_ms: 100,
+                }
+                .into(),
+                Code::DeadlineExceeded,
+                "had not applied the log up to its promotion (index 17)",
             ),
             (
                 MembershipError::Consensus(ConsensusError::ShuttingDown).into(),

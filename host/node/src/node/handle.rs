@@ -39,6 +39,16 @@ use crate::wasm::Runtime;
 const QUERIES_QUEUED_PER_THREAD: usize = 128;
 
 /// A running node as the API sees it. Cheap to clone.
+/// Where an empty node stands between being added and founding a cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Joining {
+    Undecided,
+    /// A leader introduced itself to add it: it must not bootstrap.
+    Introduced(Peer),
+    /// It bootstraps a cluster of its own: no leader may add it.
+    Founding,
+}
+
 #[derive(Clone, Debug)]
 pub struct NodeHandle {
     pub(super) inner: Arc<Inner>,
@@ -80,6 +90,11 @@ pub(super) struct Inner {
     /// it was empty and not admitted: proof that the node is a member that
     /// lost its data, so it must not bootstrap a cluster of its own.
     pub(super) contacted_by: std::sync::Mutex<Option<Peer>>,
+    /// Whether this empty node is being added to a cluster (a leader
+    /// introduced itself) or founds its own: one or the other, decided
+    /// under this lock, so that a node a cluster is adding never
+    /// bootstraps and a node bootstrapping is never added.
+    pub(super) joining: std::sync::Mutex<Joining>,
     /// Invokes waiting to be proposed. openraft writes one entry at a time
     /// and waits for its fsync, so the batcher proposes whatever queued up
     /// meanwhile as one entry: a burst of clients shares one fsync.
@@ -171,6 +186,7 @@ impl NodeHandle {
             membership_change: tokio::sync::Mutex::new(()),
             admitted: AtomicBool::new(false),
             contacted_by: std::sync::Mutex::new(None),
+            joining: std::sync::Mutex::new(Joining::Undecided),
             proposals,
             peer_auth,
             gate,
@@ -374,6 +390,44 @@ impl NodeHandle {
         self.inner.admitted.store(true, Ordering::Release);
     }
 
+    /// Records that `peer`, a leader, introduced itself to add this empty
+    /// node, and admits its messages. `Err` says why not: this node is
+    /// founding a cluster of its own.
+    pub(crate) fn introduced_by(&self, peer: Peer) -> Result<(), String> {
+        let mut joining = self.joining();
+        if *joining == Joining::Founding {
+            return Err(format!(
+                "node {} is founding a cluster of its own (it was started with --bootstrap and an empty data directory): to add it to this cluster, stop it, empty its data directory and start it without --bootstrap",
+                self.inner.id
+            ));
+        }
+        if *joining == Joining::Undecided {
+            *joining = Joining::Introduced(peer);
+        }
+        self.admit();
+        Ok(())
+    }
+
+    /// Marks this empty node as founding a cluster of its own, unless a
+    /// leader introduced itself to add it: `Err` holds that leader.
+    pub(crate) fn begin_founding(&self) -> Result<(), Peer> {
+        let mut joining = self.joining();
+        match &*joining {
+            Joining::Introduced(peer) => Err(peer.clone()),
+            Joining::Undecided | Joining::Founding => {
+                *joining = Joining::Founding;
+                Ok(())
+            }
+        }
+    }
+
+    fn joining(&self) -> std::sync::MutexGuard<'_, Joining> {
+        self.inner
+            .joining
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Whether this node takes Raft messages from peers: `Err` says why not.
     pub async fn accepts_raft_messages(&self) -> Result<(), String> {
         if self.inner.admitted.load(Ordering::Acquire) {
@@ -399,7 +453,9 @@ impl NodeHandle {
     /// Records that `peer`, a node of a cluster, sent Raft messages this
     /// node refused while empty (see [`NodeHandle::accepts_raft_messages`]).
     pub(crate) fn contacted_while_empty(&self, peer: Peer) {
-        if peer.node_id.is_none() || peer.cluster_id.is_none() {
+        // A peer that names no cluster counts too: its cluster may not have
+        // recorded its id yet, or predate ids, and still holds this node.
+        if peer.node_id.is_none() {
             return;
         }
         self.inner

@@ -6,8 +6,10 @@
 //! engine, and has empty Raft storage), add it as a learner, wait until it
 //! has caught up, then promote it to voter with `change_membership`, and
 //! return once it applied the log up to its promotion (so a read it serves
-//! right after sees what the cluster had). A node that did not catch up in
-//! time stays a learner; asking again resumes.
+//! right after sees what the cluster had), or say that it has not by the
+//! deadline (`NotApplied`: the change holds, the voter catches up by
+//! itself). A node that did not catch up in time stays a learner; asking
+//! again resumes.
 //! Removing a node is one `change_membership`. One change at a time: a
 //! second request while one runs is refused, not queued.
 
@@ -91,6 +93,14 @@ pub enum MembershipError {
         "node {id} did not catch up within {after_ms} ms; it stays a learner and keeps receiving the log: run add-node again to make it a voter"
     )]
     NotCaughtUp { id: NodeId, after_ms: u64 },
+    #[error(
+        "node {id} is a voter now, but had not applied the log up to its promotion (index {index}) within {after_ms} ms: until it does, a stale read it serves may miss writes the cluster acknowledged; it catches up by itself, and `wasmraft cluster status` shows its applied index"
+    )]
+    NotApplied {
+        id: NodeId,
+        index: u64,
+        after_ms: u64,
+    },
     #[error("node {0} is not a member of the cluster")]
     NotMember(NodeId),
     #[error("node {0} is the last voter and a cluster needs one: add another node first")]
@@ -285,11 +295,11 @@ pub(crate) async fn add_node(
     // log up to its own promotion first, so it knows every module and
     // write the cluster acknowledged before it joined.
     if !introduce::applied_on(&url, handle.peer_auth(), index, deadline).await {
-        tracing::warn!(
+        return Err(MembershipError::NotApplied {
             id,
             index,
-            "the new voter had not applied up to its promotion by the deadline"
-        );
+            after_ms: millis(timeout),
+        });
     }
     Ok(current(handle))
 }

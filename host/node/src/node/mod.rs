@@ -126,12 +126,22 @@ pub enum StartError {
     #[error("cannot bootstrap the cluster: {0}")]
     Bootstrap(String),
     #[error(
-        "node {id} is a member of cluster {cluster_id} (node {by} sent it Raft messages) but its data directory is empty: it lost its data, and bootstrapping would found a second cluster under the same addresses. Start it without --bootstrap, then on a live member remove it and add it again (`wasmraft cluster remove-node {id}`, `wasmraft cluster add-node {id} ADDRESS`)"
+        "node {id} is a member of {cluster} (node {by} sent it Raft messages) but its data directory is empty: it lost its data, and bootstrapping would found a second cluster under the same addresses. Start it without --bootstrap, then on a live member remove it and add it again (`wasmraft cluster remove-node {id}`, `wasmraft cluster add-node {id} ADDRESS`)"
     )]
     LostData {
         id: NodeId,
         by: NodeId,
-        cluster_id: String,
+        /// The cluster, as a refusal names it.
+        cluster: String,
+    },
+    #[error(
+        "node {id} is being added to {cluster} ({by} introduced itself to add it) while it waited to bootstrap: bootstrapping would found a second cluster under the same addresses. Start it without --bootstrap, and it joins the cluster that adds it"
+    )]
+    BeingAdded {
+        id: NodeId,
+        /// The leader that introduced itself, as a refusal names it.
+        by: String,
+        cluster: String,
     },
     #[error(transparent)]
     Secret(#[from] SecretError),
@@ -415,14 +425,40 @@ async fn found_cluster(
         tokio::time::sleep(listening).await;
         if let Some(Peer {
             node_id: Some(by),
-            cluster_id: Some(cluster_id),
+            cluster_id,
         }) = handle.contacted_by()
         {
             return Err(StartError::LostData {
                 id: config.node_id,
                 by,
-                cluster_id,
+                cluster: cluster_named(cluster_id),
             });
+        }
+    }
+    let empty = !handle
+        .consensus()
+        .is_initialized()
+        .await
+        .map_err(|refusal| StartError::Bootstrap(refusal.to_string()))?;
+    // A new cluster is named before its first entry, so that from its
+    // first moment it refuses Raft messages of another named cluster; the
+    // log records the name right after.
+    let mut drawn = None;
+    if empty {
+        if let Err(Peer {
+            node_id,
+            cluster_id,
+        }) = handle.begin_founding()
+        {
+            return Err(StartError::BeingAdded {
+                id: config.node_id,
+                by: node_id.map_or_else(|| "a leader".to_owned(), |by| format!("node {by}")),
+                cluster: cluster_named(cluster_id),
+            });
+        }
+        drawn = draw_cluster_id();
+        if let Some(cluster_id) = &drawn {
+            handle.peer_auth().adopt(cluster_id);
         }
     }
     bootstrap(
@@ -432,11 +468,19 @@ async fn found_cluster(
     )
     .await?;
     propose_initial_settings(handle, &config.cluster).await;
-    propose_cluster_id(handle).await;
+    propose_cluster_id(handle, drawn).await;
     if config.insecure {
         return Ok(None);
     }
     Ok(propose_first_admin(handle, &running.data_directory).await)
+}
+
+/// How a refusal names the cluster a peer spoke for.
+fn cluster_named(cluster_id: Option<String>) -> String {
+    cluster_id.filter(|id| !id.is_empty()).map_or_else(
+        || "a cluster that has not recorded its id".to_owned(),
+        |id| format!("cluster {id}"),
+    )
 }
 
 /// Refuses to run a member whose wasm engine is not the cluster's: fuel and
@@ -488,7 +532,11 @@ fn peer_auth(config: &NodeConfig, reader: &StateReader) -> Result<PeerAuth, Star
 /// checks on every peer call. Retried at every start with `--bootstrap`
 /// while none is recorded (a crash before it committed, or a cluster made
 /// before cluster ids existed).
-async fn propose_cluster_id(handle: &NodeHandle) {
+///
+/// `drawn` is the id a new cluster was named with before its bootstrap;
+/// `None` draws one (a node with a log may be about to apply its cluster's
+/// id, so it takes the one the log answers).
+async fn propose_cluster_id(handle: &NodeHandle, drawn: Option<String>) {
     match handle.reader().cluster_id() {
         Ok(Some(recorded)) => {
             handle.peer_auth().adopt(&recorded);
@@ -500,21 +548,24 @@ async fn propose_cluster_id(handle: &NodeHandle) {
             return;
         }
     }
-    let mut random = [0u8; 16];
-    if let Err(error) = getrandom::fill(&mut random) {
-        tracing::warn!(%error, "no randomness for a cluster id; the next start with --bootstrap tries again");
+    let Some(cluster_id) = drawn.or_else(draw_cluster_id) else {
         return;
-    }
-    let command = Command::ClusterId {
-        cluster_id: hex::encode(random),
     };
+    let command = Command::ClusterId { cluster_id };
     match handle.propose(Caller::system(), command, None).await {
         Ok(Proposed {
             response: Response::ClusterId { cluster_id },
             ..
         }) => {
             tracing::info!(cluster_id, "cluster named");
-            handle.peer_auth().adopt(&cluster_id);
+            let in_force = handle.peer_auth().adopt(&cluster_id);
+            if in_force != cluster_id {
+                tracing::warn!(
+                    recorded = cluster_id,
+                    in_force,
+                    "the log recorded another cluster id than the one this node goes by; restart it"
+                );
+            }
         }
         Ok(other) => {
             tracing::warn!(response = ?other.response, "naming the cluster was answered unexpectedly")
@@ -523,6 +574,19 @@ async fn propose_cluster_id(handle: &NodeHandle) {
             %error,
             "the cluster id is not recorded yet; the next start with --bootstrap proposes one again"
         ),
+    }
+}
+
+/// A random 128-bit cluster id, hex; `None` (and a warning) when the
+/// system gives no randomness.
+fn draw_cluster_id() -> Option<String> {
+    let mut random = [0u8; 16];
+    match getrandom::fill(&mut random) {
+        Ok(()) => Some(hex::encode(random)),
+        Err(error) => {
+            tracing::warn!(%error, "no randomness for a cluster id; the next start with --bootstrap tries again");
+            None
+        }
     }
 }
 
