@@ -353,6 +353,7 @@ fn model(implicit_open: bool, client_named: bool) -> Sessions {
 fn sessions_opened_through_the_log_never_apply_a_command_twice() {
     let checker = model(false, false).checker().spawn_bfs().join();
     checker.assert_properties();
+    eprintln!("{} states explored", checker.unique_state_count());
     assert!(
         checker.unique_state_count() > 1_000,
         "the model explored too little"
