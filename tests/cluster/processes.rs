@@ -662,6 +662,21 @@ async fn the_cli_fails_over_between_endpoints_and_keeps_its_deadline() {
         stderr.contains("within"),
         "the error says the time ran out: {stderr}"
     );
+    // A node that takes the call and never answers (paused): the write was
+    // sent, so its outcome is unknown, exit 4, not "unreachable".
+    nodes[0].pause();
+    let unanswered = Command::new(WASMRAFT)
+        .args(["--endpoint", &nodes[0].endpoint(), "--timeout-ms", "2000"])
+        .args(["invoke", "counter", r#"{"op":"add","by":1}"#])
+        .output()
+        .unwrap();
+    nodes[0].resume();
+    let stderr = String::from_utf8_lossy(&unanswered.stderr);
+    assert_eq!(unanswered.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains("may or may not") || stderr.contains("once or not at all"),
+        "{stderr}"
+    );
 }
 
 /// One counter increment straight over gRPC (no client retries): the

@@ -135,11 +135,11 @@ impl ClientError {
                     .to_owned()
             }
             ClientError::TimedOut { .. } => {
-                "the node did not answer in time; it may be overloaded or without a quorum, retry later"
+                "the node did not answer in time (it may be overloaded or without a quorum): a write it was sent may or may not have been applied; read the state before sending it again"
                     .to_owned()
             }
             ClientError::Transport { .. } => {
-                "the connection to the node broke; retry, and check the node's log if it persists"
+                "the connection to the node broke: a write it was sent may or may not have been applied; read the state before sending it again, and check the node's log if it persists"
                     .to_owned()
             }
             ClientError::OutcomeUnknown { .. } => {

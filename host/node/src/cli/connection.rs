@@ -5,9 +5,10 @@
 //! | exit code | meaning |
 //! |---|---|
 //! | 0 | success |
-//! | 1 | the server refused or failed the call (printed with the gRPC code name), or the outcome is unknown |
+//! | 1 | the server refused or failed the call (printed with the gRPC code name) |
 //! | 2 | usage or local input error (bad arguments, bad JSON, unreadable file, bad endpoint); clap's own usage errors also exit 2 |
-//! | 3 | the endpoint cannot be reached |
+//! | 3 | the endpoint cannot be reached: nothing was sent |
+//! | 4 | the outcome is unknown: the call was sent, and no answer came (timed out, the connection broke, every retry failed); a write may or may not have been applied (an invoke once at most) |
 
 use std::fmt;
 use std::future::Future;
@@ -25,6 +26,8 @@ pub const EXIT_SERVER_ERROR: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 /// The endpoint could not be reached.
 pub const EXIT_UNREACHABLE: u8 = 3;
+/// The call was sent and no answer came: what it did is unknown.
+pub const EXIT_OUTCOME_UNKNOWN: u8 = 4;
 
 /// How to reach the cluster: options of the `wasmraft` command itself, so
 /// they may come before or after the subcommand
@@ -246,6 +249,12 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
     {
         return EXIT_USAGE;
     }
+    if error
+        .chain()
+        .any(|cause| cause.downcast_ref::<CommandTimedOut>().is_some())
+    {
+        return EXIT_OUTCOME_UNKNOWN;
+    }
     match client_error(error) {
         Some(
             ClientError::InvalidEndpoint { .. }
@@ -253,6 +262,11 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
             | ClientError::InvalidInput(_),
         ) => EXIT_USAGE,
         Some(error) if error.is_unreachable() => EXIT_UNREACHABLE,
+        Some(
+            ClientError::OutcomeUnknown { .. }
+            | ClientError::TimedOut { .. }
+            | ClientError::Transport { .. },
+        ) => EXIT_OUTCOME_UNKNOWN,
         _ => EXIT_SERVER_ERROR,
     }
 }
@@ -312,7 +326,7 @@ mod tests {
                     last: Box::new(status(Code::Unavailable)),
                 }
                 .into(),
-                EXIT_SERVER_ERROR,
+                EXIT_OUTCOME_UNKNOWN,
             ),
             // The retry found the node gone, but an earlier attempt may
             // have been applied: not "unreachable".
@@ -324,7 +338,20 @@ mod tests {
                     last: Box::new(unreachable()),
                 }
                 .into(),
-                EXIT_SERVER_ERROR,
+                EXIT_OUTCOME_UNKNOWN,
+            ),
+            (
+                ClientError::TimedOut {
+                    endpoint: "http://127.0.0.1:1".to_owned(),
+                    operation: "deploy",
+                    timeout: Duration::from_secs(1),
+                }
+                .into(),
+                EXIT_OUTCOME_UNKNOWN,
+            ),
+            (
+                anyhow::Error::from(CommandTimedOut { timeout_ms: 3000 }),
+                EXIT_OUTCOME_UNKNOWN,
             ),
             (
                 ClientError::InvalidEndpoint {
