@@ -10,8 +10,9 @@ use wasmraft::fuzzing;
 
 type Check = fn(&[u8]);
 
-const TARGETS: [(&str, Check); 4] = [
+const TARGETS: [(&str, Check); 5] = [
     ("decoders", fuzzing::decoders),
+    ("api_requests", fuzzing::api_requests),
     ("snapshot", fuzzing::snapshot),
     ("validate", fuzzing::validate),
     ("kv_overlay", fuzzing::kv_overlay),
@@ -47,6 +48,57 @@ fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
             vec![
                 ("invoke".into(), codec::encode(&invoke)),
                 ("batch".into(), codec::encode(&batch)),
+            ]
+        }
+        "api_requests" => {
+            use prost::Message;
+            use sha2::Digest;
+            use wasmraft_proto::v1 as proto;
+            let invoke = proto::InvokeRequest {
+                module: "counter".into(),
+                input: br#"{"op":"add","by":1}"#.to_vec(),
+                client_id: "c1".into(),
+                sequence: 7,
+            };
+            let settings = proto::SetSettingsRequest {
+                fuel_per_call_max: Some(1_000_000),
+                module_storage_keys_max: Some(10),
+                ..Default::default()
+            };
+            let grant = proto::GrantRequest {
+                binding: Some(proto::RoleBinding {
+                    subject: "alice".into(),
+                    role: proto::Role::ModuleInvoker as i32,
+                    module_pattern: Some("kv-*".into()),
+                }),
+            };
+            let add = proto::AddNodeRequest {
+                node_id: 4,
+                address: "127.0.0.1:7074".into(),
+            };
+            // A deploy stream: a header, then the module in two chunks.
+            let module = wasmraft_examples::COUNTER_WASM;
+            let header = proto::DeployChunk {
+                content: Some(proto::deploy_chunk::Content::Header(proto::DeployHeader {
+                    name: "counter".into(),
+                    sha256_hex: hex::encode(sha2::Sha256::digest(module)),
+                    size_bytes: module.len() as u64,
+                    ..Default::default()
+                })),
+            };
+            let mut deploy = header.encode_length_delimited_to_vec();
+            for part in module.chunks(module.len() / 2 + 1) {
+                let chunk = proto::DeployChunk {
+                    content: Some(proto::deploy_chunk::Content::Data(part.to_vec())),
+                };
+                deploy.extend(chunk.encode_length_delimited_to_vec());
+            }
+            vec![
+                ("invoke".into(), invoke.encode_to_vec()),
+                ("settings".into(), settings.encode_to_vec()),
+                ("grant".into(), grant.encode_to_vec()),
+                ("add-node".into(), add.encode_to_vec()),
+                ("deploy".into(), deploy),
             ]
         }
         "snapshot" => {

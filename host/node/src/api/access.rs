@@ -11,7 +11,7 @@ use wasmraft_proto::v1::access_server::Access;
 
 use super::modules::unexpected;
 use super::status::ApiError;
-use super::validate::InputError;
+use super::validate::{self, InputError};
 use super::{admit, authorize, call_timeout, identity};
 use crate::admission::MethodClass;
 use crate::auth::policy::CLUSTER_OBJECT;
@@ -88,29 +88,7 @@ impl AccessService {
 
 /// A binding of the API as the replicated rule.
 fn rule(binding: Option<proto::RoleBinding>) -> Result<AccessRule, ApiError> {
-    let binding = binding.ok_or_else(|| InputError::Access("the binding is missing".to_owned()))?;
-    let role = match proto::Role::try_from(binding.role) {
-        Ok(proto::Role::ClusterAdmin) => "cluster_admin",
-        Ok(proto::Role::ClusterOperator) => "cluster_operator",
-        Ok(proto::Role::ClusterViewer) => "cluster_viewer",
-        Ok(proto::Role::ModuleDeployer) => "module_deployer",
-        Ok(proto::Role::ModuleInvoker) => "module_invoker",
-        Ok(proto::Role::ModuleQuerier) => "module_querier",
-        Ok(proto::Role::Unspecified) | Err(_) => {
-            return Err(InputError::Access(format!(
-                "role {} is not one of the roles of access.proto",
-                binding.role
-            ))
-            .into());
-        }
-    };
-    let rule = AccessRule {
-        subject: binding.subject,
-        role: role.to_owned(),
-        module_pattern: binding.module_pattern,
-    };
-    check::access_rule(&rule).map_err(InputError::Access)?;
-    Ok(rule)
+    Ok(validate::role_binding(binding)?)
 }
 
 /// A replicated rule as the API's binding.

@@ -20,9 +20,7 @@ use super::{admit, authorize, blocking, call_timeout, identity};
 use crate::admission::MethodClass;
 use crate::auth::policy::CLUSTER_OBJECT;
 use crate::auth::{Action, Caller, PeerAuth};
-use crate::command::{
-    ClusterSettings, Command, Response as Applied, SettingsCommand, SettingsUpdate,
-};
+use crate::command::{ClusterSettings, Command, Response as Applied, SettingsCommand};
 use crate::node::membership::Membership;
 use crate::node::{ClusterView, NodeHandle};
 use crate::raft::Member;
@@ -322,24 +320,7 @@ impl Cluster for ClusterService {
         let caller = self.allow(&request, Action::ClusterSettings)?;
         let timeout = call_timeout(&request);
         let request = request.into_inner();
-        let mut update = SettingsUpdate::default();
-        let fields = [
-            ("fuel_per_call_max", request.fuel_per_call_max),
-            ("memory_bytes_max", request.memory_bytes_max),
-            ("output_bytes_max", request.output_bytes_max),
-            ("module_bytes_max", request.module_bytes_max),
-            ("session_table_bytes_max", request.session_table_bytes_max),
-            ("sessions_per_caller_max", request.sessions_per_caller_max),
-            ("module_storage_bytes_max", request.module_storage_bytes_max),
-            ("module_storage_keys_max", request.module_storage_keys_max),
-        ];
-        for (field, value) in fields {
-            if let Some(value) = value {
-                update
-                    .set(field, value)
-                    .map_err(|error| ApiError::from(validate::InputError::from(error)))?;
-            }
-        }
+        let update = validate::settings_request(&request).map_err(ApiError::from)?;
         let current = self.node.settings().map_err(ApiError::from)?;
         validate::settings_update(&current, &update).map_err(ApiError::from)?;
         let span = tracing::info_span!("set_settings", ?update);

@@ -11,7 +11,7 @@ use wasmraft_proto::v1::state_machine_server::StateMachine;
 
 use super::modules::unexpected;
 use super::status::{ApiError, call_output};
-use super::validate::{self, InputError};
+use super::validate;
 use super::{admit_open, authorize, blocking, call_timeout, identity};
 use crate::admission::MethodClass;
 use crate::auth::policy::CLUSTER_OBJECT;
@@ -142,8 +142,7 @@ impl StateMachineService {
             MethodClass::Query,
             request.input.len(),
         )?;
-        let consistency = Consistency::try_from(request.consistency)
-            .map_err(|_| InputError::Consistency(request.consistency))?;
+        let consistency = validate::consistency(request.consistency)?;
         let span = traces::trace_span!(
             "query",
             module = %request.module,

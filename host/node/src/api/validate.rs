@@ -6,10 +6,11 @@
 //! message tells the caller what to change.
 
 use sha2::{Digest, Sha256};
+use wasmraft_proto::v1 as proto;
 use wasmraft_proto::v1::DeployHeader;
 use wasmraft_proto::v1::deploy_chunk::Content;
 
-use crate::command::{ModuleHash, ModuleLimits, SessionId, check};
+use crate::command::{AccessRule, ModuleHash, ModuleLimits, SessionId, SettingsUpdate, check};
 use crate::node::config::LimitSettings;
 
 pub use crate::command::check::{CLIENT_ID_BYTES_MAX, MODULE_NAME_BYTES_MAX};
@@ -65,6 +66,59 @@ pub enum InputError {
     NoSettings,
     #[error(transparent)]
     Setting(#[from] crate::command::SettingError),
+}
+
+/// The settings a `SetSettingsRequest` changes, each checked against its
+/// range.
+pub fn settings_request(request: &proto::SetSettingsRequest) -> Result<SettingsUpdate, InputError> {
+    let mut update = SettingsUpdate::default();
+    let fields = [
+        ("fuel_per_call_max", request.fuel_per_call_max),
+        ("memory_bytes_max", request.memory_bytes_max),
+        ("output_bytes_max", request.output_bytes_max),
+        ("module_bytes_max", request.module_bytes_max),
+        ("session_table_bytes_max", request.session_table_bytes_max),
+        ("sessions_per_caller_max", request.sessions_per_caller_max),
+        ("module_storage_bytes_max", request.module_storage_bytes_max),
+        ("module_storage_keys_max", request.module_storage_keys_max),
+    ];
+    for (field, value) in fields {
+        if let Some(value) = value {
+            update.set(field, value)?;
+        }
+    }
+    Ok(update)
+}
+
+/// The access rule a role binding names, checked as apply checks it.
+pub fn role_binding(binding: Option<proto::RoleBinding>) -> Result<AccessRule, InputError> {
+    let binding = binding.ok_or_else(|| InputError::Access("the binding is missing".to_owned()))?;
+    let role = match proto::Role::try_from(binding.role) {
+        Ok(proto::Role::ClusterAdmin) => "cluster_admin",
+        Ok(proto::Role::ClusterOperator) => "cluster_operator",
+        Ok(proto::Role::ClusterViewer) => "cluster_viewer",
+        Ok(proto::Role::ModuleDeployer) => "module_deployer",
+        Ok(proto::Role::ModuleInvoker) => "module_invoker",
+        Ok(proto::Role::ModuleQuerier) => "module_querier",
+        Ok(proto::Role::Unspecified) | Err(_) => {
+            return Err(InputError::Access(format!(
+                "role {} is not one of the roles of access.proto",
+                binding.role
+            )));
+        }
+    };
+    let rule = AccessRule {
+        subject: binding.subject,
+        role: role.to_owned(),
+        module_pattern: binding.module_pattern,
+    };
+    check::access_rule(&rule).map_err(InputError::Access)?;
+    Ok(rule)
+}
+
+/// The consistency a query asks for.
+pub fn consistency(value: i32) -> Result<proto::Consistency, InputError> {
+    proto::Consistency::try_from(value).map_err(|_| InputError::Consistency(value))
 }
 
 /// Checks a settings change against the settings in force at the edge
