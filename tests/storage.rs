@@ -76,11 +76,18 @@ fn block_on<F: std::future::Future>(future: F) -> F::Output {
 #[test]
 #[ignore = "helper process of log_survives_sigkill_mid_write"]
 fn crash_child_log_writer() {
-    let Ok(path) = std::env::var("WASMRAFT_CRASH_LOG") else {
-        return;
-    };
+    if let Ok(path) = std::env::var("WASMRAFT_CRASH_LOG") {
+        append_forever(&path, false);
+    }
+}
+
+/// Appends batches of 16 entries to the log at `path` forever, printing
+/// `durable N` after each; with `purge`, also purges the log behind them
+/// (keeping about 48 entries, as a snapshot's purge would), printing
+/// `purged N` after each purge.
+fn append_forever(path: &str, purge: bool) {
     block_on(async move {
-        let mut log = LogStore::open(&path).unwrap();
+        let mut log = LogStore::open(path).unwrap();
         let mut next = log
             .get_log_state()
             .await
@@ -94,6 +101,11 @@ fn crash_child_log_writer() {
             log.blocking_append(batch).await.unwrap();
             next += 16;
             println!("durable {}", next - 1);
+            if purge && next > 64 {
+                let upto = next - 49;
+                log.purge(log_id(1, upto)).await.unwrap();
+                println!("purged {upto}");
+            }
         }
     });
 }
@@ -595,32 +607,9 @@ fn random_micros(bound: u64) -> u64 {
 #[test]
 #[ignore = "helper process of log_survives_sigkill_mid_purge"]
 fn crash_child_log_purger() {
-    let Ok(path) = std::env::var("WASMRAFT_CRASH_PURGE") else {
-        return;
-    };
-    block_on(async move {
-        let mut log = LogStore::open(&path).unwrap();
-        let mut next = log
-            .get_log_state()
-            .await
-            .unwrap()
-            .last_log_id
-            .map_or(1, |id| id.index + 1);
-        loop {
-            let batch: Vec<Entry> = (next..next + 16)
-                .map(|index| invoke_entry(1, index, payload(index)))
-                .collect();
-            log.blocking_append(batch).await.unwrap();
-            next += 16;
-            println!("durable {}", next - 1);
-            if next > 64 {
-                // Keep about 48 entries, as a snapshot's purge would.
-                let upto = next - 49;
-                log.purge(log_id(1, upto)).await.unwrap();
-                println!("purged {upto}");
-            }
-        }
-    });
+    if let Ok(path) = std::env::var("WASMRAFT_CRASH_PURGE") {
+        append_forever(&path, true);
+    }
 }
 
 /// Kill a log in the middle of its purges (SIGKILL) several times over

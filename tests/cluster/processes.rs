@@ -274,6 +274,22 @@ pub(crate) async fn deploy_example(endpoint: &str, name: &str, wasm: &[u8]) {
     }
 }
 
+/// Checks, by a linearizable read through `endpoint`, that the counter
+/// holds every write `tally` counted as acknowledged.
+async fn check_counter(endpoint: &str, tally: &Tally) {
+    let answer = client(endpoint)
+        .await
+        .query(
+            "counter",
+            br#"{"op":"get"}"#,
+            wasmraft::client::Consistency::Linearizable,
+        )
+        .await
+        .unwrap();
+    let value: serde_json::Value = serde_json::from_slice(&answer.output).unwrap();
+    tally.check(value["value"].as_i64().unwrap());
+}
+
 /// One writer per node, each adding 1 to the counter until `stop`.
 fn spawn_writers(
     nodes: &[ProcessNode],
@@ -341,20 +357,7 @@ async fn a_sigkilled_leader_is_replaced_and_restarts_from_its_data() {
         writer.await.unwrap();
     }
     wait_converged(&survivor_endpoint, 3).await;
-    let value: serde_json::Value = serde_json::from_slice(
-        &client(&nodes[leader_index].endpoint())
-            .await
-            .query(
-                "counter",
-                br#"{"op":"get"}"#,
-                wasmraft::client::Consistency::Linearizable,
-            )
-            .await
-            .unwrap()
-            .output,
-    )
-    .unwrap();
-    tally.check(value["value"].as_i64().unwrap());
+    check_counter(&nodes[leader_index].endpoint(), &tally).await;
 }
 
 /// Invariant 5 for the whole cluster: every node SIGKILLed at the same
@@ -393,20 +396,7 @@ async fn every_node_sigkilled_at_once_keeps_every_acknowledged_write() {
         writer.await.unwrap();
     }
     wait_converged(&nodes[0].endpoint(), 3).await;
-    let value: serde_json::Value = serde_json::from_slice(
-        &client(&nodes[2].endpoint())
-            .await
-            .query(
-                "counter",
-                br#"{"op":"get"}"#,
-                wasmraft::client::Consistency::Linearizable,
-            )
-            .await
-            .unwrap()
-            .output,
-    )
-    .unwrap();
-    tally.check(value["value"].as_i64().unwrap());
+    check_counter(&nodes[2].endpoint(), &tally).await;
 }
 
 /// Changes the membership through `endpoint` until node `id` is a voter
@@ -522,20 +512,7 @@ async fn a_leader_sigkilled_mid_membership_change_loses_no_write() {
         writer.await.unwrap();
     }
     wait_converged(&nodes[0].endpoint(), 3).await;
-    let value: serde_json::Value = serde_json::from_slice(
-        &client(&nodes[1].endpoint())
-            .await
-            .query(
-                "counter",
-                br#"{"op":"get"}"#,
-                wasmraft::client::Consistency::Linearizable,
-            )
-            .await
-            .unwrap()
-            .output,
-    )
-    .unwrap();
-    tally.check(value["value"].as_i64().unwrap());
+    check_counter(&nodes[1].endpoint(), &tally).await;
 }
 
 /// A command whose reader went away (`… | head -1`) stops quietly, with the
