@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use checker::{Input, Operation, Output};
 use wasmraft::client::{Client, ClientConfig, ClientError, Consistency, DeployOptions};
 
-use crate::cluster::harness::{Cluster, SETTLE};
+use crate::cluster::harness::Cluster;
 use crate::cluster::processes::{self, ProcessNode};
 
 const KEYS: [&str; 3] = ["a", "b", "c"];
@@ -299,36 +299,13 @@ impl Processes {
     async fn start() -> Processes {
         let root = tempfile::TempDir::new().unwrap();
         let nodes = processes::start_nodes(root.path());
-        processes::wait_serving(&nodes[0].endpoint()).await;
-        for node in &nodes[1..] {
-            processes::client(&nodes[0].endpoint())
-                .await
-                .add_node(node.id, &format!("127.0.0.1:{}", node.port), SETTLE)
-                .await
-                .unwrap();
-        }
+        processes::form(&nodes).await;
         Processes { nodes, _root: root }
     }
 
     /// The index of the leader, as a running, unpaused node sees it.
     async fn leader(&self, among: &[usize]) -> usize {
-        let deadline = Instant::now() + SETTLE;
-        loop {
-            for index in among {
-                if let Ok(status) = processes::client(&self.nodes[*index].endpoint())
-                    .await
-                    .status()
-                    .await
-                    && let Some(leader) = status.leader_id
-                    && let Some(position) = self.nodes.iter().position(|node| node.id == leader)
-                    && among.contains(&position)
-                {
-                    return position;
-                }
-            }
-            assert!(Instant::now() < deadline, "no leader among {among:?}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        processes::leader_among(&self.nodes, among).await
     }
 }
 

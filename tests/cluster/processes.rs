@@ -140,7 +140,7 @@ pub(crate) async fn client(endpoint: &str) -> Client {
 const STARTUP: Duration = Duration::from_secs(180);
 
 /// Waits until `endpoint` answers health checks as serving.
-pub(crate) async fn wait_serving(endpoint: &str) {
+pub(super) async fn wait_serving(endpoint: &str) {
     let deadline = Instant::now() + STARTUP;
     loop {
         if let Ok(client) = Client::connect(endpoint).await
@@ -230,6 +230,12 @@ pub(crate) fn start_nodes_with(root: &Path, extra_args: &[String]) -> Vec<Proces
 
 /// Adds nodes 2 and 3 through node 1 (serving) and deploys the counter.
 pub(super) async fn form_with_counter(nodes: &[ProcessNode]) {
+    form(nodes).await;
+    deploy_counter(&nodes[0].endpoint()).await;
+}
+
+/// Adds the other nodes to the cluster node 1 bootstrapped.
+pub(crate) async fn form(nodes: &[ProcessNode]) {
     wait_serving(&nodes[0].endpoint()).await;
     for node in &nodes[1..] {
         client(&nodes[0].endpoint())
@@ -238,7 +244,6 @@ pub(super) async fn form_with_counter(nodes: &[ProcessNode]) {
             .await
             .unwrap();
     }
-    deploy_counter(&nodes[0].endpoint()).await;
 }
 
 /// Deploys the counter example through `endpoint`.
@@ -431,17 +436,27 @@ async fn settle_membership(endpoint: &str, id: u64, address: &str, voter: bool) 
 
 /// The leader of `nodes`, as one of the running ones sees it.
 async fn leader_index(nodes: &[ProcessNode]) -> usize {
+    let running: Vec<usize> = (0..nodes.len())
+        .filter(|index| nodes[*index].process.is_some())
+        .collect();
+    leader_among(nodes, &running).await
+}
+
+/// The index in `nodes` of the leader, one of the nodes at `among`, as
+/// one of those sees it (the others may be down or paused).
+pub(crate) async fn leader_among(nodes: &[ProcessNode], among: &[usize]) -> usize {
     let deadline = Instant::now() + SETTLE;
     loop {
-        for node in nodes.iter().filter(|node| node.process.is_some()) {
-            if let Ok(status) = client(&node.endpoint()).await.status().await
+        for index in among {
+            if let Ok(status) = client(&nodes[*index].endpoint()).await.status().await
                 && let Some(leader) = status.leader_id
-                && let Some(index) = nodes.iter().position(|node| node.id == leader)
+                && let Some(position) = nodes.iter().position(|node| node.id == leader)
+                && among.contains(&position)
             {
-                return index;
+                return position;
             }
         }
-        assert!(Instant::now() < deadline, "no leader");
+        assert!(Instant::now() < deadline, "no leader among {among:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
