@@ -111,6 +111,13 @@ pub(super) fn register(handle: &NodeHandle, log_file: std::path::PathBuf) {
             }
         });
     log_size.build();
+    meter
+        .u64_observable_counter("wasmraft.trace.spans.dropped")
+        .with_description("Spans this process dropped because the export queue was full")
+        .with_callback(|observer| {
+            observer.observe(crate::telemetry::traces::spans_dropped(), &[]);
+        })
+        .build();
     let metrics = handle.metrics().clone();
     handle
         .consensus()

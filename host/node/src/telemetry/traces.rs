@@ -13,6 +13,8 @@
 //! `traceparent` header on gRPC calls (clients' and the `Forward` hop), and
 //! [`TraceContext`] inside a log entry.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
@@ -22,9 +24,11 @@ use opentelemetry::trace::{
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider,
+    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider, SpanData, SpanExporter,
+    SpanProcessor,
 };
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -32,8 +36,9 @@ use crate::command::TraceContext;
 
 /// The target of every span that belongs to a call's trace.
 pub const TARGET: &str = "wasmraft::trace";
-/// Spans waiting for export: past it, new spans are dropped (and counted by
-/// the SDK) rather than slowing any call.
+/// Spans waiting for export, or in an export on the wire: past it, new
+/// spans are dropped and counted ([`spans_dropped`]) rather than slowing
+/// any call.
 const EXPORT_QUEUE_SPANS_MAX: usize = 16_384;
 /// Spans sent to the collector in one export.
 const EXPORT_BATCH_SPANS_MAX: usize = 1_024;
@@ -101,9 +106,17 @@ pub(crate) fn provider(settings: &TraceSettings) -> Result<SdkTracerProvider, Tr
         .with_max_export_batch_size(EXPORT_BATCH_SPANS_MAX)
         .with_scheduled_delay(settings.export_delay)
         .build();
-    let processor = BatchSpanProcessor::builder(exporter)
-        .with_batch_config(batches)
-        .build();
+    let budget = Arc::new(SpanBudget::new(EXPORT_QUEUE_SPANS_MAX));
+    let exporter = Released {
+        inner: exporter,
+        budget: budget.clone(),
+    };
+    let processor = Bounded {
+        inner: BatchSpanProcessor::builder(exporter)
+            .with_batch_config(batches)
+            .build(),
+        budget,
+    };
     let mut resource = Resource::builder()
         .with_service_name("wasmraft")
         .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
@@ -122,6 +135,141 @@ pub(crate) fn provider(settings: &TraceSettings) -> Result<SdkTracerProvider, Tr
         .with_sampler(Sampler::AlwaysOn)
         .with_resource(resource.build())
         .build())
+}
+
+/// Spans this process dropped because the export queue was full.
+static SPANS_DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// How many spans this process dropped because the export queue was full
+/// (`wasmraft_trace_spans_dropped_total`): the collector was slower than
+/// the node, or away.
+pub fn spans_dropped() -> u64 {
+    SPANS_DROPPED.load(Ordering::Relaxed)
+}
+
+/// The spans that may wait for export at once. The SDK's batch processor
+/// drops past its own queue but keeps the count to itself; this budget,
+/// taken when a span ends and given back when its export finishes (sent,
+/// failed or abandoned), decides first, and counts.
+#[derive(Debug)]
+struct SpanBudget {
+    pending: AtomicUsize,
+    limit: usize,
+}
+
+impl SpanBudget {
+    fn new(limit: usize) -> Self {
+        SpanBudget {
+            pending: AtomicUsize::new(0),
+            limit,
+        }
+    }
+
+    /// Takes room for one span, or counts it dropped.
+    fn take(&self) -> bool {
+        let taken = self
+            .pending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |pending| {
+                (pending < self.limit).then_some(pending + 1)
+            })
+            .is_ok();
+        if !taken {
+            SPANS_DROPPED.fetch_add(1, Ordering::Relaxed);
+        }
+        taken
+    }
+
+    /// Gives back the room of `spans` spans whose export is over.
+    fn give_back(&self, spans: usize) {
+        let _ = self
+            .pending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |pending| {
+                Some(pending.saturating_sub(spans))
+            });
+    }
+}
+
+/// The batch processor behind a [`SpanBudget`]: a span without room is
+/// dropped before it reaches the queue.
+#[derive(Debug)]
+struct Bounded<P> {
+    inner: P,
+    budget: Arc<SpanBudget>,
+}
+
+impl<P: SpanProcessor> SpanProcessor for Bounded<P> {
+    fn on_start(&self, span: &mut opentelemetry_sdk::trace::Span, context: &Context) {
+        self.inner.on_start(span, context);
+    }
+
+    fn on_end(&self, span: SpanData) {
+        if self.budget.take() {
+            self.inner.on_end(span);
+        }
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+/// The exporter that gives a batch's room back to the [`SpanBudget`] once
+/// its export is over, however it ends.
+#[derive(Debug)]
+struct Released<E> {
+    inner: E,
+    budget: Arc<SpanBudget>,
+}
+
+/// Gives a batch's room back when dropped: an export abandoned mid-way
+/// still frees its spans' room.
+struct GiveBack {
+    budget: Arc<SpanBudget>,
+    spans: usize,
+}
+
+impl Drop for GiveBack {
+    fn drop(&mut self) {
+        self.budget.give_back(self.spans);
+    }
+}
+
+impl<E: SpanExporter> SpanExporter for Released<E> {
+    fn export(
+        &self,
+        batch: Vec<SpanData>,
+    ) -> impl std::future::Future<Output = OTelSdkResult> + Send {
+        let give_back = GiveBack {
+            budget: self.budget.clone(),
+            spans: batch.len(),
+        };
+        let export = self.inner.export(batch);
+        async move {
+            let result = export.await;
+            drop(give_back);
+            result
+        }
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
 }
 
 /// The tracing layer that turns [`TARGET`] spans into OpenTelemetry spans
@@ -346,6 +494,27 @@ impl Injector for MetadataInjector<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_export_queue_drops_and_counts_until_an_export_gives_room_back() {
+        let budget = Arc::new(SpanBudget::new(2));
+        let dropped_before = spans_dropped();
+        assert!(budget.take());
+        assert!(budget.take());
+        assert!(!budget.take(), "a third span finds no room");
+        assert!(
+            spans_dropped() > dropped_before,
+            "the dropped span is counted"
+        );
+        // An export of both, abandoned mid-way, still gives their room back.
+        drop(GiveBack {
+            budget: budget.clone(),
+            spans: 2,
+        });
+        assert!(budget.take());
+        assert!(budget.take());
+        assert!(!budget.take());
+    }
 
     #[test]
     fn a_traceparent_header_round_trips_through_the_binary_form() {
