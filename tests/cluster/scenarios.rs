@@ -100,6 +100,68 @@ async fn a_follower_behind_a_link_slower_than_the_heartbeat_catches_up() {
     cluster.shutdown().await;
 }
 
+/// The histogram `name`'s count and sum in a node's `/metrics` text.
+fn histogram(metrics: &str, name: &str) -> (u64, u64) {
+    let value = |suffix: &str| {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("{name}_{suffix} ")))
+            .map_or(0, |value| value.trim().parse::<f64>().unwrap() as u64)
+    };
+    (value("count"), value("sum"))
+}
+
+// A follower hands the invokes that queue while its forwards are on the
+// wire to the leader in one call; each caller still gets its own answer,
+// applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_through_a_follower_is_forwarded_in_batches_each_caller_answered_alone() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    cluster.deploy_counter(leader).await;
+    let follower = cluster.follower_of(leader);
+    // While the first forwards wait out the slow hop, the rest of the burst
+    // queues behind them and leaves together.
+    cluster
+        .links
+        .slow_down(follower, leader, Duration::from_millis(500));
+    const BURST: i64 = 64;
+    let client = Arc::new(cluster.client_of(follower).await);
+    let calls: Vec<_> = (0..BURST)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { client.invoke("counter", br#"{"op":"add","by":1}"#).await })
+        })
+        .collect();
+    let mut values = Vec::new();
+    for call in calls {
+        let output = call
+            .await
+            .unwrap()
+            .expect("every invoke of the burst succeeds");
+        let value: serde_json::Value = serde_json::from_slice(&output.output).unwrap();
+        values.push(value["value"].as_i64().unwrap());
+    }
+    values.sort_unstable();
+    assert_eq!(
+        values,
+        (1..=BURST).collect::<Vec<_>>(),
+        "each caller gets the value its own increment made"
+    );
+    cluster.links.heal();
+    assert_eq!(cluster.counter(leader).await, BURST);
+    let (batches, writes) = histogram(
+        &cluster.node(follower).handle().metrics().render(),
+        "wasmraft_forward_batch_writes",
+    );
+    assert!(
+        batches > 0 && batches < writes,
+        "the follower forwarded {writes} writes in {batches} calls"
+    );
+    cluster.assert_converged().await;
+    cluster.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_partitioned_leader_commits_nothing_and_rejoins_after_healing() {
     let cluster = Cluster::start(5).await;

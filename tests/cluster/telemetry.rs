@@ -141,7 +141,8 @@ impl Receiver {
 }
 
 /// One invoke sent to a follower with the client's `traceparent` becomes
-/// one trace: the follower's call and its forward, the leader's proposal,
+/// one trace: the follower's call and its forward, the leader's serving of
+/// the forwarded write (one of the follower's batch) and its proposal,
 /// and the append, the apply and the wasm call on each of the three nodes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_invoke_through_a_follower_is_one_trace_across_three_nodes() {
@@ -223,7 +224,7 @@ async fn one_invoke_through_a_follower_is_one_trace_across_three_nodes() {
         });
         let leader_proposed = trace
             .values()
-            .any(|names| names.contains("propose") && names.contains("wasmraft.v1.Raft/Forward"));
+            .any(|names| names.contains("propose") && names.contains("forwarded"));
         every_node && leader_proposed
     };
     assert!(

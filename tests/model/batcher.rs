@@ -10,7 +10,8 @@
 //! race of the batcher's two writes, each proposed from a task of its own,
 //! to the log). The rules checked are those of `node/write.rs` (invokes and
 //! session opens queue for the batcher; while fewer than
-//! `WRITES_IN_FLIGHT_MAX` = 2 of its writes are pending it takes everything
+//! `WRITES_IN_FLIGHT_MAX` of its writes are pending — 4 in the node, 2
+//! here, the least depth at which entries race — it takes everything
 //! queued, leaves out the commands whose callers went away, and proposes
 //! them as one entry; each caller is answered by its position in the
 //! entry; all of an entry's callers get its error, a lost leader or a

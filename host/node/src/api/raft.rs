@@ -8,7 +8,7 @@ use wasmraft_proto::v1::raft_server::Raft as RaftRpc;
 
 use super::status::ApiError;
 use crate::auth::peer::Peer;
-use crate::node::forward::ForwardedAnswer;
+use crate::node::forward::{FORWARDED_WRITES_MAX, Forwarded, ForwardedAnswer};
 use crate::node::handle::NodeHandle;
 use crate::node::membership::fingerprint_bytes;
 use crate::raft::network::removal::REMOVED_AT_METADATA;
@@ -154,10 +154,19 @@ impl RaftRpc for RaftService {
         // caller itself when it serves the request.
         self.peer(&request)?;
         let forwarded = wire::decode_request(request.get_ref()).map_err(ApiError::from)?;
+        if let Forwarded::Writes(writes) = &forwarded
+            && writes.len() > FORWARDED_WRITES_MAX
+        {
+            return Err(Status::invalid_argument(format!(
+                "a forwarded batch of {} writes; at most {FORWARDED_WRITES_MAX} travel at once",
+                writes.len()
+            )));
+        }
         let reply = match self.node.serve_forwarded(forwarded).await {
             ForwardedAnswer::Write(answer) => wire::encode_reply(&answer),
             ForwardedAnswer::ReadIndex(answer) => wire::encode_reply(&answer),
             ForwardedAnswer::Membership(answer) => wire::encode_reply(&answer),
+            ForwardedAnswer::Writes(answer) => wire::encode_reply(&answer),
         };
         Ok(Response::new(reply))
     }

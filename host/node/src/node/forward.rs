@@ -18,7 +18,7 @@ use super::error::ConsensusError;
 use super::membership::{Membership, MembershipError};
 use super::write::Proposed;
 use crate::auth::Caller;
-use crate::command::Command;
+use crate::command::{Command, TraceContext};
 use crate::raft::NodeId;
 
 /// A request a follower hands to the leader.
@@ -49,6 +49,28 @@ pub enum Forwarded {
         id: NodeId,
         timeout_ms: u64,
     },
+    /// Propose each of `writes` (invokes and session opens the follower's
+    /// batcher gathered), each for its own caller and within its own time.
+    /// Answer: `Result<Vec<Result<Proposed, ConsensusError>>, ConsensusError>`,
+    /// one result per write, in order.
+    Writes(Vec<ForwardedWrite>),
+}
+
+/// The most writes one [`Forwarded::Writes`] carries, as many as one entry
+/// of the leader's batcher; the leader refuses more.
+pub const FORWARDED_WRITES_MAX: usize = super::write::BATCH_COMMANDS_MAX;
+
+/// One write a follower forwards, as the leader receives it in a batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForwardedWrite {
+    /// Whom the leader authorises again.
+    pub caller: Caller,
+    pub command: Command,
+    /// The time left of the caller's deadline when the batch left.
+    pub timeout_ms: u64,
+    /// The caller's trace, when it was sampled: the leader's proposal joins
+    /// it, as a lone forward's does through `traceparent`.
+    pub trace: Option<TraceContext>,
 }
 
 /// The leader's answer to a [`Forwarded`] request, by kind; the follower
@@ -58,6 +80,7 @@ pub enum ForwardedAnswer {
     Write(Result<Proposed, ConsensusError>),
     ReadIndex(Result<u64, ConsensusError>),
     Membership(Result<Membership, MembershipError>),
+    Writes(Result<Vec<Result<Proposed, ConsensusError>>, ConsensusError>),
 }
 
 /// Milliseconds of a duration, saturating.

@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 
 use super::error::{ConsensusError, LeaderHint};
 use super::forward::millis;
+use super::forward_batch::{self, PendingForward};
 use super::health::{self, Health};
 use super::membership::MembershipError;
 use super::rounds::Rounds;
@@ -99,6 +100,10 @@ pub(super) struct Inner {
     /// and waits for its fsync, so the batcher proposes whatever queued up
     /// meanwhile as one entry: a burst of clients shares one fsync.
     pub(super) proposals: mpsc::Sender<Pending>,
+    /// Invokes waiting to be forwarded while this node follows: the
+    /// forward batcher hands whatever queued meanwhile to the leader in one
+    /// call, so a burst of clients costs the hop one call, not one each.
+    pub(super) forwards: mpsc::Sender<PendingForward>,
     /// This node's peer credentials, and the check of its peers'.
     pub(super) peer_auth: PeerAuth,
     /// Authentication and authorisation of this node's callers.
@@ -162,6 +167,7 @@ impl NodeHandle {
         removal: Removal,
     ) -> Self {
         let (proposals, queue) = mpsc::channel(PROPOSALS_QUEUED_MAX);
+        let (forwards, forwards_queue) = mpsc::channel(PROPOSALS_QUEUED_MAX);
         let rates = std::sync::RwLock::new(Arc::new(RateLimits::new(&limits.rates)));
         let in_flight = InFlight::new(&limits.in_flight);
         let query_threads = limits
@@ -188,6 +194,7 @@ impl NodeHandle {
             contacted_by: std::sync::Mutex::new(None),
             joining: std::sync::Mutex::new(Joining::Undecided),
             proposals,
+            forwards,
             peer_auth,
             gate,
             starting: std::sync::Mutex::new(starting),
@@ -201,6 +208,10 @@ impl NodeHandle {
         // The batcher holds the node weakly: when the last handle goes, the
         // queue closes and the batcher ends.
         tokio::spawn(write::batch_proposals(Arc::downgrade(&inner), queue));
+        tokio::spawn(forward_batch::batch_forwards(
+            Arc::downgrade(&inner),
+            forwards_queue,
+        ));
         Self { inner }
     }
 

@@ -12,6 +12,7 @@ pub mod address;
 pub mod config;
 pub mod error;
 pub mod forward;
+mod forward_batch;
 mod gauges;
 pub mod handle;
 pub mod health;

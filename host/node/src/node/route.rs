@@ -168,6 +168,12 @@ impl NodeHandle {
                 };
                 ForwardedAnswer::Write(self.propose_here(caller, command, timeout).await)
             }
+            Forwarded::Writes(writes) => {
+                let served = writes
+                    .into_iter()
+                    .map(|write| self.serve_forwarded_write(write));
+                ForwardedAnswer::Writes(Ok(futures::future::join_all(served).await))
+            }
             Forwarded::ReadIndex { timeout_ms } => {
                 ForwardedAnswer::ReadIndex(self.read_index_here(timeout(timeout_ms)).await)
             }

@@ -57,6 +57,7 @@ struct Instruments {
     log_append_seconds: Histogram<f64>,
     log_append_entries: Histogram<u64>,
     batch_commands: Histogram<u64>,
+    forward_batch_writes: Histogram<u64>,
     compile_seconds: Histogram<f64>,
     module_cache: Counter<u64>,
     snapshots: Counter<u64>,
@@ -165,6 +166,10 @@ impl Metrics {
                 "wasmraft.batch.commands",
                 "Commands carried by one log entry the leader proposed",
             ),
+            forward_batch_writes: counts(
+                "wasmraft.forward.batch.writes",
+                "Writes carried by one call a follower forwarded to the leader",
+            ),
             compile_seconds: seconds(
                 "wasmraft.wasm.compile.duration",
                 "Time to compile a module (or load it from the on-disk cache)",
@@ -259,6 +264,13 @@ impl Metrics {
         self.inner
             .batch_commands
             .record(u64::try_from(commands).unwrap_or(u64::MAX), &[]);
+    }
+
+    /// A follower forwarded `writes` writes to the leader in one call.
+    pub fn forward_batch(&self, writes: usize) {
+        self.inner
+            .forward_batch_writes
+            .record(u64::try_from(writes).unwrap_or(u64::MAX), &[]);
     }
 
     /// A compiled module was looked up: found in memory, or loaded (from

@@ -43,7 +43,7 @@ pub struct Forwarder {
 /// More addresses than this means churn: start over rather than grow.
 const CHANNELS_MAX: usize = 64;
 /// Room for the leader's answer to travel back after its own deadline.
-const ANSWER_MARGIN: Duration = Duration::from_millis(500);
+pub const FORWARD_ANSWER_MARGIN: Duration = Duration::from_millis(500);
 
 impl Forwarder {
     pub fn new(
@@ -104,7 +104,7 @@ impl Forwarder {
         T: DeserializeOwned,
         E: DeserializeOwned,
     {
-        let deadline = timeout + ANSWER_MARGIN;
+        let deadline = timeout + FORWARD_ANSWER_MARGIN;
         match self.faults.decide(self.from, to) {
             FaultDecision::Deliver => {}
             FaultDecision::Drop => {

@@ -29,6 +29,6 @@ pub mod wire;
 
 pub use client::{NetworkFactory, NetworkSettings, PeerNetwork};
 pub use faults::{FaultDecision, FaultPolicy, Faults, InjectedFault};
-pub use forward::{ForwardFailure, Forwarder};
+pub use forward::{FORWARD_ANSWER_MARGIN, ForwardFailure, Forwarder};
 pub use reachability::{Reachability, Unreachable};
 pub use removal::{Removal, Removed};
