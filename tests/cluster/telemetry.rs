@@ -37,6 +37,8 @@ use super::processes::{
 struct ReceivedSpan {
     /// `service.instance.id` of the resource that sent it: the node id.
     node: String,
+    /// `wasmraft.cluster.id` of that resource, empty when it named none.
+    cluster: String,
     name: String,
     trace_id: Vec<u8>,
 }
@@ -58,21 +60,26 @@ impl TraceService for Receiver {
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
         let mut kept = self.spans.lock().unwrap();
         for resource_spans in request.into_inner().resource_spans {
-            let node = resource_spans
-                .resource
-                .iter()
-                .flat_map(|resource| resource.attributes.iter())
-                .find(|attribute| attribute.key == "service.instance.id")
-                .and_then(|attribute| attribute.value.as_ref()?.value.as_ref())
-                .map(|value| match value {
-                    Value::StringValue(text) => text.clone(),
-                    other => format!("{other:?}"),
-                })
-                .unwrap_or_default();
+            let attribute = |key: &str| {
+                resource_spans
+                    .resource
+                    .iter()
+                    .flat_map(|resource| resource.attributes.iter())
+                    .find(|attribute| attribute.key == key)
+                    .and_then(|attribute| attribute.value.as_ref()?.value.as_ref())
+                    .map(|value| match value {
+                        Value::StringValue(text) => text.clone(),
+                        other => format!("{other:?}"),
+                    })
+                    .unwrap_or_default()
+            };
+            let node = attribute("service.instance.id");
+            let cluster = attribute("wasmraft.cluster.id");
             for scope in resource_spans.scope_spans {
                 for span in scope.spans {
                     kept.push(ReceivedSpan {
                         node: node.clone(),
+                        cluster: cluster.clone(),
                         name: span.name,
                         trace_id: span.trace_id,
                     });
@@ -123,6 +130,17 @@ impl Receiver {
                 return condition(self);
             }
         }
+    }
+
+    /// The cluster ids named by the resources of trace `trace_id`'s spans.
+    fn clusters(&self, trace_id: &[u8]) -> BTreeSet<String> {
+        self.spans
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|span| span.trace_id == trace_id)
+            .map(|span| span.cluster.clone())
+            .collect()
     }
 
     /// The span names of trace `trace_id`, by the node that sent them.
@@ -231,6 +249,13 @@ async fn one_invoke_through_a_follower_is_one_trace_across_three_nodes() {
         receiver.wait_for(SETTLE, complete).await,
         "the trace is incomplete (follower {follower}): {:?}",
         receiver.trace(&trace_id)
+    );
+    // A new cluster, on its nodes' first run: each names it all the same,
+    // the founder and the two it added.
+    let clusters = receiver.clusters(&trace_id);
+    assert!(
+        clusters.len() == 1 && clusters.iter().all(|cluster| !cluster.is_empty()),
+        "every node's resource names the one cluster: {clusters:?}"
     );
 }
 

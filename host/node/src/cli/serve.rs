@@ -263,6 +263,10 @@ async fn serve(args: ServeArgs, config: NodeConfig) -> anyhow::Result<()> {
     let node = Node::start(config, options)
         .await
         .context("cannot start the node")?;
+    // A new cluster's id is drawn at its bootstrap, and a joining node's
+    // comes with its admission: both after the exporter started.
+    let credentials = node.handle().peer_auth().clone();
+    crate::telemetry::traces::name_cluster_by(move || credentials.cluster_id());
     let outcome = if args.dev {
         set_up_dev(&node, !args.no_examples).await
     } else {

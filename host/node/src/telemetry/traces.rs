@@ -46,6 +46,8 @@ const EXPORT_BATCH_SPANS_MAX: usize = 1_024;
 const EXPORT_DELAY_DEFAULT: Duration = Duration::from_millis(1_000);
 /// The longest one export may take before it is abandoned.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The resource attribute naming the cluster.
+const CLUSTER_ID_ATTRIBUTE: &str = "wasmraft.cluster.id";
 /// The most links one batch span holds to the traces of its other commands.
 pub const LINKS_MAX: usize = 32;
 
@@ -107,10 +109,7 @@ pub(crate) fn provider(settings: &TraceSettings) -> Result<SdkTracerProvider, Tr
         .with_scheduled_delay(settings.export_delay)
         .build();
     let budget = Arc::new(SpanBudget::new(EXPORT_QUEUE_SPANS_MAX));
-    let exporter = Released {
-        inner: exporter,
-        budget: budget.clone(),
-    };
+    let exporter = Released::new(exporter, budget.clone());
     let processor = Bounded {
         inner: BatchSpanProcessor::builder(exporter)
             .with_batch_config(batches)
@@ -125,8 +124,7 @@ pub(crate) fn provider(settings: &TraceSettings) -> Result<SdkTracerProvider, Tr
             settings.node_id.to_string(),
         ));
     if let Some(cluster_id) = &settings.cluster_id {
-        resource =
-            resource.with_attribute(KeyValue::new("wasmraft.cluster.id", cluster_id.clone()));
+        resource = resource.with_attribute(KeyValue::new(CLUSTER_ID_ATTRIBUTE, cluster_id.clone()));
     }
     Ok(SdkTracerProvider::builder()
         .with_span_processor(processor)
@@ -221,12 +219,62 @@ impl<P: SpanProcessor> SpanProcessor for Bounded<P> {
     }
 }
 
+/// Where the exporter learns this process's cluster id once the node knows
+/// it: a node founding or joining a cluster learns it after its telemetry
+/// started.
+type ClusterIdSource = Box<dyn Fn() -> Option<String> + Send + Sync>;
+
+static CLUSTER_ID_SOURCE: std::sync::OnceLock<ClusterIdSource> = std::sync::OnceLock::new();
+
+/// Tells the exporter where to find the cluster id (the node's peer
+/// credentials); its resource gains `wasmraft.cluster.id` at the first
+/// export after the id is known. The first source given holds.
+pub fn name_cluster_by(source: impl Fn() -> Option<String> + Send + Sync + 'static) {
+    let _ = CLUSTER_ID_SOURCE.set(Box::new(source));
+}
+
 /// The exporter that gives a batch's room back to the [`SpanBudget`] once
-/// its export is over, however it ends.
+/// its export is over, however it ends, and names the cluster in its
+/// resource once it is known.
 #[derive(Debug)]
 struct Released<E> {
-    inner: E,
+    /// Behind an async lock: naming the cluster changes the exporter's
+    /// resource, which takes it mutably, between exports.
+    inner: tokio::sync::Mutex<E>,
     budget: Arc<SpanBudget>,
+    /// The resource the provider gave, while it names no cluster yet.
+    unnamed: std::sync::Mutex<Option<Resource>>,
+}
+
+impl<E> Released<E> {
+    fn new(inner: E, budget: Arc<SpanBudget>) -> Self {
+        Released {
+            inner: tokio::sync::Mutex::new(inner),
+            budget,
+            unnamed: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The resource with the cluster id, once both are known; taken once.
+    fn named_resource(&self) -> Option<Resource> {
+        let mut unnamed = self
+            .unnamed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        unnamed.as_ref()?;
+        let cluster_id = CLUSTER_ID_SOURCE.get().and_then(|source| source())?;
+        let resource = unnamed.take()?;
+        Some(
+            Resource::builder_empty()
+                .with_attributes(
+                    resource
+                        .iter()
+                        .map(|(key, value)| KeyValue::new(key.clone(), value.clone())),
+                )
+                .with_attribute(KeyValue::new(CLUSTER_ID_ATTRIBUTE, cluster_id))
+                .build(),
+        )
+    }
 }
 
 /// Gives a batch's room back when dropped: an export abandoned mid-way
@@ -251,24 +299,36 @@ impl<E: SpanExporter> SpanExporter for Released<E> {
             budget: self.budget.clone(),
             spans: batch.len(),
         };
-        let export = self.inner.export(batch);
+        let named = self.named_resource();
         async move {
-            let result = export.await;
+            let mut inner = self.inner.lock().await;
+            if let Some(resource) = named {
+                inner.set_resource(&resource);
+            }
+            let result = inner.export(batch).await;
             drop(give_back);
             result
         }
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.inner.shutdown_with_timeout(timeout)
+        self.inner.blocking_lock().shutdown_with_timeout(timeout)
     }
 
     fn force_flush(&self) -> OTelSdkResult {
-        self.inner.force_flush()
+        self.inner.blocking_lock().force_flush()
     }
 
     fn set_resource(&mut self, resource: &Resource) {
-        self.inner.set_resource(resource);
+        let named = resource
+            .get(&opentelemetry::Key::from_static_str(CLUSTER_ID_ATTRIBUTE))
+            .is_some();
+        *self
+            .unnamed
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            (!named).then(|| resource.clone());
+        self.inner.get_mut().set_resource(resource);
     }
 }
 
