@@ -294,7 +294,7 @@ impl Link {
         match self.faults.decide(self.from, self.target) {
             FaultDecision::Deliver => {}
             FaultDecision::Drop => {
-                return Err(RPCError::Unreachable(Unreachable::new(&InjectedFault {
+                return Err(RPCError::Unreachable(unreachable(&InjectedFault {
                     from: self.from,
                     to: self.target,
                 })));
@@ -308,7 +308,7 @@ impl Link {
         let client = match &self.client {
             Ok(client) => client.clone(),
             Err(reason) => {
-                return Err(RPCError::Unreachable(Unreachable::new(&BadAddress {
+                return Err(RPCError::Unreachable(unreachable(&BadAddress {
                     target: self.target,
                     address: self.node.address.clone(),
                     reason: reason.clone(),
@@ -369,11 +369,54 @@ async fn send(
     }
 }
 
+/// A failed call to a peer as a person reads it: the gRPC code, the
+/// message and its first cause. tonic's own `Display` of a status adds its
+/// metadata and details, which openraft's log lines would carry.
+#[derive(Debug, thiserror::Error)]
+#[error("{code}: {message}")]
+struct CallFailed {
+    code: tonic::Code,
+    message: String,
+}
+
+impl CallFailed {
+    fn of(status: &tonic::Status) -> Self {
+        let mut message = status.message().to_owned();
+        let mut cause = std::error::Error::source(status);
+        // The innermost cause says what happened ("Connection refused").
+        let mut innermost = None;
+        while let Some(error) = cause {
+            innermost = Some(error.to_string());
+            cause = error.source();
+        }
+        if let Some(innermost) = innermost
+            && !message.contains(&innermost)
+        {
+            if message.is_empty() {
+                message = innermost;
+            } else {
+                message = format!("{message}: {innermost}");
+            }
+        }
+        CallFailed {
+            code: status.code(),
+            message,
+        }
+    }
+}
+
+/// openraft's `Unreachable` of `error`, as its message alone: `Unreachable::new`
+/// would print the error's Rust type before it in every log line.
+fn unreachable(error: &impl std::fmt::Display) -> Unreachable {
+    Unreachable::from(openraft::AnyError::error(error))
+}
+
 /// What a failed gRPC call means to openraft.
 fn classify<E: std::error::Error>(
     status: tonic::Status,
     timeout: impl FnOnce() -> RPCError<NodeId, Node, RaftError<NodeId, E>>,
 ) -> RPCError<NodeId, Node, RaftError<NodeId, E>> {
+    let failed = CallFailed::of(&status);
     match status.code() {
         // Connection refused, reset, DNS failure, peer shutting down: the
         // peer is not there; openraft backs off before retrying. A peer that
@@ -381,10 +424,10 @@ fn classify<E: std::error::Error>(
         // introduced, another encoding version) will not change its mind
         // at once either.
         tonic::Code::Unavailable | tonic::Code::FailedPrecondition => {
-            RPCError::Unreachable(Unreachable::new(&status))
+            RPCError::Unreachable(unreachable(&failed))
         }
         tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => timeout(),
-        _ => RPCError::Network(NetworkError::new(&status)),
+        _ => RPCError::Network(NetworkError::from(openraft::AnyError::error(&failed))),
     }
 }
 
@@ -526,6 +569,25 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_call_reads_as_its_code_message_and_cause_without_metadata() {
+        let refused =
+            std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let mut status = tonic::Status::from_error(Box::new(refused));
+        status.metadata_mut().insert("x-peer", "7".parse().unwrap());
+        let failed = CallFailed::of(&status).to_string();
+        assert!(failed.contains("connection refused"), "{failed}");
+        assert!(
+            !failed.contains("metadata") && !failed.contains("x-peer"),
+            "{failed}"
+        );
+        assert_eq!(
+            failed.matches("connection refused").count(),
+            1,
+            "the cause once: {failed}"
+        );
+    }
 
     #[test]
     fn entries_hint_shrinks_but_sends_at_least_one() {

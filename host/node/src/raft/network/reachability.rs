@@ -35,19 +35,32 @@ pub struct Unreachable {
 impl Reachability {
     /// Records that `peer` answered a call (a Raft refusal is an answer).
     pub fn answered(&self, peer: NodeId) {
-        self.peers().remove(&peer);
+        if let Some(failing) = self.peers().remove(&peer) {
+            tracing::info!(
+                peer,
+                "node {peer} answers again, after {} ms without",
+                failing.since.elapsed().as_millis()
+            );
+        }
     }
 
-    /// Records that a call to `peer` failed with `error`.
+    /// Records that a call to `peer` failed with `error`. The first failure
+    /// after answers is logged here, once; openraft repeats its own.
     pub fn failed(&self, peer: NodeId, error: &str) {
-        let last_error = error.chars().take(ERROR_CHARS_MAX).collect();
-        self.peers()
-            .entry(peer)
-            .and_modify(|failing| failing.last_error.clone_from(&last_error))
-            .or_insert_with(|| Failing {
-                since: Instant::now(),
-                last_error,
-            });
+        let last_error: String = error.chars().take(ERROR_CHARS_MAX).collect();
+        let mut peers = self.peers();
+        match peers.entry(peer) {
+            std::collections::btree_map::Entry::Occupied(mut failing) => {
+                failing.get_mut().last_error = last_error;
+            }
+            std::collections::btree_map::Entry::Vacant(vacant) => {
+                tracing::warn!(peer, "node {peer} does not answer: {last_error}");
+                vacant.insert(Failing {
+                    since: Instant::now(),
+                    last_error,
+                });
+            }
+        }
     }
 
     /// The peers whose calls have been failing for longer than `longer_than`.
