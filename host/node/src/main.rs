@@ -4,12 +4,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-/// mimalloc rather than the system allocator: the node allocates per call
-/// (requests, responses, spans, redb pages), and glibc's malloc and free
-/// led its profiles under load.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// The exit code of a Unix tool stopped by SIGPIPE (128 + 13).
 const EXIT_BROKEN_PIPE: i32 = 141;
 
