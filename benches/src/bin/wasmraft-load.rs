@@ -70,6 +70,20 @@ struct Args {
     /// `DATA_DIR/admin.token`).
     #[arg(long, env = "WASMRAFT_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Processes (pids, comma-separated) whose CPU time over each measured
+    /// window is reported per completed put, in microseconds: the nodes
+    /// under load. A figure far less noisy than throughput on a busy
+    /// machine.
+    #[arg(long, value_delimiter = ',')]
+    cpu_of: Vec<u32>,
+}
+
+/// The CPU seconds the processes `pids` have used so far, or `None` once
+/// one of them cannot be read (it has exited).
+fn cpu_of(pids: &[u32]) -> Option<f64> {
+    pids.iter()
+        .map(|pid| wasmraft_benches::cpu_seconds(&pid.to_string()))
+        .sum()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -231,8 +245,13 @@ async fn main() -> anyhow::Result<()> {
         let endpoint = &args.endpoints[index % args.endpoints.len()];
         connections.push(Connection::open(&args, endpoint).await?);
     }
+    let cpu_column = if args.cpu_of.is_empty() {
+        String::new()
+    } else {
+        format!(" {:>12}", "cpu us/put")
+    };
     println!(
-        "{:>8} {:>12} {:>10} {:>10} {:>10} {:>8}",
+        "{:>8} {:>12} {:>10} {:>10} {:>10} {:>8}{cpu_column}",
         "clients", "invokes/s", "p50 ms", "p99 ms", "max ms", "errors"
     );
     for &clients in &args.clients {
@@ -252,8 +271,10 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_secs(args.warmup_seconds)).await;
         measuring.store(true, Ordering::Relaxed);
         let started = Instant::now();
+        let cpu_before = cpu_of(&args.cpu_of);
         tokio::time::sleep(Duration::from_secs(args.seconds)).await;
         measuring.store(false, Ordering::Relaxed);
+        let cpu_used = cpu_before.zip(cpu_of(&args.cpu_of)).map(|(b, a)| a - b);
         let elapsed = started.elapsed();
         stop.store(true, Ordering::Relaxed);
         let mut latencies = Vec::new();
@@ -266,8 +287,15 @@ async fn main() -> anyhow::Result<()> {
             first_error = first_error.or(tally.first_error);
         }
         latencies.sort_unstable();
+        let cpu_per_put = match cpu_used {
+            _ if args.cpu_of.is_empty() => String::new(),
+            Some(seconds) if !latencies.is_empty() => {
+                format!(" {:>12.1}", seconds * 1e6 / latencies.len() as f64)
+            }
+            _ => format!(" {:>12}", "-"),
+        };
         println!(
-            "{:>8} {:>12.0} {:>10.2} {:>10.2} {:>10.2} {:>8}",
+            "{:>8} {:>12.0} {:>10.2} {:>10.2} {:>10.2} {:>8}{cpu_per_put}",
             clients,
             latencies.len() as f64 / elapsed.as_secs_f64(),
             percentile(&latencies, 0.50),

@@ -197,27 +197,9 @@ async fn open_loop(
     }
 }
 
-/// CPU seconds this process has used (user and system), from
-/// `/proc/self/stat`; 0 where it cannot be read.
+/// CPU seconds this process has used; 0 where they cannot be read.
 fn cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return 0.0;
-    };
-    // Fields after the command name, which is in parentheses.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or("", |(_, rest)| rest)
-        .split_whitespace()
-        .collect();
-    let ticks = |index: usize| {
-        fields
-            .get(index)
-            .and_then(|field| field.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 here;
-    // Linux counts them in 100ths of a second.
-    (ticks(11) + ticks(12)) / 100.0
+    wasmraft_benches::cpu_seconds("self").unwrap_or(0.0)
 }
 
 fn percentile_ms(sorted_us: &[u64], fraction: f64) -> f64 {
