@@ -41,6 +41,8 @@ struct ReceivedSpan {
     cluster: String,
     name: String,
     trace_id: Vec<u8>,
+    /// The span's string attributes.
+    attributes: BTreeMap<String, String>,
 }
 
 /// An OTLP/gRPC receiver that keeps every span it is sent and accepts
@@ -82,6 +84,14 @@ impl TraceService for Receiver {
                         cluster: cluster.clone(),
                         name: span.name,
                         trace_id: span.trace_id,
+                        attributes: span
+                            .attributes
+                            .into_iter()
+                            .filter_map(|attribute| match attribute.value?.value? {
+                                Value::StringValue(text) => Some((attribute.key, text)),
+                                _ => None,
+                            })
+                            .collect(),
                     });
                 }
             }
@@ -226,9 +236,7 @@ async fn one_invoke_through_a_follower_is_one_trace_across_three_nodes() {
             .map(str::to_owned)
             .collect();
         if node == follower {
-            names.extend(
-                ["forward", "invoke", "authenticate", "authorize", "admit"].map(str::to_owned),
-            );
+            names.extend(["forward", "authenticate", "authorize", "admit"].map(str::to_owned));
             names.insert("wasmraft.v1.StateMachine/Invoke".to_owned());
         }
         names
@@ -301,15 +309,27 @@ async fn sampling_zero_traces_only_what_callers_sampled() {
     state_machine.invoke(sampled).await.unwrap();
     let recorded = |receiver: &Receiver| {
         let names = receiver.trace(&trace_id).remove("1").unwrap_or_default();
-        ["invoke", "apply", "wasm_call", "log_append"]
-            .iter()
-            .all(|name| names.contains(*name))
+        [
+            "wasmraft.v1.StateMachine/Invoke",
+            "apply",
+            "wasm_call",
+            "log_append",
+        ]
+        .iter()
+        .all(|name| names.contains(*name))
     };
     assert!(
         receiver.wait_for(SETTLE, recorded).await,
         "the sampled call's trace: {:?}",
         receiver.trace(&trace_id)
     );
+    // The call's own span describes the invoke.
+    let module_named = receiver.spans.lock().unwrap().iter().any(|span| {
+        span.trace_id.as_slice() == trace_id
+            && span.name == "wasmraft.v1.StateMachine/Invoke"
+            && span.attributes.get("module").map(String::as_str) == Some("counter")
+    });
+    assert!(module_named, "the invoke's root span names its module");
     // Everything that ended before the sampled call was exported with it
     // or earlier: nothing else came.
     let others: BTreeSet<Vec<u8>> = receiver

@@ -80,6 +80,14 @@ where
                 rpc.system = "grpc",
                 rpc.method = method,
                 rpc.grpc.status_code = tracing::field::Empty,
+                // What an invoke's handler records of its call: the call's
+                // own span, with no child span repeating it.
+                module = tracing::field::Empty,
+                client_id = tracing::field::Empty,
+                sequence = tracing::field::Empty,
+                index = tracing::field::Empty,
+                fuel_used = tracing::field::Empty,
+                outcome = tracing::field::Empty,
             )
         } else {
             tracing::Span::none()

@@ -49,15 +49,17 @@ impl StateMachineService {
             request.input.len(),
         )?;
         let session = validate::session(&request.client_id, request.sequence)?;
-        let span = traces::trace_span!(
-            "invoke",
-            module = %request.module,
-            client_id = %request.client_id,
-            sequence = request.sequence,
-            index = tracing::field::Empty,
-            fuel_used = tracing::field::Empty,
-            outcome = tracing::field::Empty,
-        );
+        // The call's root span (`api::observe`) describes the invoke: one
+        // span less on every traced write.
+        let span = if traces::traced() {
+            let span = tracing::Span::current();
+            span.record("module", request.module.as_str());
+            span.record("client_id", request.client_id.as_str());
+            span.record("sequence", request.sequence);
+            span
+        } else {
+            tracing::Span::none()
+        };
         let module = request.module.clone();
         let proposed = self
             .node
@@ -70,7 +72,6 @@ impl StateMachineService {
                 }),
                 timeout,
             )
-            .instrument(span.clone())
             .await?;
         span.record("index", proposed.index);
         match proposed.response {

@@ -352,6 +352,11 @@ where
         .with_location(false)
         .with_threads(false)
         .with_target(false)
+        // Entering a span would also make its context the current
+        // OpenTelemetry context, for instrumentation that reads it; none
+        // here does (parents and propagation go through the span), and it
+        // costs on every poll of every traced future.
+        .with_context_activation(false)
         .with_filter(
             tracing_subscriber::filter::Targets::new().with_target(TARGET, tracing::Level::TRACE),
         )
