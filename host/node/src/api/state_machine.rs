@@ -54,8 +54,10 @@ impl StateMachineService {
         let span = if traces::traced() {
             let span = tracing::Span::current();
             span.record("module", request.module.as_str());
-            span.record("client_id", request.client_id.as_str());
-            span.record("sequence", request.sequence);
+            if session.is_some() {
+                span.record("client_id", request.client_id.as_str());
+                span.record("sequence", request.sequence);
+            }
             span
         } else {
             tracing::Span::none()
