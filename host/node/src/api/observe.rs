@@ -80,8 +80,8 @@ where
                 rpc.system = "grpc",
                 rpc.method = method,
                 rpc.grpc.status_code = tracing::field::Empty,
-                // What an invoke's handler records of its call: the call's
-                // own span, with no child span repeating it.
+                // Filled in by an invoke's handler (`api::state_machine`),
+                // so that no child span repeats the call.
                 module = tracing::field::Empty,
                 client_id = tracing::field::Empty,
                 sequence = tracing::field::Empty,
