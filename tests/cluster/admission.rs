@@ -8,7 +8,7 @@ use tonic::Code;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 use wasmraft::admission::InFlightSettings;
-use wasmraft::admission::rates::{ClassRates, Rate};
+use wasmraft::admission::rates::{Rate, RateOverrides};
 use wasmraft::client::RoleBinding;
 use wasmraft::node::config::LimitSettings;
 use wasmraft_proto::v1 as proto;
@@ -54,17 +54,31 @@ async fn raw_increment(channel: &Channel, token: &str) -> Result<(), tonic::Stat
         .map(drop)
 }
 
+/// A subject's own rate, and a role's rate for each of its holders: past
+/// either a call is refused naming it, with `retry-after-ms`, and nobody
+/// else is held back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_tenant_over_its_rate_is_refused_alone_and_told_when_to_retry() {
     let mut limits = LimitSettings::default();
     limits.rates.subjects.insert(
         "greedy".to_owned(),
-        ClassRates {
-            invoke: Rate {
+        RateOverrides {
+            invoke: Some(Rate {
                 per_second: 1,
                 burst: 3,
-            },
-            ..ClassRates::default()
+            }),
+            ..RateOverrides::default()
+        },
+    );
+    // Every holder of `module_querier` has its own bucket of this rate.
+    limits.rates.roles.insert(
+        "module_querier".to_owned(),
+        RateOverrides {
+            query: Some(Rate {
+                per_second: 1,
+                burst: 2,
+            }),
+            ..RateOverrides::default()
         },
     );
     let cluster = Cluster::start_secure_limited(3, limits).await;
@@ -76,6 +90,8 @@ async fn a_tenant_over_its_rate_is_refused_alone_and_told_when_to_retry() {
         admin.grant(&binding).await.unwrap();
         tokens.push(admin.create_token(subject).await.unwrap().token);
     }
+    let binding = RoleBinding::new("modest", "module_querier", Some("counter")).unwrap();
+    admin.grant(&binding).await.unwrap();
     let (greedy, modest) = (&tokens[0], &tokens[1]);
     let leader = cluster.wait_for_leader().await;
     let follower = cluster.follower_of(leader);
@@ -128,6 +144,32 @@ async fn a_tenant_over_its_rate_is_refused_alone_and_told_when_to_retry() {
             .expect("another tenant is served");
     }
     applied += 10;
+
+    // modest's queries take its role's rate: a burst of 2 at 1 a second.
+    let get = br#"{"op":"get"}"#;
+    let mut refusal = None;
+    for _ in 0..20 {
+        if let Err(status) = raw_query(channel.clone(), modest.to_string(), "counter", get).await {
+            refusal = Some(status);
+            break;
+        }
+    }
+    let refusal = refusal.expect("modest's queries are refused within 20 calls");
+    assert_eq!(refusal.code(), Code::ResourceExhausted, "{refusal:?}");
+    assert!(
+        refusal
+            .message()
+            .contains("limit: limits.rates.roles.module_querier.query")
+            && refusal.metadata().contains_key("retry-after-ms"),
+        "{refusal:?}"
+    );
+    // The administrator holds no such role: its queries pass.
+    for _ in 0..10 {
+        admin
+            .query("counter", get, wasmraft::client::Consistency::Stale)
+            .await
+            .expect("a subject without the role has the defaults");
+    }
 
     // The Rust client honours retry-after-ms within its deadline: greedy's
     // next writes get through, at greedy's pace.
@@ -225,6 +267,128 @@ async fn a_subject_at_its_in_flight_cap_is_shed_and_others_are_served() {
         shed >= 1,
         "eight calls at once past a cap of two: some are shed"
     );
+    cluster.shutdown().await;
+}
+
+/// Past `limits.in_flight.total` running calls the next waits in the
+/// node's queue, for at most `queue_wait_ms`, then is shed naming
+/// `limits.in_flight.total`; with the queue full, the next is shed at once
+/// naming `limits.in_flight.queued`. Both carry `retry-after-ms`, and once
+/// the running call ends the node serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn past_the_running_cap_calls_wait_in_a_bounded_queue_then_are_shed() {
+    let limits = LimitSettings {
+        query_timeout_ms: 60_000,
+        in_flight: InFlightSettings {
+            per_subject: 2,
+            total: 1,
+            queued: 1,
+            queue_wait_ms: 100,
+            ..InFlightSettings::default()
+        },
+        ..LimitSettings::default()
+    };
+    let cluster = Cluster::start_secure_limited(1, limits).await;
+    cluster.deploy_counter(1).await;
+    // Three billion fuel: a query that holds the one slot for seconds.
+    deploy_spinning(
+        &cluster,
+        "spin",
+        r#"(func (export "apply") (param i32 i32) (result i32) (i32.const 0))
+           (func (export "query") (param i32 i32) (result i32)
+             (loop $spin (br $spin)) (i32.const 0))"#,
+        3_000_000_000,
+    )
+    .await;
+    let admin = cluster.client_of(1).await;
+    for (subject, module) in [
+        ("crowd", "spin"),
+        ("crowd", "counter"),
+        ("other", "counter"),
+    ] {
+        let binding = RoleBinding::new(subject, "module_querier", Some(module)).unwrap();
+        admin.grant(&binding).await.unwrap();
+    }
+    let token = admin.create_token("crowd").await.unwrap().token;
+    let other = admin.create_token("other").await.unwrap().token;
+    let channel = Channel::from_shared(format!("http://{}", cluster.address(1)))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let in_flight = cluster.node(1).handle().in_flight().clone();
+    let wait_for = |what: &'static str, condition: Box<dyn Fn() -> bool + Send>| async move {
+        let deadline = std::time::Instant::now() + super::harness::SETTLE;
+        while !condition() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not within {:?}: {what}",
+                super::harness::SETTLE
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let running = tokio::spawn(raw_query(channel.clone(), token.clone(), "spin", b""));
+    let open = in_flight.clone();
+    wait_for("the spin runs", Box::new(move || open.open() == 1)).await;
+
+    // The next waits, and past its wait is shed naming the running cap.
+    let waiting = tokio::spawn(raw_query(
+        channel.clone(),
+        token.clone(),
+        "counter",
+        br#"{"op":"get"}"#,
+    ));
+    let queued = in_flight.clone();
+    wait_for("a call waits", Box::new(move || queued.queued() == 1)).await;
+    // With the one place taken, another subject's call is shed at once.
+    let full = raw_query(
+        channel.clone(),
+        other.clone(),
+        "counter",
+        br#"{"op":"get"}"#,
+    )
+    .await
+    .expect_err("the queue is full");
+    assert_eq!(full.code(), Code::ResourceExhausted, "{full:?}");
+    assert!(
+        full.message().contains("limits.in_flight.queued")
+            && full
+                .message()
+                .contains("1 calls run and 1 wait on this node"),
+        "{}",
+        full.message()
+    );
+    let late = waiting.await.unwrap().expect_err("no slot came free");
+    assert_eq!(late.code(), Code::ResourceExhausted, "{late:?}");
+    assert!(
+        late.message().contains("limits.in_flight.total")
+            && late.message().contains("came free within 100 ms"),
+        "{}",
+        late.message()
+    );
+    for status in [&full, &late] {
+        assert!(
+            status.metadata().contains_key("retry-after-ms"),
+            "{status:?}"
+        );
+    }
+    assert_eq!(in_flight.queued(), 0);
+
+    // The spin ends (out of fuel); then the node serves again.
+    let spun = running
+        .await
+        .unwrap()
+        .expect_err("the spin runs out of fuel");
+    assert!(spun.message().contains("fuel"), "{spun:?}");
+    raw_query(
+        channel.clone(),
+        token.clone(),
+        "counter",
+        br#"{"op":"get"}"#,
+    )
+    .await
+    .expect("a slot is free again");
     cluster.shutdown().await;
 }
 

@@ -224,23 +224,32 @@ pub fn pattern_matches(pattern: &str, name: &str) -> bool {
     rest.ends_with(last)
 }
 
+/// Whether `name` is a module role (`Ok(true)`) or a cluster role
+/// (`Ok(false)`), or why it is neither.
+pub fn role(name: &str) -> Result<bool, String> {
+    if MODULE_ROLES.contains(&name) {
+        return Ok(true);
+    }
+    if CLUSTER_ROLES.contains(&name) {
+        return Ok(false);
+    }
+    Err(format!(
+        "unknown role `{}`: the roles are {}",
+        name.escape_debug().take(80).collect::<String>(),
+        CLUSTER_ROLES
+            .iter()
+            .chain(&MODULE_ROLES)
+            .copied()
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+}
+
 /// Why a role binding is refused, or `Ok`: a valid subject, a known role,
 /// and a pattern exactly when the role is a module role.
 pub fn access_rule(rule: &AccessRule) -> Result<(), String> {
     subject(&rule.subject)?;
-    let module_role = MODULE_ROLES.contains(&rule.role.as_str());
-    if !module_role && !CLUSTER_ROLES.contains(&rule.role.as_str()) {
-        return Err(format!(
-            "unknown role `{}`: the roles are {}",
-            rule.role.escape_debug().take(80).collect::<String>(),
-            CLUSTER_ROLES
-                .iter()
-                .chain(&MODULE_ROLES)
-                .copied()
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
-    }
+    let module_role = role(&rule.role)?;
     match (&rule.module_pattern, module_role) {
         (Some(pattern), true) => module_pattern(pattern),
         (None, true) => Err(format!(

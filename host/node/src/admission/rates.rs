@@ -1,8 +1,10 @@
 //! Per-subject rate limits: a token bucket per subject and method class
 //! (governor's keyed GCRA limiter), for requests and for input bytes, with
-//! the node's defaults and overrides per subject. A subject is who the
-//! call authenticated as, so one tenant's flood spends its own buckets and
-//! nobody else's. Local admission only: nothing here reaches apply.
+//! the node's defaults and overrides per role and per subject. A subject is
+//! who the call authenticated as, so one tenant's flood spends its own
+//! buckets and nobody else's: a role's rates are each of its holders' own,
+//! not a budget they share. Local admission only: nothing here reaches
+//! apply.
 
 use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU32;
@@ -81,8 +83,9 @@ impl Rate {
     }
 }
 
-/// The rates of one subject (or the defaults of all), per method class,
-/// and of the input bytes of its invokes and queries.
+/// The rates every subject has unless a role or its own name says
+/// otherwise, per method class, and of the input bytes of its invokes and
+/// queries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClassRates {
@@ -97,7 +100,8 @@ pub struct ClassRates {
 impl Default for ClassRates {
     /// Far above what one node serves (a few thousand writes a second):
     /// a backstop against a runaway client, not a quota. Tenants get
-    /// tighter ones by name (`[limits.rates.subjects.NAME]`).
+    /// tighter ones by role or by name (`[limits.rates.roles.ROLE]`,
+    /// `[limits.rates.subjects.NAME]`).
     fn default() -> Self {
         Self {
             invoke: Rate::new(20_000, 40_000),
@@ -111,33 +115,55 @@ impl Default for ClassRates {
     }
 }
 
-impl ClassRates {
-    fn of(&self, class: MethodClass) -> Rate {
-        match class {
-            MethodClass::Invoke => self.invoke,
-            MethodClass::Query => self.query,
-            MethodClass::Deploy => self.deploy,
-            MethodClass::Admin => self.admin,
-        }
-    }
+/// The rates a role or a subject sets for itself: each one it leaves out
+/// comes from elsewhere (its roles, then the defaults).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateOverrides {
+    pub invoke: Option<Rate>,
+    pub query: Option<Rate>,
+    pub deploy: Option<Rate>,
+    pub admin: Option<Rate>,
+    /// Input bytes of invokes and queries together.
+    pub bytes: Option<Rate>,
+}
 
-    fn validate(&self, prefix: &str) -> Result<(), String> {
-        for class in MethodClass::ALL {
-            self.of(class)
-                .validate(&format!("{prefix}.{}", class.name()))?;
-        }
-        self.bytes.validate(&format!("{prefix}.bytes"))
+/// What a bucket limits: a method class's calls (by its index), or input
+/// bytes.
+const BYTES: usize = MethodClass::ALL.len();
+const KINDS: usize = BYTES + 1;
+
+fn kind_name(kind: usize) -> &'static str {
+    MethodClass::ALL
+        .get(kind)
+        .map_or("bytes", |class| class.name())
+}
+
+impl RateOverrides {
+    fn by_kind(&self) -> [Option<Rate>; KINDS] {
+        [self.invoke, self.query, self.deploy, self.admin, self.bytes]
     }
 }
 
-/// `[limits.rates]`: the defaults, and the subjects that have their own.
+impl ClassRates {
+    fn by_kind(&self) -> [Option<Rate>; KINDS] {
+        [self.invoke, self.query, self.deploy, self.admin, self.bytes].map(Some)
+    }
+}
+
+/// `[limits.rates]`: the defaults, and the roles and subjects that have
+/// their own. Each rate of a subject is, in this order: its own, the most
+/// generous among the roles it holds (a binding of any module pattern
+/// counts; the first role by name among equals), the default.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RateSettings {
     #[serde(flatten)]
     pub defaults: ClassRates,
     /// Subjects with rates of their own, by name.
-    pub subjects: BTreeMap<String, ClassRates>,
+    pub subjects: BTreeMap<String, RateOverrides>,
+    /// Roles with rates of their own, by role name (`module_invoker`, …).
+    pub roles: BTreeMap<String, RateOverrides>,
 }
 
 /// The most subjects with rates of their own: each holds its own buckets.
@@ -146,62 +172,72 @@ const SUBJECTS_WITH_RATES_MAX: usize = 10_000;
 impl RateSettings {
     /// Why these rates cannot be used, naming the field, or `Ok`.
     pub fn validate(&self, payload_bytes_max: u64) -> Result<(), String> {
-        self.defaults.validate("limits.rates")?;
         if self.subjects.len() > SUBJECTS_WITH_RATES_MAX {
             return Err(format!(
                 "`limits.rates.subjects` names {} subjects; at most {SUBJECTS_WITH_RATES_MAX}",
                 self.subjects.len()
             ));
         }
-        for (subject, rates) in &self.subjects {
+        for subject in self.subjects.keys() {
             crate::command::check::subject(subject)
                 .map_err(|reason| format!("`limits.rates.subjects.{subject}`: {reason}"))?;
-            rates.validate(&format!("limits.rates.subjects.{subject}"))?;
         }
-        // One input must fit in a bucket, or it could never pass.
-        for (name, rates) in std::iter::once(("limits.rates", &self.defaults)).chain(
-            self.subjects
-                .iter()
-                .map(|(subject, rates)| (subject.as_str(), rates)),
-        ) {
-            if u64::from(rates.bytes.burst) < payload_bytes_max {
-                return Err(format!(
-                    "the bytes burst of `{name}` ({}) is below `limits.payload_bytes_max` ({payload_bytes_max}): the largest input could never pass",
-                    rates.bytes.burst
-                ));
+        for role in self.roles.keys() {
+            crate::command::check::role(role)
+                .map_err(|reason| format!("`limits.rates.roles.{role}`: {reason}"))?;
+        }
+        let tables = std::iter::once(("limits.rates".to_owned(), self.defaults.by_kind()))
+            .chain(self.subjects.iter().map(|(subject, rates)| {
+                (format!("limits.rates.subjects.{subject}"), rates.by_kind())
+            }))
+            .chain(
+                self.roles
+                    .iter()
+                    .map(|(role, rates)| (format!("limits.rates.roles.{role}"), rates.by_kind())),
+            );
+        for (table, rates) in tables {
+            for (kind, rate) in rates.iter().enumerate() {
+                let Some(rate) = rate else { continue };
+                rate.validate(&format!("{table}.{}", kind_name(kind)))?;
+                // One input must fit in a bucket, or it could never pass.
+                if kind == BYTES && u64::from(rate.burst) < payload_bytes_max {
+                    return Err(format!(
+                        "the bytes burst of `{table}` ({}) is below `limits.payload_bytes_max` ({payload_bytes_max}): the largest input could never pass",
+                        rate.burst
+                    ));
+                }
             }
         }
         Ok(())
     }
 }
 
-/// The buckets of every class, keyed by subject.
+/// The buckets of one set of rates, a keyed limiter per rate it sets,
+/// keyed by subject.
 struct Buckets {
-    rates: ClassRates,
-    classes: [DefaultKeyedRateLimiter<String>; 4],
-    bytes: DefaultKeyedRateLimiter<String>,
+    rates: [Option<Rate>; KINDS],
+    limiters: [Option<DefaultKeyedRateLimiter<String>>; KINDS],
 }
 
 impl Buckets {
-    fn new(rates: &ClassRates) -> Self {
+    fn new(rates: [Option<Rate>; KINDS]) -> Self {
         Self {
-            rates: rates.clone(),
-            classes: MethodClass::ALL.map(|class| RateLimiter::keyed(rates.of(class).quota())),
-            bytes: RateLimiter::keyed(rates.bytes.quota()),
+            rates,
+            limiters: rates.map(|rate| rate.map(|rate| RateLimiter::keyed(rate.quota()))),
         }
     }
 
     fn prune(&self) {
-        for limiter in self.classes.iter().chain([&self.bytes]) {
+        for limiter in self.limiters.iter().flatten() {
             limiter.retain_recent();
             limiter.shrink_to_fit();
         }
     }
 
     fn keys(&self) -> usize {
-        self.classes
+        self.limiters
             .iter()
-            .chain([&self.bytes])
+            .flatten()
             .map(|limiter| limiter.len())
             .sum()
     }
@@ -215,6 +251,9 @@ pub struct RateLimits {
     defaults: Arc<Buckets>,
     /// The subjects with rates of their own; each keyed by its one name.
     subjects: HashMap<String, Arc<Buckets>>,
+    /// The roles with rates of their own, in name order; each keyed by the
+    /// subjects that take a rate of it.
+    roles: Vec<(String, Arc<Buckets>)>,
     calls: AtomicU64,
     clock: DefaultClock,
 }
@@ -224,69 +263,105 @@ impl std::fmt::Debug for RateLimits {
         f.debug_struct("RateLimits")
             .field("defaults", &self.defaults.rates)
             .field("subjects", &self.subjects.len())
+            .field("roles", &self.roles.len())
             .finish_non_exhaustive()
+    }
+}
+
+/// Where a subject's rate comes from, for the name of the limit.
+enum Source<'a> {
+    Subject(&'a str),
+    Role(&'a str),
+    Defaults,
+}
+
+impl Source<'_> {
+    fn limit(&self, kind: usize) -> std::borrow::Cow<'static, str> {
+        let what = kind_name(kind);
+        match self {
+            Source::Subject(subject) => format!("limits.rates.subjects.{subject}.{what}").into(),
+            Source::Role(role) => format!("limits.rates.roles.{role}.{what}").into(),
+            Source::Defaults => format!("limits.rates.{what}").into(),
+        }
     }
 }
 
 impl RateLimits {
     pub fn new(settings: &RateSettings) -> Self {
-        Self {
-            defaults: Arc::new(Buckets::new(&settings.defaults)),
-            subjects: settings
-                .subjects
-                .iter()
-                .map(|(subject, rates)| (subject.clone(), Arc::new(Buckets::new(rates))))
-                .collect(),
-            calls: AtomicU64::new(0),
-            clock: DefaultClock::default(),
-        }
+        Self::keeping(None, settings)
     }
 
     /// The limits of `settings`, keeping the buckets (and what callers
-    /// spent of them) of every rate that did not change: a reload neither
-    /// refills a flooding subject's buckets nor empties anyone's.
+    /// spent of them) of every set of rates that did not change: a reload
+    /// neither refills a flooding subject's buckets nor empties anyone's.
     pub fn reloaded(&self, settings: &RateSettings) -> Self {
-        let keep = |held: Option<&Arc<Buckets>>, rates: &ClassRates| match held {
-            Some(held) if held.rates == *rates => held.clone(),
+        Self::keeping(Some(self), settings)
+    }
+
+    fn keeping(held: Option<&Self>, settings: &RateSettings) -> Self {
+        let keep = |held: Option<&Arc<Buckets>>, rates: [Option<Rate>; KINDS]| match held {
+            Some(held) if held.rates == rates => held.clone(),
             _ => Arc::new(Buckets::new(rates)),
         };
         Self {
-            defaults: keep(Some(&self.defaults), &settings.defaults),
+            defaults: keep(held.map(|held| &held.defaults), settings.defaults.by_kind()),
             subjects: settings
                 .subjects
                 .iter()
-                .map(|(subject, rates)| (subject.clone(), keep(self.subjects.get(subject), rates)))
+                .map(|(subject, rates)| {
+                    let before = held.and_then(|held| held.subjects.get(subject));
+                    (subject.clone(), keep(before, rates.by_kind()))
+                })
+                .collect(),
+            roles: settings
+                .roles
+                .iter()
+                .map(|(role, rates)| {
+                    let before = held.and_then(|held| {
+                        held.roles
+                            .iter()
+                            .find_map(|(name, buckets)| (name == role).then_some(buckets))
+                    });
+                    (role.clone(), keep(before, rates.by_kind()))
+                })
                 .collect(),
             calls: AtomicU64::new(0),
             clock: DefaultClock::default(),
         }
     }
 
+    /// Whether any role has rates of its own: only then does a call's
+    /// admission need its subject's roles.
+    pub fn has_role_rates(&self) -> bool {
+        !self.roles.is_empty()
+    }
+
     /// Takes one call of `class` and `bytes` of input from `subject`'s
-    /// buckets, or says which limit refuses and when to retry.
-    pub fn admit(&self, subject: &str, class: MethodClass, bytes: usize) -> Result<(), Shed> {
+    /// buckets, or says which limit refuses and when to retry. `roles` are
+    /// the roles `subject` holds (any order, repeats allowed); they matter
+    /// only when [`has_role_rates`](Self::has_role_rates).
+    pub fn admit(
+        &self,
+        subject: &str,
+        roles: &[&str],
+        class: MethodClass,
+        bytes: usize,
+    ) -> Result<(), Shed> {
         if self.calls.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY_CALLS == PRUNE_EVERY_CALLS - 1 {
             // A subject idle for longer than its bucket takes to fill again
             // is indistinguishable from a new one: forget it, so the
             // limiter's memory follows the callers of the last moments.
             self.defaults.prune();
-        }
-        let (buckets, own) = match self.subjects.get(subject) {
-            Some(buckets) => (buckets, true),
-            None => (&self.defaults, false),
-        };
-        let limit = |what: &str| -> std::borrow::Cow<'static, str> {
-            if own {
-                format!("limits.rates.subjects.{subject}.{what}").into()
-            } else {
-                format!("limits.rates.{what}").into()
+            for (_, buckets) in &self.roles {
+                buckets.prune();
             }
-        };
+        }
         let key = subject.to_owned();
-        if let Err(not_until) = buckets.classes[class.index()].check_key(&key) {
-            let rate = buckets.rates.of(class);
+        let kind = class.index();
+        let (limiter, rate, source) = self.bucket(subject, roles, kind);
+        if let Err(not_until) = limiter.check_key(&key) {
             return Err(Shed {
-                limit: limit(class.name()),
+                limit: source.limit(kind),
                 detail: format!(
                     "`{subject}` sent {} calls faster than {} a second (burst {})",
                     class.name(),
@@ -299,11 +374,11 @@ impl RateLimits {
         let Some(bytes) = NonZeroU32::new(u32::try_from(bytes).unwrap_or(u32::MAX)) else {
             return Ok(());
         };
-        let rate = buckets.rates.bytes;
-        match buckets.bytes.check_key_n(&key, bytes) {
+        let (limiter, rate, source) = self.bucket(subject, roles, BYTES);
+        match limiter.check_key_n(&key, bytes) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(not_until)) => Err(Shed {
-                limit: limit("bytes"),
+                limit: source.limit(BYTES),
                 detail: format!(
                     "`{subject}` sent input faster than {} bytes a second (burst {})",
                     rate.per_second, rate.burst
@@ -313,7 +388,7 @@ impl RateLimits {
             // Validation keeps the burst above the largest input; an input
             // larger than the burst could never pass, so waiting is no use.
             Err(_) => Err(Shed {
-                limit: limit("bytes"),
+                limit: source.limit(BYTES),
                 detail: format!(
                     "one input of {bytes} bytes is more than `{subject}`'s byte burst ({})",
                     rate.burst
@@ -323,6 +398,39 @@ impl RateLimits {
         }
     }
 
+    /// The bucket that holds `subject`'s rate of `kind`: its own, else the
+    /// most generous of its roles' (the first by name among equals), else
+    /// the default.
+    fn bucket<'a>(
+        &'a self,
+        subject: &'a str,
+        roles: &[&str],
+        kind: usize,
+    ) -> (&'a DefaultKeyedRateLimiter<String>, Rate, Source<'a>) {
+        let set = |buckets: &'a Buckets| buckets.limiters[kind].as_ref().zip(buckets.rates[kind]);
+        if let Some((limiter, rate)) = self.subjects.get(subject).and_then(|own| set(own)) {
+            return (limiter, rate, Source::Subject(subject));
+        }
+        let generous = |rate: Rate| (rate.per_second, rate.burst);
+        let mut best: Option<(&'a DefaultKeyedRateLimiter<String>, Rate, &'a str)> = None;
+        for (role, buckets) in &self.roles {
+            if !roles.contains(&role.as_str()) {
+                continue;
+            }
+            let Some((limiter, rate)) = set(buckets) else {
+                continue;
+            };
+            if best.is_none_or(|(_, best, _)| generous(rate) > generous(best)) {
+                best = Some((limiter, rate, role));
+            }
+        }
+        if let Some((limiter, rate, role)) = best {
+            return (limiter, rate, Source::Role(role));
+        }
+        let (limiter, rate) = set(&self.defaults).expect("the defaults set every rate");
+        (limiter, rate, Source::Defaults)
+    }
+
     /// The subjects whose buckets are held (a subject counts once per
     /// bucket it used), for memory accounting.
     pub fn held_keys(&self) -> usize {
@@ -330,6 +438,7 @@ impl RateLimits {
             + self
                 .subjects
                 .values()
+                .chain(self.roles.iter().map(|(_, buckets)| buckets))
                 .map(|buckets| buckets.keys())
                 .sum::<usize>()
     }
@@ -347,11 +456,11 @@ mod tests {
         let mut settings = RateSettings::default();
         settings.subjects.insert(
             "tenant".to_owned(),
-            ClassRates {
-                invoke: Rate::new(1, 3),
+            RateOverrides {
+                invoke: Some(Rate::new(1, 3)),
                 // One byte a second: what a test spends stays spent.
-                bytes: Rate::new(1, 2 << 20),
-                ..ClassRates::default()
+                bytes: Some(Rate::new(1, 2 << 20)),
+                ..RateOverrides::default()
             },
         );
         settings
@@ -377,8 +486,8 @@ mod tests {
         let settings: RateSettings = toml::from_str(text).unwrap();
         assert_eq!(settings.defaults, ClassRates::default());
         let shop = &settings.subjects["shop"];
-        assert_eq!(shop.invoke, Rate::new(100, 200));
-        assert_eq!(shop.query, ClassRates::default().query);
+        assert_eq!(shop.invoke, Some(Rate::new(100, 200)));
+        assert_eq!(shop.query, None);
         settings.validate(1 << 20).unwrap();
         for typo in [
             "invokes = { per_second = 1, burst = 1 }",
@@ -391,7 +500,7 @@ mod tests {
     #[test]
     fn bad_rates_name_their_field() {
         let mut zero = settings();
-        zero.subjects.get_mut("tenant").unwrap().query = Rate::new(0, 1);
+        zero.subjects.get_mut("tenant").unwrap().query = Some(Rate::new(0, 1));
         let error = zero.validate(1 << 20).unwrap_err();
         assert!(
             error.contains("`limits.rates.subjects.tenant.query`"),
@@ -407,7 +516,7 @@ mod tests {
         let mut nameless = RateSettings::default();
         nameless
             .subjects
-            .insert("bad name".to_owned(), ClassRates::default());
+            .insert("bad name".to_owned(), RateOverrides::default());
         assert!(nameless.validate(1 << 20).is_err());
     }
 
@@ -418,12 +527,14 @@ mod tests {
     fn a_subject_spends_its_own_buckets_only() {
         let limits = RateLimits::new(&settings());
         for _ in 0..3 {
-            limits.admit("tenant", MethodClass::Invoke, 10).unwrap();
+            limits
+                .admit("tenant", &[], MethodClass::Invoke, 10)
+                .unwrap();
         }
         // Governor's clock is real: a slow machine may refill a token or
         // two meanwhile, but not ten.
         let shed = (0..10)
-            .find_map(|_| limits.admit("tenant", MethodClass::Invoke, 10).err())
+            .find_map(|_| limits.admit("tenant", &[], MethodClass::Invoke, 10).err())
             .expect("ten calls past a burst of 3 at 1 a second");
         assert_eq!(shed.limit, "limits.rates.subjects.tenant.invoke");
         assert!(
@@ -437,20 +548,99 @@ mod tests {
             "{}",
             shed.retry_after_ms
         );
-        limits.admit("tenant", MethodClass::Query, 10).unwrap();
-        limits.admit("other", MethodClass::Invoke, 10).unwrap();
+        limits.admit("tenant", &[], MethodClass::Query, 10).unwrap();
+        limits.admit("other", &[], MethodClass::Invoke, 10).unwrap();
+    }
+
+    /// A role's rates are each holder's own; a subject holding several
+    /// roles takes the most generous rate of each class; a subject's own
+    /// rates come before any role's.
+    #[test]
+    fn a_roles_rates_bind_each_of_its_holders() {
+        let mut settings = settings();
+        settings.roles.insert(
+            "module_invoker".to_owned(),
+            RateOverrides {
+                invoke: Some(Rate::new(1, 2)),
+                query: Some(Rate::new(1, 1)),
+                ..RateOverrides::default()
+            },
+        );
+        settings.roles.insert(
+            "module_querier".to_owned(),
+            RateOverrides {
+                query: Some(Rate::new(1, 4)),
+                ..RateOverrides::default()
+            },
+        );
+        settings.validate(1 << 20).unwrap();
+        let limits = RateLimits::new(&settings);
+        assert!(limits.has_role_rates());
+        let spent = |subject: &str, roles: &[&str], class| {
+            (0..20)
+                .position(|_| limits.admit(subject, roles, class, 0).is_err())
+                .map(|passed| (passed, limits.admit(subject, roles, class, 0).unwrap_err()))
+        };
+        // Governor's clock is real: a slow machine may refill a token, not ten.
+        let (passed, shed) = spent("a", &["module_invoker"], MethodClass::Invoke).unwrap();
+        assert!((2..=4).contains(&passed), "{passed}");
+        assert_eq!(shed.limit, "limits.rates.roles.module_invoker.invoke");
+        // Another holder has its own bucket; a subject without the role has
+        // the defaults.
+        assert!(spent("b", &["module_invoker"], MethodClass::Invoke).is_some());
+        assert!(spent("c", &[], MethodClass::Invoke).is_none());
+        // Two roles: the querier's burst of 4 beats the invoker's 1, class
+        // by class, and the invoker's rate still holds for invokes.
+        let both = ["module_invoker", "module_querier", "module_invoker"];
+        let (passed, shed) = spent("d", &both, MethodClass::Query).unwrap();
+        assert!((4..=6).contains(&passed), "{passed}");
+        assert_eq!(shed.limit, "limits.rates.roles.module_querier.query");
+        let (_, shed) = spent("d", &both, MethodClass::Invoke).unwrap();
+        assert_eq!(shed.limit, "limits.rates.roles.module_invoker.invoke");
+        // A subject's own rates come first: `tenant` has a burst of 3.
+        let (passed, shed) = spent("tenant", &["module_querier"], MethodClass::Invoke).unwrap();
+        assert!((3..=5).contains(&passed), "{passed}");
+        assert_eq!(shed.limit, "limits.rates.subjects.tenant.invoke");
+        // What `tenant` leaves out comes from its roles.
+        let (_, shed) = spent("tenant", &["module_querier"], MethodClass::Query).unwrap();
+        assert_eq!(shed.limit, "limits.rates.roles.module_querier.query");
+        assert!(limits.held_keys() >= 4);
+    }
+
+    #[test]
+    fn rates_of_an_unknown_role_are_refused() {
+        let mut settings = RateSettings::default();
+        settings
+            .roles
+            .insert("module_invokers".to_owned(), RateOverrides::default());
+        let error = settings.validate(1 << 20).unwrap_err();
+        assert!(
+            error.contains("`limits.rates.roles.module_invokers`: unknown role")
+                && error.contains("module_invoker,"),
+            "{error}"
+        );
+        let parsed: RateSettings =
+            toml::from_str("[roles.module_invoker]\ninvoke = { per_second = 5, burst = 10 }")
+                .unwrap();
+        assert_eq!(
+            parsed.roles["module_invoker"].invoke,
+            Some(Rate::new(5, 10))
+        );
+        parsed.validate(1 << 20).unwrap();
     }
 
     #[test]
     fn bytes_are_limited_apart_from_calls() {
         let limits = RateLimits::new(&settings());
-        limits.admit("tenant", MethodClass::Query, 2 << 20).unwrap();
+        limits
+            .admit("tenant", &[], MethodClass::Query, 2 << 20)
+            .unwrap();
         let shed = limits
-            .admit("tenant", MethodClass::Query, 1 << 20)
+            .admit("tenant", &[], MethodClass::Query, 1 << 20)
             .unwrap_err();
         assert!(shed.detail.contains("bytes a second"), "{}", shed.detail);
         let shed = limits
-            .admit("tenant", MethodClass::Query, 3 << 20)
+            .admit("tenant", &[], MethodClass::Query, 3 << 20)
             .unwrap_err();
         assert!(shed.detail.contains("more than"), "{}", shed.detail);
     }
@@ -466,7 +656,7 @@ mod tests {
         });
         for subject in 0..100 {
             limits
-                .admit(&format!("s{subject}"), MethodClass::Admin, 0)
+                .admit(&format!("s{subject}"), &[], MethodClass::Admin, 0)
                 .unwrap();
         }
         assert_eq!(limits.held_keys(), 100);
@@ -487,24 +677,32 @@ mod tests {
         let limits = RateLimits::new(&settings());
         let spend = |limits: &RateLimits, subject: &str| {
             (0..10)
-                .find_map(|_| limits.admit(subject, MethodClass::Invoke, 0).err())
+                .find_map(|_| limits.admit(subject, &[], MethodClass::Invoke, 0).err())
                 .is_some()
         };
         assert!(spend(&limits, "tenant"), "a burst of 3 at 1 a second");
         // Unchanged: still spent.
         let reloaded = limits.reloaded(&settings());
-        assert!(reloaded.admit("tenant", MethodClass::Invoke, 0).is_err());
+        assert!(
+            reloaded
+                .admit("tenant", &[], MethodClass::Invoke, 0)
+                .is_err()
+        );
         // Raised: in force at once.
         let mut raised = settings();
-        raised.subjects.get_mut("tenant").unwrap().invoke = Rate::new(1, 1000);
+        raised.subjects.get_mut("tenant").unwrap().invoke = Some(Rate::new(1, 1000));
         let reloaded = reloaded.reloaded(&raised);
         for _ in 0..100 {
-            reloaded.admit("tenant", MethodClass::Invoke, 0).unwrap();
+            reloaded
+                .admit("tenant", &[], MethodClass::Invoke, 0)
+                .unwrap();
         }
         // A subject's own rates removed: it falls back to the defaults.
         let reloaded = reloaded.reloaded(&RateSettings::default());
         for _ in 0..100 {
-            reloaded.admit("tenant", MethodClass::Invoke, 0).unwrap();
+            reloaded
+                .admit("tenant", &[], MethodClass::Invoke, 0)
+                .unwrap();
         }
     }
 }

@@ -79,23 +79,34 @@ pub(crate) fn admit(
     input_bytes: usize,
 ) -> Result<(), ApiError> {
     let _span = traces::trace_span!("admit", class = ?class, input_bytes).entered();
-    node.rates()
-        .admit(subject, class, input_bytes)
-        .map_err(|shed| {
-            node.metrics().rejected(&shed.limit);
-            shed.into()
-        })
+    let rates = node.rates();
+    let admitted = if rates.has_role_rates() {
+        let view = node.gate().view();
+        let roles: Vec<&str> = view
+            .rules_of(subject)
+            .iter()
+            .map(|rule| rule.role.as_str())
+            .collect();
+        rates.admit(subject, &roles, class, input_bytes)
+    } else {
+        rates.admit(subject, &[], class, input_bytes)
+    };
+    admitted.map_err(|shed| {
+        node.metrics().rejected(&shed.limit);
+        shed.into()
+    })
 }
 
 /// Like [`admit`], for a call that works on after its admission (an
 /// invoke, a query, a deploy's upload): the permit it answers counts the
-/// call as open, per subject and in all, until dropped.
-#[must_use = "the call is open for as long as its permit lives"]
-pub(crate) fn admit_open(
+/// call as open, per subject and in all, until dropped. Past the node's
+/// running cap it waits for a slot, at most `timeout` (the call's own).
+pub(crate) async fn admit_open(
     node: &NodeHandle,
     subject: &str,
     class: MethodClass,
     input_bytes: usize,
+    timeout: Option<Duration>,
 ) -> Result<InFlightPermit, ApiError> {
     admit(node, subject, class, input_bytes)?;
     let kind = match class {
@@ -104,7 +115,8 @@ pub(crate) fn admit_open(
     };
     let bytes = u64::try_from(input_bytes).unwrap_or(u64::MAX);
     node.in_flight()
-        .admit(subject, kind, bytes)
+        .admit(subject, kind, bytes, timeout)
+        .await
         .map_err(|shed| {
             node.metrics().rejected(&shed.limit);
             shed.into()

@@ -190,7 +190,8 @@ impl ModulesService {
                 && let Some(name) = assembler.module_name()
             {
                 let allowed = authorize(&self.node, identity, Action::ModuleDeploy, name)?;
-                let mut open = admit_open(&self.node, &allowed.subject, MethodClass::Deploy, 0)?;
+                let mut open =
+                    admit_open(&self.node, &allowed.subject, MethodClass::Deploy, 0, None).await?;
                 open.hold(assembler.announced_bytes().unwrap_or(0))
                     .map_err(|shed| {
                         self.node.metrics().rejected(&shed.limit);

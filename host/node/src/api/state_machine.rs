@@ -47,7 +47,9 @@ impl StateMachineService {
             &caller.subject,
             MethodClass::Invoke,
             request.input.len(),
-        )?;
+            timeout,
+        )
+        .await?;
         let session = validate::session(&request.client_id, request.sequence)?;
         // The call's root span (`api::observe`) describes the invoke: one
         // span less on every traced write.
@@ -102,7 +104,8 @@ impl StateMachineService {
         timeout: Option<Duration>,
     ) -> Result<proto::OpenSessionResponse, ApiError> {
         let caller = authorize(&self.node, &identity, Action::SessionOpen, CLUSTER_OBJECT)?;
-        let _open = admit_open(&self.node, &caller.subject, MethodClass::Invoke, 0)?;
+        let _open =
+            admit_open(&self.node, &caller.subject, MethodClass::Invoke, 0, timeout).await?;
         validate::open_session(&request.client_id)?;
         let span = traces::trace_span!(
             "open_session",
@@ -144,7 +147,9 @@ impl StateMachineService {
             &caller.subject,
             MethodClass::Query,
             request.input.len(),
-        )?;
+            timeout,
+        )
+        .await?;
         let consistency = validate::consistency(request.consistency)?;
         let span = traces::trace_span!(
             "query",

@@ -88,8 +88,13 @@ pub(super) fn register(handle: &NodeHandle, log_file: std::path::PathBuf) {
     );
     gauge(
         "wasmraft.requests.in_flight",
-        "Calls open on this node (invokes, queries, deploy uploads)",
+        "Calls open on this node (invokes, queries, deploy uploads), running or waiting for a slot",
         |node, observer| observer.observe(u64::from(node.in_flight().open()), &[]),
+    );
+    gauge(
+        "wasmraft.requests.queued",
+        "Calls waiting for one of the node's limits.in_flight.total slots",
+        |node, observer| observer.observe(u64::from(node.in_flight().queued()), &[]),
     );
     gauge(
         "wasmraft.requests.in_flight.bytes",

@@ -335,10 +335,10 @@ pub async fn serve(
 }
 
 /// The label of a limit: its setting's name (`limits.rates.invoke`,
-/// `limits.in_flight.total`, …), with a subject's own override counted
-/// under the class it overrides, so the set stays closed.
+/// `limits.in_flight.total`, …), with a subject's or a role's own rate
+/// counted under the class it overrides, so the set stays closed.
 fn limit_label(limit: &str) -> &'static str {
-    const KNOWN: [&str; 10] = [
+    const KNOWN: [&str; 11] = [
         "limits.rates.invoke",
         "limits.rates.query",
         "limits.rates.deploy",
@@ -346,11 +346,15 @@ fn limit_label(limit: &str) -> &'static str {
         "limits.rates.bytes",
         "limits.in_flight.total",
         "limits.in_flight.per_subject",
+        "limits.in_flight.queued",
         "limits.in_flight.bytes",
         "limits.in_flight.deploys",
         "limits.query_threads",
     ];
-    let general = match limit.strip_prefix("limits.rates.subjects.") {
+    let general = match limit
+        .strip_prefix("limits.rates.subjects.")
+        .or_else(|| limit.strip_prefix("limits.rates.roles."))
+    {
         Some(rest) => rest.rsplit('.').next().unwrap_or(rest),
         None => limit,
     };
@@ -429,6 +433,23 @@ mod tests {
             "service_instance_id=\"3\"",
         ] {
             assert!(text.contains(expected), "{expected} missing from\n{text}");
+        }
+    }
+
+    #[test]
+    fn every_limit_is_one_of_a_closed_set_of_labels() {
+        for (limit, label) in [
+            ("limits.rates.subjects.alice.invoke", "limits.rates.invoke"),
+            (
+                "limits.rates.roles.module_invoker.bytes",
+                "limits.rates.bytes",
+            ),
+            ("limits.rates.query", "limits.rates.query"),
+            ("limits.in_flight.queued", "limits.in_flight.queued"),
+            ("limits.in_flight.total", "limits.in_flight.total"),
+            ("limits.rates.subjects.a.b.c", "other"),
+        ] {
+            assert_eq!(limit_label(limit), label, "{limit}");
         }
     }
 
