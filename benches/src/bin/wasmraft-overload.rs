@@ -9,7 +9,9 @@
 //!
 //! Needs a node that authenticates (each subject has its own token) and an
 //! administrator's token; `benches/overload` starts a 3-node cluster with
-//! in-flight caps sized for this load and runs it against the leader.
+//! in-flight caps sized for this load and spreads the subjects over its
+//! nodes, as clients of a cluster are: each node sheds what it is offered,
+//! and followers forward what they admit to the leader.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -27,13 +29,18 @@ use wasmraft_proto::v1::state_machine_client::StateMachineClient;
 #[derive(Debug, Parser)]
 #[command(about = "Subjects offering a node more writes than it takes: goodput, latency, shedding")]
 struct Args {
-    /// The node to load (a cluster's leader: a follower forwards).
+    /// The node the subjects are set up through (a cluster's leader).
     #[arg(
         long,
         env = "WASMRAFT_ENDPOINT",
         default_value = "http://127.0.0.1:7070"
     )]
     endpoint: String,
+    /// The nodes the subjects write to, comma-separated: the connections
+    /// are spread over them, and each subject keeps to one connection.
+    /// Default: `--endpoint` alone.
+    #[arg(long, value_delimiter = ',')]
+    endpoints: Vec<String>,
     /// An administrator's token.
     #[arg(long, env = "WASMRAFT_TOKEN", hide_env_values = true)]
     token: String,
@@ -233,11 +240,22 @@ async fn main() -> anyhow::Result<()> {
             .await
             .context("deploy the kv example")?;
     }
-    let endpoint =
-        Endpoint::from_shared(args.endpoint.clone())?.connect_timeout(Duration::from_secs(5));
+    let targets = if args.endpoints.is_empty() {
+        vec![args.endpoint.clone()]
+    } else {
+        args.endpoints.clone()
+    };
     let mut channels = Vec::new();
-    for _ in 0..args.connections.max(1) {
-        channels.push(endpoint.connect().await?);
+    for connection in 0..args.connections.max(1) {
+        let target = &targets[connection % targets.len()];
+        let endpoint =
+            Endpoint::from_shared(target.clone())?.connect_timeout(Duration::from_secs(5));
+        channels.push(
+            endpoint
+                .connect()
+                .await
+                .with_context(|| format!("cannot reach {target}"))?,
+        );
     }
     let value: Arc<str> = "v".repeat(args.value_bytes).into();
     let mut writers = Vec::new();
