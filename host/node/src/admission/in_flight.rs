@@ -129,6 +129,7 @@ pub struct InFlight {
 /// One open call; dropping it closes the call (or takes it out of the
 /// queue, when it still waits).
 #[derive(Debug)]
+#[must_use = "the call is open for as long as its permit lives"]
 pub struct InFlightPermit {
     counts: Arc<Mutex<Counts>>,
     subject: String,
