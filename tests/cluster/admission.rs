@@ -14,7 +14,7 @@ use wasmraft::node::config::LimitSettings;
 use wasmraft_proto::v1 as proto;
 use wasmraft_proto::v1::state_machine_client::StateMachineClient;
 
-use super::harness::{Cluster, deploy_spinning};
+use super::harness::{Cluster, deploy_spinning, raw_increment};
 
 /// One query of `module` as `token`, straight over gRPC.
 async fn raw_query(
@@ -33,23 +33,6 @@ async fn raw_query(
     request.metadata_mut().insert("authorization", value);
     StateMachineClient::new(channel)
         .query(request)
-        .await
-        .map(drop)
-}
-
-/// One counter increment as `token`, straight over gRPC (no client
-/// retries): the node's own answer.
-async fn raw_increment(channel: &Channel, token: &str) -> Result<(), tonic::Status> {
-    let mut request = tonic::Request::new(proto::InvokeRequest {
-        module: "counter".to_owned(),
-        input: br#"{"op":"add","by":1}"#.to_vec(),
-        ..Default::default()
-    });
-    request.set_timeout(Duration::from_secs(20));
-    let value = MetadataValue::try_from(format!("Bearer {token}")).unwrap();
-    request.metadata_mut().insert("authorization", value);
-    StateMachineClient::new(channel.clone())
-        .invoke(request)
         .await
         .map(drop)
 }
@@ -106,7 +89,7 @@ async fn a_tenant_over_its_rate_is_refused_alone_and_told_when_to_retry() {
     let mut applied = 0;
     let mut refusal = None;
     for _ in 0..20 {
-        match raw_increment(&channel, greedy).await {
+        match raw_increment(&channel, Some(greedy)).await {
             Ok(()) => applied += 1,
             Err(status) => {
                 refusal = Some(status);
@@ -139,7 +122,7 @@ async fn a_tenant_over_its_rate_is_refused_alone_and_told_when_to_retry() {
 
     // Meanwhile modest, through the same node, is not held back at all.
     for _ in 0..10 {
-        raw_increment(&channel, modest)
+        raw_increment(&channel, Some(modest))
             .await
             .expect("another tenant is served");
     }

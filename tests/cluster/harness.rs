@@ -612,6 +612,28 @@ pub async fn increment(client: &Client, count: u64, tally: &Tally) {
     }
 }
 
+/// One counter increment straight over gRPC, as `token` when given (no
+/// client retries): the node's own answer.
+pub async fn raw_increment(
+    channel: &tonic::transport::Channel,
+    token: Option<&str>,
+) -> Result<(), tonic::Status> {
+    let mut request = tonic::Request::new(wasmraft_proto::v1::InvokeRequest {
+        module: "counter".to_owned(),
+        input: br#"{"op":"add","by":1}"#.to_vec(),
+        ..Default::default()
+    });
+    request.set_timeout(Duration::from_secs(20));
+    if let Some(token) = token {
+        let value = tonic::metadata::MetadataValue::try_from(format!("Bearer {token}")).unwrap();
+        request.metadata_mut().insert("authorization", value);
+    }
+    wasmraft_proto::v1::state_machine_client::StateMachineClient::new(channel.clone())
+        .invoke(request)
+        .await
+        .map(drop)
+}
+
 /// Raises the cluster's fuel cap to `fuel` and deploys `name` from the
 /// module items `items` (see `wasm::guest`) with that much fuel per call:
 /// a module whose calls spin for seconds. A deploy goes to the leader (a

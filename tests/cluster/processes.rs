@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 use wasmraft::client::{Client, ClientConfig, ClusterStatus, DeployOptions};
 
-use super::harness::{SETTLE, Tally, increment};
+use super::harness::{SETTLE, Tally, increment, raw_increment};
 
 pub(super) const WASMRAFT: &str = env!("CARGO_BIN_EXE_wasmraft");
 
@@ -671,23 +671,6 @@ async fn the_cli_fails_over_between_endpoints_and_keeps_its_deadline() {
     );
 }
 
-/// One counter increment straight over gRPC (no client retries): the
-/// node's own answer.
-async fn raw_increment(endpoint: &str) -> Result<(), tonic::Status> {
-    let mut request = tonic::Request::new(wasmraft_proto::v1::InvokeRequest {
-        module: "counter".to_owned(),
-        input: br#"{"op":"add","by":1}"#.to_vec(),
-        ..Default::default()
-    });
-    request.set_timeout(Duration::from_secs(20));
-    wasmraft_proto::v1::state_machine_client::StateMachineClient::connect(endpoint.to_owned())
-        .await
-        .unwrap()
-        .invoke(request)
-        .await
-        .map(drop)
-}
-
 /// Waits until the log at `path` holds `count` lines with `needle`, and
 /// returns its text.
 async fn wait_for_log(path: &Path, needle: &str, count: usize) -> String {
@@ -749,11 +732,16 @@ async fn sighup_reloads_the_limits_and_a_bad_file_keeps_them() {
     };
     wait_serving(&endpoint).await;
     deploy_counter(&endpoint).await;
+    let channel = tonic::transport::Channel::from_shared(endpoint.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
 
     // A burst of 2 at 1 a second: ten calls in a row meet the limit.
     let mut refused = None;
     for _ in 0..10 {
-        if let Err(status) = raw_increment(&endpoint).await {
+        if let Err(status) = raw_increment(&channel, None).await {
             refused = Some(status);
             break;
         }
@@ -776,7 +764,7 @@ async fn sighup_reloads_the_limits_and_a_bad_file_keeps_them() {
     hang_up();
     wait_for_log(&log, "SIGHUP: limits reloaded", 1).await;
     for call in 0..30 {
-        raw_increment(&endpoint)
+        raw_increment(&channel, None)
             .await
             .unwrap_or_else(|status| panic!("call {call} after the raise: {status:?}"));
     }
@@ -790,7 +778,7 @@ async fn sighup_reloads_the_limits_and_a_bad_file_keeps_them() {
         "the log names the bad setting:\n{text}"
     );
     for call in 0..10 {
-        raw_increment(&endpoint)
+        raw_increment(&channel, None)
             .await
             .unwrap_or_else(|status| panic!("call {call} after a bad file: {status:?}"));
     }
@@ -804,5 +792,5 @@ async fn sighup_reloads_the_limits_and_a_bad_file_keeps_them() {
     let text = wait_for_log(&log, "keep their values until the next start", 1).await;
     assert!(text.contains("limits.payload_bytes_max"), "{text}");
     assert!(text.contains("[raft] (its timeouts hold"), "{text}");
-    raw_increment(&endpoint).await.unwrap();
+    raw_increment(&channel, None).await.unwrap();
 }
