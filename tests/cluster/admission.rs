@@ -14,7 +14,7 @@ use wasmraft::node::config::LimitSettings;
 use wasmraft_proto::v1 as proto;
 use wasmraft_proto::v1::state_machine_client::StateMachineClient;
 
-use super::harness::{Cluster, deploy_spinning, raw_increment};
+use super::harness::{Cluster, deploy_spinning, raw_increment, until_refused, wait_until};
 
 /// One query of `module` as `token`, straight over gRPC.
 async fn raw_query(
@@ -86,17 +86,8 @@ async fn a_tenant_over_its_rate_is_refused_alone_and_told_when_to_retry() {
 
     // Past its burst of 3 at 1 a second, greedy is refused within a few
     // calls (a slow machine refills a token or two meanwhile, not 20).
-    let mut applied = 0;
-    let mut refusal = None;
-    for _ in 0..20 {
-        match raw_increment(&channel, Some(greedy)).await {
-            Ok(()) => applied += 1,
-            Err(status) => {
-                refusal = Some(status);
-                break;
-            }
-        }
-    }
+    let (passed, refusal) = until_refused(20, || raw_increment(&channel, Some(greedy))).await;
+    let mut applied = i64::try_from(passed).unwrap();
     let refusal = refusal.expect("greedy is refused within 20 calls");
     assert_eq!(refusal.code(), Code::ResourceExhausted, "{refusal:?}");
     assert!(
@@ -130,13 +121,10 @@ async fn a_tenant_over_its_rate_is_refused_alone_and_told_when_to_retry() {
 
     // modest's queries take its role's rate: a burst of 2 at 1 a second.
     let get = br#"{"op":"get"}"#;
-    let mut refusal = None;
-    for _ in 0..20 {
-        if let Err(status) = raw_query(channel.clone(), modest.to_string(), "counter", get).await {
-            refusal = Some(status);
-            break;
-        }
-    }
+    let (_, refusal) = until_refused(20, || {
+        raw_query(channel.clone(), modest.to_string(), "counter", get)
+    })
+    .await;
     let refusal = refusal.expect("modest's queries are refused within 20 calls");
     assert_eq!(refusal.code(), Code::ResourceExhausted, "{refusal:?}");
     assert!(
@@ -300,20 +288,8 @@ async fn past_the_running_cap_calls_wait_in_a_bounded_queue_then_are_shed() {
         .await
         .unwrap();
     let in_flight = cluster.node(1).handle().in_flight().clone();
-    let wait_for = |what: &'static str, condition: Box<dyn Fn() -> bool + Send>| async move {
-        let deadline = std::time::Instant::now() + super::harness::SETTLE;
-        while !condition() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "not within {:?}: {what}",
-                super::harness::SETTLE
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    };
     let running = tokio::spawn(raw_query(channel.clone(), token.clone(), "spin", b""));
-    let open = in_flight.clone();
-    wait_for("the spin runs", Box::new(move || open.open() == 1)).await;
+    wait_until("the spin runs", || in_flight.open() == 1).await;
 
     // The next waits, and past its wait is shed naming the running cap.
     let waiting = tokio::spawn(raw_query(
@@ -322,8 +298,7 @@ async fn past_the_running_cap_calls_wait_in_a_bounded_queue_then_are_shed() {
         "counter",
         br#"{"op":"get"}"#,
     ));
-    let queued = in_flight.clone();
-    wait_for("a call waits", Box::new(move || queued.queued() == 1)).await;
+    wait_until("a call waits", || in_flight.queued() == 1).await;
     // With the one place taken, another subject's call is shed at once.
     let full = raw_query(
         channel.clone(),

@@ -612,6 +612,33 @@ pub async fn increment(client: &Client, count: u64, tally: &Tally) {
     }
 }
 
+/// Makes `call` up to `calls` times in a row until one fails: how many
+/// passed, and the failure, if one came.
+pub async fn until_refused<Call, Answer>(
+    calls: usize,
+    mut call: impl FnMut() -> Call,
+) -> (usize, Option<tonic::Status>)
+where
+    Call: std::future::Future<Output = Result<Answer, tonic::Status>>,
+{
+    for passed in 0..calls {
+        if let Err(status) = call().await {
+            return (passed, Some(status));
+        }
+    }
+    (calls, None)
+}
+
+/// Waits until `condition` holds, polling it, for at most [`SETTLE`]: for
+/// state that gives no notification (a node's counters).
+pub async fn wait_until(what: &str, condition: impl Fn() -> bool) {
+    let deadline = Instant::now() + SETTLE;
+    while !condition() {
+        assert!(Instant::now() < deadline, "not within {SETTLE:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// One counter increment straight over gRPC, as `token` when given (no
 /// client retries): the node's own answer.
 pub async fn raw_increment(

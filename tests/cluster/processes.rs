@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 use wasmraft::client::{Client, ClientConfig, ClusterStatus, DeployOptions};
 
-use super::harness::{SETTLE, Tally, increment, raw_increment};
+use super::harness::{SETTLE, Tally, increment, raw_increment, until_refused};
 
 pub(super) const WASMRAFT: &str = env!("CARGO_BIN_EXE_wasmraft");
 
@@ -739,13 +739,7 @@ async fn sighup_reloads_the_limits_and_a_bad_file_keeps_them() {
         .unwrap();
 
     // A burst of 2 at 1 a second: ten calls in a row meet the limit.
-    let mut refused = None;
-    for _ in 0..10 {
-        if let Err(status) = raw_increment(&channel, None).await {
-            refused = Some(status);
-            break;
-        }
-    }
+    let (_, refused) = until_refused(10, || raw_increment(&channel, None)).await;
     let refused = refused.expect("ten calls past a burst of 2 at 1 a second");
     assert_eq!(
         refused.code(),
